@@ -1,0 +1,52 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "edgemux",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "edgemux", targets: ["edgemux"]),
+        .library(name: "EdgemuxCore", targets: ["EdgemuxCore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+    ],
+    targets: [
+        // Every C macro, inline function and _GNU_SOURCE call that Swift cannot import directly.
+        .target(
+            name: "CEdgemux",
+            linkerSettings: [
+                .linkedLibrary("ssl"),
+                .linkedLibrary("crypto"),
+                .linkedLibrary("nghttp2"),
+            ]
+        ),
+        .target(
+            name: "EdgemuxCore",
+            dependencies: [
+                "CEdgemux",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "edgemux",
+            dependencies: [
+                "EdgemuxCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "EdgemuxCoreTests",
+            dependencies: ["EdgemuxCore", "CEdgemux"]
+        ),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["EdgemuxCore", "edgemux"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,91 @@
+// CEdgemux: the one C boundary of edgemux.
+//
+// Swift cannot import function-like macros (most of OpenSSL's SSL_CTX_set_* API is macros over
+// SSL_CTX_ctrl) and a header that defines _GNU_SOURCE changes how glibc declares accept4 and
+// splice for every importer. So each such call gets one plain C function here, named
+// CEdgemux_<C name>, and _GNU_SOURCE is defined in shim.c only.
+#ifndef CEDGEMUX_H
+#define CEDGEMUX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/eventfd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <nghttp2/nghttp2.h>
+
+// MARK: - _GNU_SOURCE system calls
+
+int CEdgemux_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+int CEdgemux_pipe2(int fds[2], int flags);
+ssize_t CEdgemux_splice(int fd_in, int fd_out, size_t len, unsigned int flags);
+/// The flags splice(2) wants for a relay: SPLICE_F_MOVE | SPLICE_F_NONBLOCK.
+unsigned int CEdgemux_splice_relay_flags(void);
+int CEdgemux_errno(void);
+
+// MARK: - OpenSSL macros
+
+long CEdgemux_SSL_CTX_set_mode(SSL_CTX *ctx, long mode);
+long CEdgemux_SSL_CTX_set_options(SSL_CTX *ctx, uint64_t options);
+int CEdgemux_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version);
+int CEdgemux_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version);
+long CEdgemux_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode);
+int CEdgemux_SSL_CTX_set_tlsext_ticket_keys(SSL_CTX *ctx, const unsigned char *keys, long len);
+int CEdgemux_SSL_set_tlsext_host_name(SSL *ssl, const char *name);
+/// Verifies the peer certificate against `name`: an IP literal as an IP SAN, otherwise as a DNS
+/// name (and sends it as SNI). 1 on success.
+int CEdgemux_SSL_set_peer_name(SSL *ssl, const char *name, int verify);
+int CEdgemux_SSL_CTX_set1_groups_list(SSL_CTX *ctx, const char *list);
+
+/// Default modes for every edgemux SSL_CTX: partial writes, moving write buffers (our buffers
+/// compact), and released buffers while a connection idles (memory per idle connection).
+long CEdgemux_default_modes(void);
+/// SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_COMPRESSION.
+uint64_t CEdgemux_default_server_options(void);
+int CEdgemux_TLS1_2_VERSION(void);
+int CEdgemux_TLS1_3_VERSION(void);
+
+/// The server's ALPN protocols, length-prefixed as on the wire, in preference order.
+typedef struct CEdgemux_alpn_list {
+    const unsigned char *wire;
+    unsigned int len;
+} CEdgemux_alpn_list;
+/// Installs an ALPN select callback that picks by the server's preference from `list`. A client
+/// list with none of them gets the no_application_protocol alert; a client without ALPN is not
+/// affected. `list` and its bytes are owned by the caller and must outlive the context.
+void CEdgemux_SSL_CTX_set_alpn_server_protocols(SSL_CTX *ctx, CEdgemux_alpn_list *list);
+
+/// Installs an SNI callback on `ctxs[0]` that switches a connection to the first of `ctxs` whose
+/// leaf certificate matches the server name (X509_check_host: wildcards as in RFC 6125); no
+/// match or no SNI keeps ctxs[0]. The table is owned by the caller and must outlive ctxs[0].
+typedef struct CEdgemux_sni_table {
+    SSL_CTX **ctxs;
+    size_t count;
+} CEdgemux_sni_table;
+void CEdgemux_SSL_CTX_set_sni_table(SSL_CTX *ctx, CEdgemux_sni_table *table);
+
+/// The negotiated ALPN protocol as a C string copy in `out` (empty when none).
+void CEdgemux_SSL_get_alpn(const SSL *ssl, char *out, size_t cap);
+/// The first queued OpenSSL error as text in `out` (empty when none); clears the queue.
+void CEdgemux_ERR_text(char *out, size_t cap);
+
+/// Does the leaf certificate in `ctx` match its private key?
+int CEdgemux_SSL_CTX_check_private_key(const SSL_CTX *ctx);
+
+/// Makes a self-signed ECDSA P-256 certificate for `cn` (also as a DNS SAN, plus 127.0.0.1 and
+/// ::1), valid for `days`, and writes PEM files. 1 on success.
+int CEdgemux_make_self_signed(const char *cn, int days, const char *cert_path, const char *key_path);
+
+#endif

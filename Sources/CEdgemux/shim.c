@@ -1,0 +1,180 @@
+// _GNU_SOURCE lives here and only here (see CEdgemux.h).
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <stdio.h>
+#include "CEdgemux.h"
+
+int CEdgemux_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
+    return accept4(fd, addr, len, flags);
+}
+
+int CEdgemux_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+
+ssize_t CEdgemux_splice(int fd_in, int fd_out, size_t len, unsigned int flags) {
+    return splice(fd_in, NULL, fd_out, NULL, len, flags);
+}
+
+unsigned int CEdgemux_splice_relay_flags(void) { return SPLICE_F_MOVE | SPLICE_F_NONBLOCK; }
+
+int CEdgemux_errno(void) { return errno; }
+
+long CEdgemux_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) { return SSL_CTX_set_mode(ctx, mode); }
+
+long CEdgemux_SSL_CTX_set_options(SSL_CTX *ctx, uint64_t options) {
+    return (long)SSL_CTX_set_options(ctx, options);
+}
+
+int CEdgemux_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_min_proto_version(ctx, version);
+}
+
+int CEdgemux_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_max_proto_version(ctx, version);
+}
+
+long CEdgemux_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode) {
+    return SSL_CTX_set_session_cache_mode(ctx, mode);
+}
+
+int CEdgemux_SSL_CTX_set_tlsext_ticket_keys(SSL_CTX *ctx, const unsigned char *keys, long len) {
+    return (int)SSL_CTX_set_tlsext_ticket_keys(ctx, (void *)keys, len);
+}
+
+int CEdgemux_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
+    return (int)SSL_set_tlsext_host_name(ssl, name);
+}
+
+int CEdgemux_SSL_CTX_set1_groups_list(SSL_CTX *ctx, const char *list) {
+    return (int)SSL_CTX_set1_groups_list(ctx, list);
+}
+
+long CEdgemux_default_modes(void) {
+    return SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS;
+}
+
+uint64_t CEdgemux_default_server_options(void) {
+    return SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_COMPRESSION |
+           SSL_OP_CIPHER_SERVER_PREFERENCE;
+}
+
+int CEdgemux_TLS1_2_VERSION(void) { return TLS1_2_VERSION; }
+int CEdgemux_TLS1_3_VERSION(void) { return TLS1_3_VERSION; }
+
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg) {
+    (void)ssl;
+    const CEdgemux_alpn_list *list = arg;
+    unsigned char *selected = NULL;
+    unsigned char selected_len = 0;
+    if (SSL_select_next_proto(&selected, &selected_len, list->wire, list->len, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED) {
+        // RFC 7301 section 3.2: no protocol in common is a fatal no_application_protocol alert.
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    *out = selected;
+    *outlen = selected_len;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+void CEdgemux_SSL_CTX_set_alpn_server_protocols(SSL_CTX *ctx, CEdgemux_alpn_list *list) {
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, list);
+}
+
+static int sni_select(SSL *ssl, int *alert, void *arg) {
+    (void)alert;
+    const CEdgemux_sni_table *table = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (name == NULL || table == NULL) return SSL_TLSEXT_ERR_OK;
+    for (size_t i = 0; i < table->count; i++) {
+        X509 *leaf = SSL_CTX_get0_certificate(table->ctxs[i]);
+        if (leaf != NULL && X509_check_host(leaf, name, 0, 0, NULL) == 1) {
+            if (i > 0) SSL_set_SSL_CTX(ssl, table->ctxs[i]);
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+void CEdgemux_SSL_CTX_set_sni_table(SSL_CTX *ctx, CEdgemux_sni_table *table) {
+    SSL_CTX_set_tlsext_servername_callback(ctx, sni_select);
+    SSL_CTX_set_tlsext_servername_arg(ctx, table);
+}
+
+void CEdgemux_SSL_get_alpn(const SSL *ssl, char *out, size_t cap) {
+    const unsigned char *data = NULL;
+    unsigned int len = 0;
+    SSL_get0_alpn_selected(ssl, &data, &len);
+    if (cap == 0) return;
+    if (len >= cap) len = (unsigned int)cap - 1;
+    if (len > 0) memcpy(out, data, len);
+    out[len] = 0;
+}
+
+void CEdgemux_ERR_text(char *out, size_t cap) {
+    if (cap == 0) return;
+    out[0] = 0;
+    unsigned long code = ERR_get_error();
+    if (code != 0) ERR_error_string_n(code, out, cap);
+    ERR_clear_error();
+}
+
+int CEdgemux_SSL_CTX_check_private_key(const SSL_CTX *ctx) { return SSL_CTX_check_private_key(ctx); }
+
+int CEdgemux_make_self_signed(const char *cn, int days, const char *cert_path, const char *key_path) {
+    int ok = 0;
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509 *cert = X509_new();
+    FILE *cf = NULL, *kf = NULL;
+    if (key == NULL || cert == NULL) goto done;
+    X509_set_version(cert, 2);
+    unsigned char serial[16];
+    if (RAND_bytes(serial, sizeof serial) != 1) goto done;
+    serial[0] &= 0x7f;
+    BIGNUM *bn = BN_bin2bn(serial, sizeof serial, NULL);
+    BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert));
+    BN_free(bn);
+    X509_gmtime_adj(X509_getm_notBefore(cert), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(cert), (long)days * 86400L);
+    X509_set_pubkey(cert, key);
+    X509_NAME *name = X509_get_subject_name(cert);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(cert, name);
+    char san[512];
+    snprintf(san, sizeof san, "DNS:%s,IP:127.0.0.1,IP:0:0:0:0:0:0:0:1", cn);
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, cert, cert, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, san);
+    if (ext == NULL) goto done;
+    X509_add_ext(cert, ext, -1);
+    X509_EXTENSION_free(ext);
+    ext = X509V3_EXT_conf_nid(NULL, &v3, NID_basic_constraints, "critical,CA:TRUE");
+    if (ext != NULL) { X509_add_ext(cert, ext, -1); X509_EXTENSION_free(ext); }
+    if (X509_sign(cert, key, EVP_sha256()) == 0) goto done;
+    cf = fopen(cert_path, "w");
+    kf = fopen(key_path, "w");
+    if (cf == NULL || kf == NULL) goto done;
+    fchmod(fileno(kf), 0600);
+    if (PEM_write_X509(cf, cert) != 1) goto done;
+    if (PEM_write_PrivateKey(kf, key, NULL, NULL, 0, NULL, NULL) != 1) goto done;
+    ok = 1;
+done:
+    if (cf) fclose(cf);
+    if (kf) fclose(kf);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    return ok;
+}
+
+int CEdgemux_SSL_set_peer_name(SSL *ssl, const char *name, int verify) {
+    unsigned char buf[16];
+    int is_ip = inet_pton(AF_INET, name, buf) == 1 || inet_pton(AF_INET6, name, buf) == 1;
+    if (!is_ip && SSL_set_tlsext_host_name(ssl, name) != 1) return 0;
+    if (!verify) return 1;
+    if (is_ip) return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name);
+    return SSL_set1_host(ssl, name);
+}

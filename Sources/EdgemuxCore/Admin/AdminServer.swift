@@ -1,0 +1,120 @@
+import CEdgemux
+import Glibc
+import Logging
+
+/// The admin listener: `GET /metrics` (Prometheus text), `/healthz` (the process runs),
+/// `/readyz` (accepting; 503 while draining). Plain HTTP/1.1, one request per connection,
+/// served on worker 0's loop.
+final class AdminServer: EventHandler {
+    let fd: Int32
+    let loop: EventLoop
+    let metrics: Metrics
+    let logger: Logger
+    let ready: () -> Bool
+    private var clients: [Int32: [UInt8]] = [:]
+    private var replies: [Int32: (bytes: [UInt8], offset: Int)] = [:]
+
+    init(address: SocketAddress, loop: EventLoop, metrics: Metrics, logger: Logger, ready: @escaping () -> Bool) throws {
+        fd = try ListenerSocket.bind(address, backlog: 64)
+        self.loop = loop
+        self.metrics = metrics
+        self.logger = logger
+        self.ready = ready
+        let box = AdminBox(self)
+        loop.execute {
+            do {
+                try box.admin.loop.register(fd: box.admin.fd, events: EventLoop.readEvents, handler: box.admin)
+            } catch {
+                box.admin.logger.error("admin listener: \(error)")
+            }
+        }
+        logger.info("admin listener on \(address): /metrics /healthz /readyz")
+    }
+
+    func handleEvent(fd: Int32, events: UInt32) {
+        if fd == self.fd {
+            while case .processed(let (c, _))? = try? Posix.accept(fd) {
+                if clients.count > 64 {
+                    Posix.close(c)
+                    continue
+                }
+                clients[c] = []
+                try? loop.register(fd: c, events: EventLoop.readEvents | EPOLLOUT.rawValue, handler: self)
+                loop.schedule(afterMillis: 5_000) { [weak self] in self?.finish(c) }
+            }
+            return
+        }
+        if replies[fd] != nil {
+            flush(fd)
+            return
+        }
+        guard var buf = clients[fd] else { return }
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        let r = chunk.withUnsafeMutableBytes { try? Posix.read(fd, into: $0) }
+        switch r {
+        case .processed(let n)? where n > 0:
+            buf += chunk[0..<n]
+        case .wouldBlock?:
+            return
+        default:
+            finish(fd)
+            return
+        }
+        clients[fd] = buf
+        if buf.count > 8192 { finish(fd); return }
+        guard let end = findCRLFCRLF(buf) else { return }
+        let head = String(decoding: buf[0..<end], as: UTF8.self)
+        let line = head.split(separator: "\r\n").first.map(String.init) ?? ""
+        let parts = line.split(separator: " ")
+        let path = parts.count > 1 ? String(parts[1]) : ""
+        var status = 200
+        var body = ""
+        var type = "text/plain; charset=utf-8"
+        switch (parts.first.map(String.init) ?? "", path) {
+        case ("GET", "/metrics"):
+            body = metrics.render()
+            type = "text/plain; version=0.0.4; charset=utf-8"
+        case ("GET", "/healthz"):
+            body = "ok\n"
+        case ("GET", "/readyz"):
+            if ready() { body = "ready\n" } else { status = 503; body = "draining\n" }
+        default:
+            status = 404
+            body = "not found: try /metrics, /healthz, /readyz\n"
+        }
+        let reason = status == 200 ? "OK" : status == 503 ? "Service Unavailable" : "Not Found"
+        let reply = "HTTP/1.1 \(status) \(reason)\r\nContent-Type: \(type)\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+        replies[fd] = (Array(reply.utf8), 0)
+        flush(fd)
+    }
+
+    private func flush(_ c: Int32) {
+        guard var r = replies[c] else { return }
+        while r.offset < r.bytes.count {
+            let step = r.bytes.withUnsafeBytes { try? Posix.write(c, from: UnsafeRawBufferPointer(rebasing: $0[r.offset...])) }
+            guard case .processed(let n)? = step else { break }
+            r.offset += n
+        }
+        replies[c] = r
+        if r.offset >= r.bytes.count { finish(c) }
+    }
+
+    private func finish(_ c: Int32) {
+        guard clients.removeValue(forKey: c) != nil else { return }
+        replies[c] = nil
+        Posix.shutdownWrite(c)
+        loop.closeDescriptor(c)
+    }
+
+    private func findCRLFCRLF(_ b: [UInt8]) -> Int? {
+        guard b.count >= 4 else { return nil }
+        for i in 0...(b.count - 4) where b[i] == 13 && b[i + 1] == 10 && b[i + 2] == 13 && b[i + 3] == 10 { return i + 4 }
+        return nil
+    }
+}
+
+/// `@unchecked Sendable`: carries the admin server to its loop's thread, the only one using it.
+struct AdminBox: @unchecked Sendable {
+    let admin: AdminServer
+    init(_ admin: AdminServer) { self.admin = admin }
+}

@@ -1,0 +1,84 @@
+import Synchronization
+
+/// Counters of one worker. Each worker writes only its own (the mutex is uncontended except
+/// while the admin listener reads it for a scrape).
+public final class WorkerMetrics: Sendable {
+    struct Values {
+        var accepted = 0
+        var active = 0
+        var handshakeFailures: [String: Int] = [:]
+        var sniffErrors: [String: Int] = [:]
+        var routed: [String: Int] = [:]
+        var noRoute = 0
+        var backendConnectFailures: [String: Int] = [:]
+        var backendUnavailable: [String: Int] = [:]
+        var timeouts: [String: Int] = [:]
+        var bytesIn = 0
+        var bytesOut = 0
+        var closedWithError: [String: Int] = [:]
+    }
+
+    let values = Mutex(Values())
+
+    public init() {}
+
+    func update(_ body: (inout Values) -> Void) {
+        values.withLock { body(&$0) }
+    }
+}
+
+/// All workers' counters, rendered as Prometheus text exposition.
+public final class Metrics: Sendable {
+    public let workers: [WorkerMetrics]
+    public let reloads = Mutex<(ok: Int, failed: Int)>((0, 0))
+
+    public init(workerCount: Int) {
+        workers = (0..<workerCount).map { _ in WorkerMetrics() }
+    }
+
+    /// The text for `GET /metrics`.
+    public func render() -> String {
+        var total = WorkerMetrics.Values()
+        for w in workers {
+            let v = w.values.withLock { $0 }
+            total.accepted += v.accepted
+            total.active += v.active
+            total.noRoute += v.noRoute
+            total.bytesIn += v.bytesIn
+            total.bytesOut += v.bytesOut
+            total.handshakeFailures.merge(v.handshakeFailures, uniquingKeysWith: +)
+            total.sniffErrors.merge(v.sniffErrors, uniquingKeysWith: +)
+            total.routed.merge(v.routed, uniquingKeysWith: +)
+            total.backendConnectFailures.merge(v.backendConnectFailures, uniquingKeysWith: +)
+            total.backendUnavailable.merge(v.backendUnavailable, uniquingKeysWith: +)
+            total.timeouts.merge(v.timeouts, uniquingKeysWith: +)
+            total.closedWithError.merge(v.closedWithError, uniquingKeysWith: +)
+        }
+        var out = ""
+        func counter(_ name: String, _ help: String, _ value: Int) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(value)\n"
+        }
+        func labelled(_ name: String, _ help: String, _ label: String, _ values: [String: Int]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) counter\n"
+            for (k, v) in values.sorted(by: { $0.key < $1.key }) {
+                out += "\(name){\(label)=\"\(k)\"} \(v)\n"
+            }
+        }
+        counter("edgemux_connections_accepted_total", "Client connections accepted.", total.accepted)
+        out += "# HELP edgemux_connections_active Client connections open now.\n# TYPE edgemux_connections_active gauge\nedgemux_connections_active \(total.active)\n"
+        labelled("edgemux_tls_handshake_failures_total", "Client TLS handshakes that failed, by reason.", "reason", total.handshakeFailures)
+        labelled("edgemux_sniff_errors_total", "Connections closed for a bad first request, by kind.", "kind", total.sniffErrors)
+        labelled("edgemux_routed_total", "Connections routed, by route.", "route", total.routed)
+        counter("edgemux_no_route_total", "Connections no route matched.", total.noRoute)
+        labelled("edgemux_backend_connect_failures_total", "Failed connects to a backend endpoint.", "endpoint", total.backendConnectFailures)
+        labelled("edgemux_backend_unavailable_total", "Connections answered 502 because no endpoint of the backend was reachable.", "backend", total.backendUnavailable)
+        labelled("edgemux_timeouts_total", "Connections closed by a timeout, by phase.", "phase", total.timeouts)
+        labelled("edgemux_connection_errors_total", "Relayed connections closed on an I/O error, by side.", "side", total.closedWithError)
+        counter("edgemux_client_bytes_received_total", "Bytes received from clients (after TLS).", total.bytesIn)
+        counter("edgemux_client_bytes_sent_total", "Bytes sent to clients (before TLS).", total.bytesOut)
+        let r = reloads.withLock { $0 }
+        counter("edgemux_config_reloads_total", "Successful config reloads.", r.ok)
+        counter("edgemux_config_reload_failures_total", "Rejected config reloads.", r.failed)
+        return out
+    }
+}

@@ -1,0 +1,528 @@
+import Glibc
+import Yams
+
+/// One problem in a config file: where, which field, what was expected.
+public struct ConfigIssue: Sendable, CustomStringConvertible, Equatable {
+    public let file: String
+    /// 1-based line (0: no line applies).
+    public let line: Int
+    /// The field's path, e.g. `listeners[0].tls.certificates[1].key`.
+    public let path: String
+    public let message: String
+
+    public var description: String {
+        line > 0 ? "\(file):\(line): \(path): \(message)" : "\(file): \(path): \(message)"
+    }
+}
+
+/// The config file could not be used; every problem found is listed.
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    public let issues: [ConfigIssue]
+    public var description: String { issues.map(\.description).joined(separator: "\n") }
+}
+
+/// Reads the YAML config into `EdgemuxConfig`, collecting every problem instead of stopping at
+/// the first. Unknown keys are errors (they are typos nine times out of ten).
+public struct ConfigLoader {
+    public static let defaultHandshakeTimeout: Int64 = 10_000
+    public static let defaultRequestTimeout: Int64 = 30_000
+    public static let defaultMaxRequestHead = 32 * 1024
+    public static let defaultConnectTimeout: Int64 = 5_000
+    public static let defaultIdleTimeout: Int64 = 300_000
+    public static let defaultDrainTimeout: Int64 = 30_000
+
+    /// Loads and validates a file.
+    public static func load(path: String) throws -> EdgemuxConfig {
+        guard let text = readFile(path) else {
+            throw ConfigError(issues: [ConfigIssue(file: path, line: 0, path: "", message: "cannot read the file: \(String(cString: strerror(errno)))")])
+        }
+        return try load(yaml: text, file: path)
+    }
+
+    /// Loads and validates YAML text; `file` names it in errors, and relative paths in it are
+    /// taken from the file's folder.
+    public static func load(yaml: String, file: String) throws -> EdgemuxConfig {
+        var reader = NodeReader(file: file)
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch let e as YamlError {
+            throw ConfigError(issues: [NodeReader.issue(for: e, file: file)])
+        }
+        guard let root else {
+            throw ConfigError(issues: [ConfigIssue(file: file, line: 0, path: "", message: "the file is empty")])
+        }
+        let config = reader.readConfig(root)
+        if let config, reader.issues.isEmpty { return config }
+        throw ConfigError(issues: reader.issues)
+    }
+
+    static func readFile(_ path: String) -> String? {
+        guard let f = fopen(path, "r") else { return nil }
+        defer { fclose(f) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = fread(&chunk, 1, chunk.count, f)
+            if n <= 0 { break }
+            bytes.append(contentsOf: chunk[0..<n])
+            if bytes.count > 16 << 20 { return nil }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Parses `30s`, `5m`, `1h`, `250ms`, `0` into milliseconds.
+    public static func parseDuration(_ text: String) -> Int64? {
+        let t = text.trimmedSpaces()
+        if t == "0" { return 0 }
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)]
+        for (suffix, factor) in units where t.hasSuffix(suffix) {
+            let number = t.dropLast(suffix.count)
+            if suffix == "s", number.hasSuffix("m") { continue }
+            guard let v = Int64(number), v >= 0 else { return nil }
+            let (r, overflow) = v.multipliedReportingOverflow(by: factor)
+            return overflow ? nil : r
+        }
+        return nil
+    }
+
+    /// Parses `16KiB`, `1MiB`, `32768`.
+    public static func parseSize(_ text: String) -> Int? {
+        let t = text.trimmedSpaces()
+        for (suffix, factor) in [("KiB", 1024), ("MiB", 1024 * 1024), ("k", 1024), ("K", 1024)] where t.hasSuffix(suffix) {
+            guard let v = Int(t.dropLast(suffix.count)), v > 0 else { return nil }
+            return v * factor
+        }
+        return Int(t)
+    }
+}
+
+extension String {
+    func trimmedSpaces() -> String {
+        let set: Character = " "
+        var s = Substring(self)
+        while s.first == set || s.first == "\t" { s = s.dropFirst() }
+        while s.last == set || s.last == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+}
+
+/// Walks Yams nodes, recording issues with their line and field path.
+struct NodeReader {
+    let file: String
+    var issues: [ConfigIssue] = []
+    /// The folder relative file paths in the config are taken from.
+    let baseDirectory: String
+
+    init(file: String) {
+        self.file = file
+        if let slash = file.lastIndex(of: "/") {
+            baseDirectory = String(file[..<slash])
+        } else {
+            baseDirectory = "."
+        }
+    }
+
+    static func issue(for error: YamlError, file: String) -> ConfigIssue {
+        switch error {
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _):
+            let ctx = context.map { "\($0.text) " } ?? ""
+            return ConfigIssue(file: file, line: mark.line, path: "", message: "YAML syntax error: \(ctx)\(problem)")
+        default:
+            return ConfigIssue(file: file, line: 0, path: "", message: "YAML error: \(error)")
+        }
+    }
+
+    mutating func fail(_ node: Node?, _ path: String, _ message: String) {
+        issues.append(ConfigIssue(file: file, line: node?.mark?.line ?? 0, path: path, message: message))
+    }
+
+    // MARK: primitives
+
+    /// The pairs of a mapping; reports keys outside `allowed`.
+    mutating func mapping(_ node: Node, _ path: String, allowed: [String]) -> [String: Node]? {
+        guard case .mapping(let m) = node else {
+            fail(node, path, "expected a mapping with keys \(allowed.joined(separator: ", "))")
+            return nil
+        }
+        var out: [String: Node] = [:]
+        for (k, v) in m {
+            guard let key = k.string else {
+                fail(k, path, "keys must be strings")
+                continue
+            }
+            if !allowed.contains(key) {
+                let hint = allowed.first { editDistance($0, key) <= 2 }.map { " (did you mean '\($0)'?)" } ?? ""
+                fail(k, join(path, key), "unknown key '\(key)'\(hint); expected one of: \(allowed.joined(separator: ", "))")
+                continue
+            }
+            if out[key] != nil { fail(k, join(path, key), "duplicate key") }
+            out[key] = v
+        }
+        return out
+    }
+
+    mutating func string(_ node: Node, _ path: String) -> String? {
+        guard case .scalar(let s) = node else {
+            fail(node, path, "expected a string")
+            return nil
+        }
+        return s.string
+    }
+
+    mutating func bool(_ node: Node, _ path: String) -> Bool? {
+        guard case .scalar = node, let b = node.bool else {
+            fail(node, path, "expected true or false")
+            return nil
+        }
+        return b
+    }
+
+    mutating func duration(_ node: Node, _ path: String) -> Int64? {
+        guard let s = string(node, path) else { return nil }
+        guard let ms = ConfigLoader.parseDuration(s) else {
+            fail(node, path, "expected a duration such as 500ms, 30s, 5m, 1h or 0 (never), not '\(s)'")
+            return nil
+        }
+        return ms
+    }
+
+    mutating func size(_ node: Node, _ path: String) -> Int? {
+        guard let s = string(node, path) else { return nil }
+        guard let n = ConfigLoader.parseSize(s), n > 0 else {
+            fail(node, path, "expected a size such as 16KiB, 1MiB or a byte count, not '\(s)'")
+            return nil
+        }
+        return n
+    }
+
+    mutating func sequence(_ node: Node, _ path: String) -> [Node]? {
+        guard case .sequence(let s) = node else {
+            fail(node, path, "expected a list")
+            return nil
+        }
+        return Array(s)
+    }
+
+    mutating func address(_ node: Node, _ path: String) -> SocketAddress? {
+        guard let s = string(node, path) else { return nil }
+        guard let (host, port) = SocketAddress.splitHostPort(s) else {
+            fail(node, path, "expected host:port (IPv6 as [addr]:port), not '\(s)'")
+            return nil
+        }
+        if let a = SocketAddress.parse(ip: host, port: port) { return a }
+        if host == "localhost" { return SocketAddress.parse(ip: "127.0.0.1", port: port) }
+        if host == "*" { return SocketAddress.parse(ip: "0.0.0.0", port: port) }
+        fail(node, path, "a listen address must be an IP literal, not '\(host)'")
+        return nil
+    }
+
+    mutating func endpoint(_ node: Node, _ path: String) -> Endpoint? {
+        guard let s = string(node, path) else { return nil }
+        guard SocketAddress.splitHostPort(s) != nil else {
+            fail(node, path, "expected host:port (IPv6 as [addr]:port), not '\(s)'")
+            return nil
+        }
+        guard let a = SocketAddress.resolve(s).first else {
+            fail(node, path, "cannot resolve '\(s)'")
+            return nil
+        }
+        return Endpoint(text: s, address: a)
+    }
+
+    mutating func readablePath(_ node: Node, _ path: String) -> String? {
+        guard let s = string(node, path) else { return nil }
+        let full = s.hasPrefix("/") ? s : "\(baseDirectory)/\(s)"
+        if access(full, R_OK) != 0 {
+            fail(node, path, "cannot read '\(full)': \(String(cString: strerror(errno)))")
+            return nil
+        }
+        return full
+    }
+
+    func join(_ path: String, _ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    // MARK: the document
+
+    mutating func readConfig(_ root: Node) -> EdgemuxConfig? {
+        guard let top = mapping(root, "", allowed: ["workers", "admin", "drain_timeout", "listeners", "backends"]) else { return nil }
+        var workers = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        if let w = top["workers"] {
+            if w.string == "auto" {
+            } else if let n = w.int, n >= 1, n <= 256 {
+                workers = n
+            } else {
+                fail(w, "workers", "expected auto or a number from 1 to 256")
+            }
+        }
+        var admin: AdminConfig?
+        if let a = top["admin"], let m = mapping(a, "admin", allowed: ["listen"]) {
+            if let l = m["listen"] {
+                if let addr = address(l, "admin.listen") { admin = AdminConfig(address: addr) }
+            } else {
+                fail(a, "admin", "missing 'listen'")
+            }
+        }
+        let drain = top["drain_timeout"].flatMap { duration($0, "drain_timeout") } ?? ConfigLoader.defaultDrainTimeout
+
+        var backends: [String: BackendConfig] = [:]
+        var backendLines: [String: Node] = [:]
+        if let b = top["backends"] {
+            if case .mapping(let m) = b {
+                for (k, v) in m {
+                    guard let name = k.string, !name.isEmpty else {
+                        fail(k, "backends", "backend names must be strings")
+                        continue
+                    }
+                    backendLines[name] = v
+                    if let backend = readBackend(v, name: name) { backends[name] = backend }
+                }
+            } else {
+                fail(b, "backends", "expected a mapping of backend names to backends")
+            }
+        } else {
+            fail(root, "backends", "missing: define at least one backend")
+        }
+
+        var listeners: [ListenerConfig] = []
+        if let l = top["listeners"], let seq = sequence(l, "listeners") {
+            if seq.isEmpty { fail(l, "listeners", "define at least one listener") }
+            for (i, node) in seq.enumerated() {
+                if let listener = readListener(node, "listeners[\(i)]", backends: backends, backendNames: Set(backendLines.keys)) {
+                    listeners.append(listener)
+                }
+            }
+            var seen: [SocketAddress: String] = [:]
+            var names: Set<String> = []
+            for (i, listener) in listeners.enumerated() {
+                if let other = seen[listener.address] {
+                    fail(seq[i], "listeners[\(i)].listen", "\(listener.address) is already used by listener '\(other)'")
+                }
+                seen[listener.address] = listener.name
+                if !names.insert(listener.name).inserted {
+                    fail(seq[i], "listeners[\(i)].name", "duplicate listener name '\(listener.name)'")
+                }
+            }
+        } else if top["listeners"] == nil {
+            fail(root, "listeners", "missing: define at least one listener")
+        }
+        return EdgemuxConfig(workers: workers, admin: admin, drainTimeoutMillis: drain, listeners: listeners, backends: backends)
+    }
+
+    mutating func readListener(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> ListenerConfig? {
+        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes"]) else { return nil }
+        let name = m["name"].flatMap { string($0, join(path, "name")) } ?? path
+        var addr: SocketAddress?
+        if let l = m["listen"] { addr = address(l, join(path, "listen")) } else { fail(node, join(path, "listen"), "missing: the address to listen on, e.g. 0.0.0.0:443") }
+        let proxyProtocol = m["proxy_protocol"].flatMap { bool($0, join(path, "proxy_protocol")) } ?? false
+        var tls: ListenerTLSConfig?
+        if let t = m["tls"] { tls = readListenerTLS(t, join(path, "tls")) }
+        let handshake = m["handshake_timeout"].flatMap { duration($0, join(path, "handshake_timeout")) } ?? ConfigLoader.defaultHandshakeTimeout
+        let request = m["request_timeout"].flatMap { duration($0, join(path, "request_timeout")) } ?? ConfigLoader.defaultRequestTimeout
+        let maxHead = m["max_request_head"].flatMap { size($0, join(path, "max_request_head")) } ?? ConfigLoader.defaultMaxRequestHead
+        if maxHead < 1024 || maxHead > 1 << 20 {
+            fail(m["max_request_head"], join(path, "max_request_head"), "expected between 1KiB and 1MiB")
+        }
+        var routes: [RouteConfig] = []
+        if let r = m["routes"], let seq = sequence(r, join(path, "routes")) {
+            for (i, rn) in seq.enumerated() {
+                if let route = readRoute(rn, "\(path).routes[\(i)]", backends: backends, backendNames: backendNames) { routes.append(route) }
+            }
+            if seq.isEmpty { fail(r, join(path, "routes"), "define at least one route") }
+            // A route after a catch-all can never match: almost certainly a mistake.
+            if let firstCatchAll = routes.firstIndex(where: { $0.match.isCatchAll }), firstCatchAll < routes.count - 1 {
+                fail(seq[firstCatchAll + 1], "\(path).routes[\(firstCatchAll + 1)]", "unreachable: route '\(routes[firstCatchAll].name)' before it matches everything")
+            }
+        } else if m["routes"] == nil {
+            fail(node, join(path, "routes"), "missing: at least one route")
+        }
+        guard let addr else { return nil }
+        let listener = ListenerConfig(name: name, address: addr, proxyProtocol: proxyProtocol, tls: tls, handshakeTimeoutMillis: handshake, requestTimeoutMillis: request, maxRequestHeadBytes: maxHead, routes: routes)
+        checkProtocols(listener, node: node, path: path, routes: m["routes"], backends: backends)
+        return listener
+    }
+
+    /// A route must not receive connections in a protocol its backend cannot speak: edgemux relays
+    /// bytes, so the backend must speak what the client chose (DESIGN: "the client's protocol
+    /// decides the backend's").
+    mutating func checkProtocols(_ listener: ListenerConfig, node: Node, path: String, routes: Node?, backends: [String: BackendConfig]) {
+        var offered: Set<ClientProtocol> = [.http1]
+        if let tls = listener.tls {
+            if tls.alpn.contains("h2") { offered.insert(.h2) }
+        } else {
+            offered.insert(.h2)  // prior knowledge
+        }
+        let routeNodes = routes.flatMap { n -> [Node]? in if case .sequence(let s) = n { return Array(s) } else { return nil } } ?? []
+        for (i, route) in listener.routes.enumerated() {
+            guard let backend = backends[route.backend] else { continue }
+            var receives = offered
+            if let alpn = route.match.alpn { receives = receives.intersection([alpn]) }
+            let missing = receives.subtracting(backend.protocols)
+            for p in missing.sorted(by: { $0.rawValue < $1.rawValue }) {
+                let fix: String
+                switch p {
+                case .h2: fix = "give backend '\(backend.name)' h2c endpoints (endpoints: {http1: [...], h2c: [...]}) or protocol: tls, or add match: {alpn: http/1.1} to this route and another route for h2"
+                case .http1: fix = "give backend '\(backend.name)' http1 endpoints (endpoints: {http1: [...], h2c: [...]}) or protocol: tls, or add match: {alpn: h2} to this route and another route for HTTP/1.1"
+                }
+                fail(i < routeNodes.count ? routeNodes[i] : node, "\(path).routes[\(i)]",
+                     "route '\(route.name)' can receive \(p.rawValue) connections but backend '\(backend.name)' cannot speak \(p.rawValue): \(fix)")
+            }
+        }
+    }
+
+    mutating func readListenerTLS(_ node: Node, _ path: String) -> ListenerTLSConfig? {
+        guard let m = mapping(node, path, allowed: ["certificates", "alpn", "min_version"]) else { return nil }
+        var certs: [CertificatePair] = []
+        if let c = m["certificates"], let seq = sequence(c, join(path, "certificates")) {
+            for (i, cn) in seq.enumerated() {
+                let p = "\(path).certificates[\(i)]"
+                guard let cm = mapping(cn, p, allowed: ["cert", "key"]) else { continue }
+                guard let certNode = cm["cert"], let keyNode = cm["key"] else {
+                    fail(cn, p, "each certificate needs 'cert' and 'key'")
+                    continue
+                }
+                let cert = readablePath(certNode, join(p, "cert"))
+                let key = readablePath(keyNode, join(p, "key"))
+                if let cert, let key { certs.append(CertificatePair(cert: cert, key: key)) }
+            }
+            if seq.isEmpty { fail(c, join(path, "certificates"), "list at least one certificate") }
+        } else if m["certificates"] == nil {
+            fail(node, join(path, "certificates"), "missing: at least one {cert, key}")
+        }
+        var alpn = ["h2", "http/1.1"]
+        if let a = m["alpn"], let seq = sequence(a, join(path, "alpn")) {
+            alpn = []
+            for (i, pn) in seq.enumerated() {
+                guard let s = string(pn, "\(path).alpn[\(i)]") else { continue }
+                if s != "h2" && s != "http/1.1" {
+                    fail(pn, "\(path).alpn[\(i)]", "expected h2 or http/1.1, not '\(s)'")
+                } else {
+                    alpn.append(s)
+                }
+            }
+            if seq.isEmpty { fail(a, join(path, "alpn"), "list at least one of h2, http/1.1") }
+        }
+        var minVersion = "1.2"
+        if let v = m["min_version"], let s = string(v, join(path, "min_version")) {
+            if s == "1.2" || s == "1.3" { minVersion = s } else { fail(v, join(path, "min_version"), "expected \"1.2\" or \"1.3\"") }
+        }
+        return ListenerTLSConfig(certificates: certs, alpn: alpn, minVersion: minVersion)
+    }
+
+    mutating func readRoute(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> RouteConfig? {
+        guard let m = mapping(node, path, allowed: ["name", "match", "backend", "idle_timeout"]) else { return nil }
+        let name = m["name"].flatMap { string($0, join(path, "name")) } ?? path
+        var match = RouteMatch()
+        if let mn = m["match"], let mm = mapping(mn, join(path, "match"), allowed: ["alpn", "sni", "content_type", "path_prefix", "host", "method", "upgrade"]) {
+            let mp = join(path, "match")
+            if let a = mm["alpn"], let s = string(a, join(mp, "alpn")) {
+                if let p = ClientProtocol(rawValue: s) { match.alpn = p } else { fail(a, join(mp, "alpn"), "expected h2 or http/1.1, not '\(s)'") }
+            }
+            match.sni = mm["sni"].flatMap { string($0, join(mp, "sni")) }?.lowercased()
+            match.contentType = mm["content_type"].flatMap { string($0, join(mp, "content_type")) }
+            if let p = mm["path_prefix"], let s = string(p, join(mp, "path_prefix")) {
+                if !s.hasPrefix("/") { fail(p, join(mp, "path_prefix"), "a path prefix starts with /") }
+                match.pathPrefix = s
+            }
+            match.host = mm["host"].flatMap { string($0, join(mp, "host")) }?.lowercased()
+            match.method = mm["method"].flatMap { string($0, join(mp, "method")) }?.uppercased()
+            match.upgrade = mm["upgrade"].flatMap { string($0, join(mp, "upgrade")) }?.lowercased()
+        }
+        var backendName = ""
+        if let b = m["backend"], let s = string(b, join(path, "backend")) {
+            backendName = s
+            if !backendNames.contains(s) {
+                let known = backendNames.sorted().joined(separator: ", ")
+                fail(b, join(path, "backend"), "unknown backend '\(s)'; defined backends: \(known.isEmpty ? "none" : known)")
+            }
+        } else if m["backend"] == nil {
+            fail(node, join(path, "backend"), "missing: the backend this route sends to")
+        }
+        let defaultIdle = backends[backendName]?.idleTimeoutMillis ?? (match.targetsGRPC ? 0 : ConfigLoader.defaultIdleTimeout)
+        let idle = m["idle_timeout"].flatMap { duration($0, join(path, "idle_timeout")) } ?? defaultIdle
+        return RouteConfig(name: name, match: match, backend: backendName, idleTimeoutMillis: idle)
+    }
+
+    mutating func readBackend(_ node: Node, name: String) -> BackendConfig? {
+        let path = "backends.\(name)"
+        guard let m = mapping(node, path, allowed: ["protocol", "endpoints", "tls", "connect_timeout", "idle_timeout"]) else { return nil }
+        var proto: BackendProtocol?
+        if let p = m["protocol"], let s = string(p, join(path, "protocol")) {
+            proto = BackendProtocol(rawValue: s)
+            if proto == nil { fail(p, join(path, "protocol"), "expected http1, h2c or tls, not '\(s)'") }
+        }
+        var endpoints: [ClientProtocol: [Endpoint]] = [:]
+        if let e = m["endpoints"] {
+            switch e {
+            case .sequence(let seq):
+                let list = seq.enumerated().compactMap { endpoint($0.element, "\(path).endpoints[\($0.offset)]") }
+                if seq.isEmpty { fail(e, join(path, "endpoints"), "list at least one endpoint") }
+                switch proto ?? .http1 {
+                case .http1: endpoints[.http1] = list
+                case .h2c: endpoints[.h2] = list
+                case .tls:
+                    endpoints[.http1] = list
+                    endpoints[.h2] = list
+                }
+            case .mapping:
+                if proto == .tls {
+                    fail(e, join(path, "endpoints"), "a tls backend takes one list of endpoints (ALPN picks the protocol)")
+                }
+                if let em = mapping(e, join(path, "endpoints"), allowed: ["http1", "h2c"]) {
+                    for (key, cp) in [("http1", ClientProtocol.http1), ("h2c", ClientProtocol.h2)] {
+                        guard let ln = em[key], let seq = sequence(ln, "\(path).endpoints.\(key)") else { continue }
+                        endpoints[cp] = seq.enumerated().compactMap { endpoint($0.element, "\(path).endpoints.\(key)[\($0.offset)]") }
+                    }
+                }
+            default:
+                fail(e, join(path, "endpoints"), "expected a list of host:port, or {http1: [...], h2c: [...]}")
+            }
+        } else {
+            fail(node, join(path, "endpoints"), "missing: the addresses of this backend")
+        }
+        var tls: BackendTLSConfig?
+        if let t = m["tls"] {
+            if proto != .tls { fail(t, join(path, "tls"), "only a backend with protocol: tls takes tls settings") }
+            if let tm = mapping(t, join(path, "tls"), allowed: ["ca", "server_name", "cert", "key", "verify"]) {
+                let tp = join(path, "tls")
+                let ca = tm["ca"].flatMap { readablePath($0, join(tp, "ca")) }
+                let sn = tm["server_name"].flatMap { string($0, join(tp, "server_name")) }
+                var client: CertificatePair?
+                if tm["cert"] != nil || tm["key"] != nil {
+                    if let c = tm["cert"], let k = tm["key"] {
+                        if let cert = readablePath(c, join(tp, "cert")), let key = readablePath(k, join(tp, "key")) {
+                            client = CertificatePair(cert: cert, key: key)
+                        }
+                    } else {
+                        fail(t, tp, "a client certificate needs both 'cert' and 'key'")
+                    }
+                }
+                let verify = tm["verify"].flatMap { bool($0, join(tp, "verify")) } ?? true
+                tls = BackendTLSConfig(caPath: ca, serverName: sn, clientCertificate: client, verify: verify)
+            }
+        } else if proto == .tls {
+            tls = BackendTLSConfig(caPath: nil, serverName: nil, clientCertificate: nil, verify: true)
+        }
+        let connect = m["connect_timeout"].flatMap { duration($0, join(path, "connect_timeout")) } ?? ConfigLoader.defaultConnectTimeout
+        if connect == 0 { fail(m["connect_timeout"], join(path, "connect_timeout"), "a connect timeout of 0 would wait forever on a dead endpoint") }
+        let idle = m["idle_timeout"].flatMap { duration($0, join(path, "idle_timeout")) }
+        return BackendConfig(name: name, proto: proto ?? (endpoints[.h2] != nil && endpoints[.http1] == nil ? .h2c : .http1), endpoints: endpoints, tls: tls, connectTimeoutMillis: connect, idleTimeoutMillis: idle)
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints on unknown keys.
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    if a.isEmpty { return b.count }
+    if b.isEmpty { return a.count }
+    var prev = Array(0...b.count)
+    var cur = [Int](repeating: 0, count: b.count + 1)
+    for i in 1...a.count {
+        cur[0] = i
+        for j in 1...b.count {
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        swap(&prev, &cur)
+    }
+    return prev[b.count]
+}

@@ -1,0 +1,138 @@
+/// The whole edgemux configuration: immutable, validated, swapped whole on reload.
+public struct EdgemuxConfig: Sendable {
+    /// Event-loop threads (`auto` in the file: one per core).
+    public let workers: Int
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); nil: none.
+    public let admin: AdminConfig?
+    /// How long SIGTERM waits for open connections before closing them.
+    public let drainTimeoutMillis: Int64
+    /// The listeners, in file order.
+    public let listeners: [ListenerConfig]
+    /// The backends by name.
+    public let backends: [String: BackendConfig]
+
+    public init(workers: Int, admin: AdminConfig?, drainTimeoutMillis: Int64, listeners: [ListenerConfig], backends: [String: BackendConfig]) {
+        self.workers = workers
+        self.admin = admin
+        self.drainTimeoutMillis = drainTimeoutMillis
+        self.listeners = listeners
+        self.backends = backends
+    }
+}
+
+/// The admin listener.
+public struct AdminConfig: Sendable {
+    /// Where it listens (loopback by default).
+    public let address: SocketAddress
+}
+
+/// One listening address and what happens to the connections it accepts.
+public struct ListenerConfig: Sendable {
+    /// A name for logs and metrics.
+    public let name: String
+    /// The address every worker binds (SO_REUSEPORT).
+    public let address: SocketAddress
+    /// Expect a PROXY protocol v1 or v2 header before anything else.
+    public let proxyProtocol: Bool
+    /// TLS termination; nil: plaintext (HTTP/1.1, or HTTP/2 with prior knowledge).
+    public let tls: ListenerTLSConfig?
+    /// How long a client may take to finish its TLS handshake (and PROXY header).
+    public let handshakeTimeoutMillis: Int64
+    /// How long a client may take to send its first request head after the handshake.
+    public let requestTimeoutMillis: Int64
+    /// The largest first request head (HTTP/1.1) or HTTP/2 connection start read for routing.
+    public let maxRequestHeadBytes: Int
+    /// The routes, first match wins.
+    public let routes: [RouteConfig]
+}
+
+/// TLS termination on a listener.
+public struct ListenerTLSConfig: Sendable {
+    /// Certificates chosen by SNI; the first is the default.
+    public let certificates: [CertificatePair]
+    /// ALPN protocols offered, in preference order.
+    public let alpn: [String]
+    /// "1.2" or "1.3".
+    public let minVersion: String
+}
+
+/// One routing rule.
+public struct RouteConfig: Sendable {
+    public let name: String
+    public let match: RouteMatch
+    /// The backend's name.
+    public let backend: String
+    /// Close a relayed connection idle this long in both directions; 0: never.
+    public let idleTimeoutMillis: Int64
+}
+
+/// The conditions of a route; all given ones must hold. An empty match is a catch-all.
+public struct RouteMatch: Sendable, Equatable {
+    /// The connection's protocol (ALPN result, or what the client spoke without ALPN).
+    public var alpn: ClientProtocol?
+    /// The TLS server name, exact or `*.suffix`.
+    public var sni: String?
+    /// A prefix of the first request's `content-type`.
+    public var contentType: String?
+    /// A prefix of the first request's path.
+    public var pathPrefix: String?
+    /// The first request's Host / :authority, exact or `*.suffix`.
+    public var host: String?
+    /// The first request's method.
+    public var method: String?
+    /// The first request's Upgrade header (HTTP/1.1), e.g. `websocket`.
+    public var upgrade: String?
+
+    public init() {}
+
+    public var isCatchAll: Bool { self == RouteMatch() }
+
+    /// Does this match look for gRPC (so its idle timeout defaults to off)?
+    var targetsGRPC: Bool { contentType?.hasPrefix("application/grpc") ?? false }
+}
+
+/// How edgemux speaks to a backend.
+public enum BackendProtocol: String, Sendable {
+    /// HTTP/1.1 in cleartext.
+    case http1
+    /// HTTP/2 in cleartext with prior knowledge.
+    case h2c
+    /// TLS; ALPN passes the client's protocol on.
+    case tls
+}
+
+/// One backend: endpoints per client protocol.
+public struct BackendConfig: Sendable {
+    public let name: String
+    public let proto: BackendProtocol
+    /// The endpoints that serve each client protocol (round robin).
+    public let endpoints: [ClientProtocol: [Endpoint]]
+    /// TLS towards the backend (`protocol: tls`).
+    public let tls: BackendTLSConfig?
+    /// How long one connect (and backend TLS handshake) may take before the next endpoint is tried.
+    public let connectTimeoutMillis: Int64
+    /// Default idle timeout of routes to this backend (nil: the route's own default).
+    public let idleTimeoutMillis: Int64?
+
+    /// The client protocols this backend can carry.
+    public var protocols: Set<ClientProtocol> { Set(endpoints.filter { !$0.value.isEmpty }.keys) }
+}
+
+/// A backend address as written, with what it resolved to at load time.
+public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
+    public let text: String
+    public let address: SocketAddress
+    public var description: String { text }
+}
+
+/// TLS towards a backend.
+public struct BackendTLSConfig: Sendable {
+    /// CA bundle that verifies the backend; nil: the system's.
+    public let caPath: String?
+    /// SNI and the name verified in the backend's certificate.
+    public let serverName: String?
+    /// A client certificate to present.
+    public let clientCertificate: CertificatePair?
+    /// Verify the backend's certificate (default true).
+    public let verify: Bool
+}

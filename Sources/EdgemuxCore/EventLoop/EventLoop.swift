@@ -1,0 +1,213 @@
+import CEdgemux
+import Glibc
+import Synchronization
+
+/// Something that owns file descriptors registered with an `EventLoop`.
+public protocol EventHandler: AnyObject {
+    /// Called on the loop's thread with the epoll event bits for `fd`.
+    func handleEvent(fd: Int32, events: UInt32)
+}
+
+/// Identifies a scheduled timer so it can be cancelled.
+public struct TimerHandle: Hashable, Sendable {
+    let id: UInt64
+}
+
+/// One epoll reactor, driven by one thread for its whole life.
+///
+/// Registration is edge-triggered: a handler reads and writes until EAGAIN and remembers which
+/// direction is ready, so no epoll_ctl call is needed when it stops reading for backpressure.
+///
+/// `@unchecked Sendable`: everything but `inbox` is touched only on the loop's own thread (the one
+/// that calls `run()`); other threads reach the loop only through `execute(_:)`, which takes the
+/// inbox's mutex and wakes the loop with its eventfd.
+public final class EventLoop: @unchecked Sendable {
+    /// Edge-triggered read, write, peer half-close.
+    public static let relayEvents: UInt32 = EPOLLIN.rawValue | EPOLLOUT.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue
+    /// Level-triggered read (listeners, eventfd, signalfd).
+    public static let readEvents: UInt32 = EPOLLIN.rawValue
+
+    let epfd: Int32
+    let wakeFD: Int32
+    private var handlers: [Int32: EventHandler] = [:]
+    private var timerHeap: [(deadline: Int64, id: UInt64)] = []
+    private var timerCallbacks: [UInt64: () -> Void] = [:]
+    private var nextTimerID: UInt64 = 1
+    private var soon: [() -> Void] = []
+    private let inbox = Mutex<[@Sendable () -> Void]>([])
+    private var stopping = false
+    /// CLOCK_MONOTONIC milliseconds, refreshed after every wait: cheap "now" for timeouts.
+    public private(set) var now: Int64
+    /// The worker's index (for logs and metrics).
+    public let index: Int
+
+    public init(index: Int) throws {
+        self.index = index
+        epfd = try Posix.epollCreate()
+        wakeFD = try Posix.eventFD()
+        now = Posix.monotonicMillis()
+        try Posix.epollControl(epfd, op: EPOLL_CTL_ADD, fd: wakeFD, events: EventLoop.readEvents)
+    }
+
+    deinit {
+        Posix.close(wakeFD)
+        Posix.close(epfd)
+    }
+
+    // MARK: registration
+
+    public func register(fd: Int32, events: UInt32, handler: EventHandler) throws {
+        try Posix.epollControl(epfd, op: EPOLL_CTL_ADD, fd: fd, events: events)
+        handlers[fd] = handler
+    }
+
+    public func modify(fd: Int32, events: UInt32) throws {
+        try Posix.epollControl(epfd, op: EPOLL_CTL_MOD, fd: fd, events: events)
+    }
+
+    /// Forgets `fd` and closes it (closing removes it from the epoll set).
+    public func closeDescriptor(_ fd: Int32) {
+        handlers[fd] = nil
+        Posix.close(fd)
+    }
+
+    /// Forgets `fd` without closing it.
+    public func deregister(fd: Int32) {
+        if handlers.removeValue(forKey: fd) != nil {
+            _ = try? Posix.epollControl(epfd, op: EPOLL_CTL_DEL, fd: fd, events: 0)
+        }
+    }
+
+    // MARK: timers
+
+    /// Runs `callback` on this loop after `millis` milliseconds.
+    @discardableResult
+    public func schedule(afterMillis millis: Int64, _ callback: @escaping () -> Void) -> TimerHandle {
+        let id = nextTimerID
+        nextTimerID += 1
+        timerCallbacks[id] = callback
+        heapPush((now + max(0, millis), id))
+        return TimerHandle(id: id)
+    }
+
+    public func cancel(_ timer: TimerHandle?) {
+        if let timer { timerCallbacks[timer.id] = nil }
+    }
+
+    /// Runs `work` on this loop after the current batch of events (same thread only).
+    public func runSoon(_ work: @escaping () -> Void) {
+        soon.append(work)
+    }
+
+    /// Runs `work` on this loop's thread; callable from any thread.
+    public func execute(_ work: @escaping @Sendable () -> Void) {
+        inbox.withLock { $0.append(work) }
+        var one: UInt64 = 1
+        _ = Glibc.write(wakeFD, &one, 8)
+    }
+
+    /// Asks the loop to return from `run()`; callable from any thread.
+    public func stop() {
+        execute { [unowned self] in self.stopping = true }
+    }
+
+    // MARK: running
+
+    /// Runs until `stop()`.
+    public func run() {
+        let capacity: Int32 = 256
+        let events = UnsafeMutablePointer<epoll_event>.allocate(capacity: Int(capacity))
+        defer { events.deallocate() }
+        while !stopping {
+            let timeout: Int32
+            if !soon.isEmpty {
+                timeout = 0
+            } else if let next = nextDeadline() {
+                timeout = Int32(clamping: max(0, next - Posix.monotonicMillis()))
+            } else {
+                timeout = -1
+            }
+            let count: Int
+            do {
+                count = try Posix.epollWait(epfd, events: events, max: capacity, timeoutMillis: timeout)
+            } catch {
+                fatalError("edgemux: epoll_wait failed: \(error)")
+            }
+            now = Posix.monotonicMillis()
+            for i in 0..<count {
+                let ev = events[i]
+                let fd = ev.data.fd
+                if fd == wakeFD {
+                    drainInbox()
+                    continue
+                }
+                handlers[fd]?.handleEvent(fd: fd, events: ev.events)
+            }
+            runSoonQueue()
+            fireTimers()
+        }
+    }
+
+    private func drainInbox() {
+        var value: UInt64 = 0
+        _ = Glibc.read(wakeFD, &value, 8)
+        let work = inbox.withLock { tasks -> [@Sendable () -> Void] in
+            let taken = tasks
+            tasks.removeAll(keepingCapacity: true)
+            return taken
+        }
+        for w in work { w() }
+    }
+
+    private func runSoonQueue() {
+        guard !soon.isEmpty else { return }
+        let work = soon
+        soon.removeAll(keepingCapacity: true)
+        for w in work { w() }
+    }
+
+    private func nextDeadline() -> Int64? {
+        while let top = timerHeap.first {
+            if timerCallbacks[top.id] != nil { return top.deadline }
+            heapPop()
+        }
+        return nil
+    }
+
+    private func fireTimers() {
+        while let top = timerHeap.first, top.deadline <= now {
+            heapPop()
+            if let cb = timerCallbacks.removeValue(forKey: top.id) { cb() }
+        }
+    }
+
+    // MARK: min-heap on deadline
+
+    private func heapPush(_ item: (deadline: Int64, id: UInt64)) {
+        timerHeap.append(item)
+        var i = timerHeap.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            if timerHeap[parent].deadline <= timerHeap[i].deadline { break }
+            timerHeap.swapAt(parent, i)
+            i = parent
+        }
+    }
+
+    private func heapPop() {
+        let last = timerHeap.removeLast()
+        guard !timerHeap.isEmpty else { return }
+        timerHeap[0] = last
+        var i = 0
+        let n = timerHeap.count
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < n && timerHeap[l].deadline < timerHeap[m].deadline { m = l }
+            if r < n && timerHeap[r].deadline < timerHeap[m].deadline { m = r }
+            if m == i { break }
+            timerHeap.swapAt(i, m)
+            i = m
+        }
+    }
+}

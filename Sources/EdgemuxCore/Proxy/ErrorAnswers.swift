@@ -1,0 +1,56 @@
+/// The bytes edgemux itself answers with when it cannot or will not relay a connection.
+enum ErrorAnswers {
+    static let reasons: [Int: String] = [
+        400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+        431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    ]
+
+    /// A complete HTTP/1.1 response that closes the connection.
+    static func http1(status: Int, message: String) -> [UInt8] {
+        let body = "edgemux: \(message)\n"
+        let head = "HTTP/1.1 \(status) \(reasons[status] ?? "Error")\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
+        return Array((head + body).utf8)
+    }
+
+    /// HTTP/2 error codes (RFC 9113 section 7).
+    enum H2Error: UInt32 {
+        case noError = 0x0
+        case protocolError = 0x1
+        case internalError = 0x2
+        case frameSizeError = 0x6
+        case compressionError = 0x9
+    }
+
+    static func frameHeader(length: Int, type: UInt8, flags: UInt8, stream: UInt32) -> [UInt8] {
+        [UInt8(length >> 16 & 0xff), UInt8(length >> 8 & 0xff), UInt8(length & 0xff), type, flags,
+         UInt8(stream >> 24 & 0x7f), UInt8(stream >> 16 & 0xff), UInt8(stream >> 8 & 0xff), UInt8(stream & 0xff)]
+    }
+
+    /// GOAWAY with `lastStream` and `error`, and a short debug text.
+    static func goaway(lastStream: UInt32, error: H2Error, debug: String) -> [UInt8] {
+        let text = Array(debug.utf8.prefix(200))
+        var f = frameHeader(length: 8 + text.count, type: H2.goaway, flags: 0, stream: 0)
+        f += [UInt8(lastStream >> 24 & 0x7f), UInt8(lastStream >> 16 & 0xff), UInt8(lastStream >> 8 & 0xff), UInt8(lastStream & 0xff)]
+        let e = error.rawValue
+        f += [UInt8(e >> 24 & 0xff), UInt8(e >> 16 & 0xff), UInt8(e >> 8 & 0xff), UInt8(e & 0xff)]
+        return f + text
+    }
+
+    /// Answers stream `stream` with `status` and ends the connection: SETTINGS ACK (edgemux now
+    /// terminates this connection itself, so it acknowledges the client's SETTINGS), a HEADERS
+    /// frame with END_STREAM, then GOAWAY naming that stream as the last one processed.
+    static func h2(stream: UInt32, status: Int, message: String) -> [UInt8] {
+        // HPACK: ":status" as a literal without indexing, name from static table index 8
+        // (RFC 7541 6.2.2), then "content-type: text/plain" by static name index 31.
+        let statusText = Array(String(status).utf8)
+        var block: [UInt8] = [0x08, UInt8(statusText.count)] + statusText
+        let ct = Array("text/plain; charset=utf-8".utf8)
+        block += [0x0f, 31 - 15, UInt8(ct.count)] + ct
+        let body = Array("edgemux: \(message)\n".utf8)
+        var out = H2.settingsAck
+        out += frameHeader(length: block.count, type: H2.headers, flags: H2.flagEndHeaders, stream: stream) + block
+        out += frameHeader(length: body.count, type: H2.data, flags: H2.flagEndStream, stream: stream) + body
+        out += goaway(lastStream: stream, error: .noError, debug: message)
+        return out
+    }
+}

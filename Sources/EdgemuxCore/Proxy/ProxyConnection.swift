@@ -1,0 +1,705 @@
+import CEdgemux
+import Glibc
+import Logging
+
+/// One client connection, from accept to close: TLS handshake, sniffing the first request,
+/// routing, connecting to a backend endpoint, then relaying both ways. Owned by one worker's loop
+/// for its whole life; each phase is named for what it waits for.
+final class ProxyConnection: EventHandler {
+    enum Phase: Equatable {
+        /// Waiting for the client's TLS handshake to complete.
+        case awaitingHandshake
+        /// Waiting for the first request head (HTTP/1.1) or the first HEADERS (HTTP/2).
+        case awaitingRequest
+        /// Waiting for a backend endpoint to accept the connection (and its TLS handshake).
+        case awaitingBackend
+        /// Relaying bytes both ways.
+        case relaying
+        /// Waiting for edgemux's own answer (an error) to be written.
+        case flushingAnswer
+        /// Answer written and FIN sent; reading and discarding until the client closes, so that
+        /// closing with unread input does not reset the connection under the answer.
+        case lingering
+        case closed
+    }
+
+    /// One direction of the relay.
+    struct Direction {
+        /// Bytes read from the source that the destination has not taken yet.
+        var pending: Chunk?
+        /// The source has ended (EOF or close_notify).
+        var sourceDone = false
+        /// The destination's write side has been shut after `sourceDone`.
+        var shutDown = false
+        /// Client-to-backend on HTTP/2: drops the ACK of edgemux's SETTINGS.
+        var filter: SettingsAckFilter?
+        var bytes = 0
+    }
+
+    unowned let worker: Worker
+    let loop: EventLoop
+    let snapshot: Snapshot
+    let listener: ListenerConfig
+    let peer: SocketAddress
+    let client: Transport
+    var backend: Transport?
+
+    private(set) var phase: Phase = .awaitingHandshake
+    var proto: ClientProtocol = .http1
+    /// ALPN gave no protocol: HTTP/2 with prior knowledge is still possible.
+    var protocolUndecided = false
+    var serverName: String?
+    var sniffed: [UInt8] = []
+    var h2Sniffer: HTTP2Sniffer?
+    var sentSettings = false
+    var request = RequestInfo()
+    var route: RouteConfig?
+    var backendConfig: BackendConfig?
+    var plan: [Endpoint] = []
+    var attempt = 0
+    var currentEndpoint: Endpoint?
+    var backendConnected = false
+    var failures: [String] = []
+    var toBackend = Direction()
+    var toClient = Direction()
+    var answer: [UInt8] = []
+    var answerOffset = 0
+    var timer: TimerHandle?
+    var lastActivity: Int64
+
+    init(worker: Worker, snapshot: Snapshot, listener: ListenerConfig, fd: Int32, peer: SocketAddress) {
+        self.worker = worker
+        self.loop = worker.loop
+        self.snapshot = snapshot
+        self.listener = listener
+        self.peer = peer
+        self.client = Transport(fd: fd)
+        self.lastActivity = worker.loop.now
+    }
+
+    var logPrefix: String { "client \(peer) on '\(listener.name)'" }
+
+    // MARK: start
+
+    func start() {
+        let fd = client.fd
+        try? Posix.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
+        try? Posix.setOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE, value: 1)
+        do {
+            try loop.register(fd: fd, events: EventLoop.relayEvents, handler: self)
+        } catch {
+            worker.logger.error("\(logPrefix): cannot register: \(error)")
+            Posix.close(fd)
+            worker.finished(self)
+            phase = .closed
+            return
+        }
+        client.readable = true
+        if let ctx = snapshot.serverTLS[listener.name] {
+            do {
+                client.tls = try TLSStream(server: ctx, fd: fd)
+            } catch {
+                worker.logger.error("\(logPrefix): \(error)")
+                close()
+                return
+            }
+            phase = .awaitingHandshake
+            armTimer(listener.handshakeTimeoutMillis, phase: "handshake")
+            continueHandshake()
+        } else {
+            protocolUndecided = true
+            enterAwaitingRequest()
+        }
+    }
+
+    func handleEvent(fd: Int32, events: UInt32) {
+        if fd == client.fd {
+            client.note(events: events)
+        } else if let backend, fd == backend.fd {
+            backend.note(events: events)
+        } else {
+            return
+        }
+        switch phase {
+        case .awaitingHandshake: continueHandshake()
+        case .awaitingRequest: readRequest()
+        case .awaitingBackend:
+            if let backend, fd == backend.fd { backendProgress(events: events) }
+        case .relaying: pumpAll()
+        case .flushingAnswer: flushAnswer()
+        case .lingering: linger()
+        case .closed: break
+        }
+    }
+
+    // MARK: timers
+
+    private func armTimer(_ millis: Int64, phase name: String) {
+        loop.cancel(timer)
+        timer = nil
+        guard millis > 0 else { return }
+        timer = loop.schedule(afterMillis: millis) { [weak self] in self?.timerFired(name) }
+    }
+
+    private func timerFired(_ name: String) {
+        timer = nil
+        switch phase {
+        case .awaitingHandshake:
+            worker.metrics.update { $0.timeouts["handshake", default: 0] += 1 }
+            worker.logger.notice("\(logPrefix): TLS handshake not finished within \(listener.handshakeTimeoutMillis) ms; closed")
+            close()
+        case .awaitingRequest:
+            worker.metrics.update { $0.timeouts["request", default: 0] += 1 }
+            worker.logger.notice("\(logPrefix): no complete first request within \(listener.requestTimeoutMillis) ms (\(sniffed.count) bytes received); closed")
+            if proto == .h2, let s = h2Sniffer, s.prefaceReceived {
+                sendAnswer(ErrorAnswers.goaway(lastStream: 0, error: .noError, debug: "request timeout"))
+            } else if proto == .http1, !sniffed.isEmpty, !protocolUndecided || !HTTP2Sniffer.couldBePrefaceArray(sniffed) {
+                sendAnswer(ErrorAnswers.http1(status: 408, message: "request head not received in time"))
+            } else {
+                close()
+            }
+        case .awaitingBackend:
+            connectFailed("timed out after \(backendConfig?.connectTimeoutMillis ?? 0) ms")
+        case .relaying:
+            guard let route, route.idleTimeoutMillis > 0 else { return }
+            let idle = loop.now - lastActivity
+            if idle >= route.idleTimeoutMillis {
+                worker.metrics.update { $0.timeouts["idle", default: 0] += 1 }
+                worker.logger.info("\(logPrefix): idle for \(idle) ms on route '\(route.name)'; closed")
+                close()
+            } else {
+                armTimer(route.idleTimeoutMillis - idle, phase: "idle")
+            }
+        case .flushingAnswer, .lingering:
+            close()
+        case .closed:
+            break
+        }
+    }
+
+    // MARK: TLS handshake
+
+    private func continueHandshake() {
+        guard let tls = client.tls else { return }
+        switch tls.handshake() {
+        case .bytes:
+            let alpn = tls.negotiatedALPN
+            serverName = tls.serverName
+            if alpn == "h2" {
+                proto = .h2
+            } else {
+                proto = .http1
+                protocolUndecided = alpn.isEmpty && (listener.tls?.alpn.contains("h2") ?? false)
+            }
+            enterAwaitingRequest()
+        case .wantRead, .wantWrite:
+            return
+        case .eof:
+            worker.metrics.update { $0.handshakeFailures["client_closed", default: 0] += 1 }
+            close()
+        case .failed(let why):
+            worker.metrics.update { $0.handshakeFailures["protocol", default: 0] += 1 }
+            worker.logger.notice("\(logPrefix): \(why)")
+            close()
+        }
+    }
+
+    // MARK: sniffing the first request
+
+    private func enterAwaitingRequest() {
+        phase = .awaitingRequest
+        armTimer(listener.requestTimeoutMillis, phase: "request")
+        if proto == .h2 { h2Sniffer = HTTP2Sniffer(cap: listener.maxRequestHeadBytes) }
+        readRequest()
+    }
+
+    private func readRequest() {
+        let scratch = worker.pool.scratch
+        let cap = listener.maxRequestHeadBytes
+        var got = false
+        while client.readable && sniffed.count <= cap {
+            let room = min(scratch.count, cap + 1 - sniffed.count)
+            switch client.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[0..<room])) {
+            case .bytes(let n):
+                sniffed.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+                got = true
+            case .wantRead, .wantWrite:
+                break
+            case .eof:
+                if !sniffed.isEmpty {
+                    worker.logger.notice("\(logPrefix): closed after \(sniffed.count) bytes, before a complete first request")
+                }
+                close()
+                return
+            case .failed(let why):
+                worker.logger.notice("\(logPrefix): \(why)")
+                close()
+                return
+            }
+        }
+        if got { lastActivity = loop.now }
+        guard !sniffed.isEmpty else { return }
+        parseRequest()
+    }
+
+    private func parseRequest() {
+        if protocolUndecided {
+            if !HTTP2Sniffer.couldBePrefaceArray(sniffed) {
+                protocolUndecided = false
+            } else if sniffed.count >= H2.preface.count {
+                protocolUndecided = false
+                proto = .h2
+                h2Sniffer = HTTP2Sniffer(cap: listener.maxRequestHeadBytes)
+            } else {
+                return
+            }
+        }
+        switch proto {
+        case .http1:
+            let parser = HTTP1HeadParser(cap: listener.maxRequestHeadBytes)
+            let result = sniffed.withUnsafeBytes { parser.parse($0) }
+            switch result {
+            case .needMore: return
+            case .done(let info, _):
+                request = info
+                routeRequest()
+            case .error(let e):
+                worker.metrics.update { $0.sniffErrors[e.metricLabel, default: 0] += 1 }
+                worker.logger.notice("\(logPrefix): \(e); closed")
+                if case .headTooLarge = e {
+                    sendAnswer(ErrorAnswers.http1(status: 431, message: "\(e)"))
+                } else {
+                    sendAnswer(ErrorAnswers.http1(status: 400, message: "\(e)"))
+                }
+            }
+        case .h2:
+            guard var sniffer = h2Sniffer else { return }
+            let result = sniffed.withUnsafeBytes { sniffer.parse($0) }
+            h2Sniffer = sniffer
+            if sniffer.prefaceReceived && !sentSettings {
+                // Who speaks first: gRPC clients send nothing after their preface until they
+                // have the server's SETTINGS, so edgemux sends its own (empty) SETTINGS now.
+                sentSettings = true
+                writeToClientNow(H2.emptySettings)
+            }
+            switch result {
+            case .needMore: return
+            case .done(let info, let replayEnd, let droppedAck):
+                request = info
+                var replay = sniffed
+                var tail: [UInt8] = []
+                if replayEnd < replay.count {
+                    tail = Array(replay[replayEnd...])
+                    replay.removeSubrange(replayEnd...)
+                }
+                if let r = droppedAck {
+                    replay.removeSubrange(r)
+                } else {
+                    toBackend.filter = SettingsAckFilter()
+                }
+                sniffed = replay
+                if !tail.isEmpty { appendFiltered(tail) }
+                routeRequest()
+            case .error(let e):
+                worker.metrics.update { $0.sniffErrors[e.metricLabel, default: 0] += 1 }
+                worker.logger.notice("\(logPrefix): \(e); closed")
+                let code: ErrorAnswers.H2Error
+                switch e {
+                case .frameTooLarge: code = .frameSizeError
+                case .badHeaderBlock: code = .compressionError
+                default: code = .protocolError
+                }
+                sendAnswer(ErrorAnswers.goaway(lastStream: 0, error: code, debug: "\(e)"))
+            }
+        }
+    }
+
+    /// Appends bytes that follow the first header block to the replay, through the ACK filter.
+    private func appendFiltered(_ bytes: [UInt8]) {
+        guard var filter = toBackend.filter else {
+            sniffed += bytes
+            return
+        }
+        var copy = bytes
+        let n = copy.withUnsafeMutableBytes { filter.filter($0, count: $0.count) }
+        sniffed += copy[0..<n]
+        toBackend.filter = filter.done ? nil : filter
+    }
+
+    /// Writes a few bytes of edgemux's own to the client before the relay starts; what the
+    /// socket does not take waits in the client direction's pending chunk.
+    private func writeToClientNow(_ bytes: [UInt8]) {
+        var offset = 0
+        bytes.withUnsafeBytes { buf in
+            while offset < buf.count, client.writable {
+                guard case .bytes(let n) = client.write(from: UnsafeRawBufferPointer(rebasing: buf[offset...])) else { break }
+                offset += n
+            }
+            if offset < buf.count {
+                let chunk = toClient.pending ?? worker.pool.take()
+                chunk.append(UnsafeRawBufferPointer(rebasing: buf[offset...]))
+                toClient.pending = chunk
+            }
+        }
+    }
+
+    // MARK: routing
+
+    private func routeRequest() {
+        guard let router = snapshot.routers[listener.name], let route = router.select(protocol: proto, sni: serverName, request: request) else {
+            worker.metrics.update { $0.noRoute += 1 }
+            worker.logger.notice("\(logPrefix): no route for \(proto.rawValue) \(request.method) \(request.path) host '\(request.host)' content-type '\(request.contentType)'")
+            answerError(status: 404, message: "no route matches this request")
+            return
+        }
+        self.route = route
+        guard let backend = snapshot.config.backends[route.backend], let endpoints = backend.endpoints[proto], !endpoints.isEmpty else {
+            worker.logger.error("\(logPrefix): route '\(route.name)' has no \(proto.rawValue) endpoint in backend '\(route.backend)'")
+            answerError(status: 502, message: "backend '\(route.backend)' cannot serve \(proto.rawValue)")
+            return
+        }
+        worker.metrics.update { $0.routed[route.name, default: 0] += 1 }
+        backendConfig = backend
+        plan = worker.balancer(for: backend.name).plan(endpoints, protocol: proto, now: loop.now)
+        attempt = 0
+        phase = .awaitingBackend
+        loop.cancel(timer)
+        timer = nil
+        connectNext()
+    }
+
+    // MARK: connecting to a backend
+
+    private func connectNext() {
+        guard let backendConfig else { return }
+        while attempt < plan.count {
+            let endpoint = plan[attempt]
+            attempt += 1
+            currentEndpoint = endpoint
+            backendConnected = false
+            do {
+                let fd = try Posix.socket(domain: endpoint.address.family, type: Int32(SOCK_STREAM.rawValue))
+                try? Posix.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
+                try? Posix.setOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE, value: 1)
+                let transport = Transport(fd: fd)
+                do {
+                    _ = try Posix.connect(fd, to: endpoint.address)
+                    try loop.register(fd: fd, events: EventLoop.relayEvents, handler: self)
+                } catch {
+                    Posix.close(fd)
+                    throw error
+                }
+                transport.writable = false
+                backend = transport
+                armTimer(backendConfig.connectTimeoutMillis, phase: "connect")
+                return
+            } catch {
+                noteEndpointFailure(endpoint, "\(error)")
+            }
+        }
+        allEndpointsFailed()
+    }
+
+    private func backendProgress(events: UInt32) {
+        guard let backend else { return }
+        if !backendConnected {
+            let err = Posix.socketError(backend.fd)
+            if err != 0 {
+                connectFailed(String(cString: strerror(err)))
+                return
+            }
+            guard events & EPOLLOUT.rawValue != 0 else { return }
+            backendConnected = true
+            if backendConfig?.proto == .tls {
+                guard let ctx = snapshot.clientTLS[backendConfig!.name] else {
+                    connectFailed("no TLS context")
+                    return
+                }
+                do {
+                    backend.tls = try TLSStream(client: ctx, fd: backend.fd, alpn: proto.rawValue)
+                } catch {
+                    connectFailed("\(error)")
+                    return
+                }
+            }
+        }
+        if let tls = backend.tls {
+            switch tls.handshake() {
+            case .bytes:
+                let alpn = tls.negotiatedALPN
+                if proto == .h2 && alpn != "h2" {
+                    connectFailed("TLS backend did not accept ALPN h2 (got '\(alpn)')")
+                    return
+                }
+                if proto == .http1 && !(alpn.isEmpty || alpn == "http/1.1") {
+                    connectFailed("TLS backend chose ALPN '\(alpn)' for an HTTP/1.1 client")
+                    return
+                }
+            case .wantRead, .wantWrite:
+                return
+            case .eof:
+                connectFailed("closed during the TLS handshake")
+                return
+            case .failed(let why):
+                connectFailed(why)
+                return
+            }
+        }
+        if let e = currentEndpoint { worker.balancer(for: backendConfig!.name).markHealthy(e) }
+        startRelay()
+    }
+
+    private func noteEndpointFailure(_ endpoint: Endpoint, _ why: String) {
+        failures.append("\(endpoint) (\(why))")
+        worker.metrics.update { $0.backendConnectFailures["\(backendConfig?.name ?? "?")/\(endpoint)", default: 0] += 1 }
+        worker.balancer(for: backendConfig?.name ?? "").markFailed(endpoint, now: loop.now)
+        worker.logger.warning("\(logPrefix): backend '\(backendConfig?.name ?? "?")' endpoint \(endpoint): \(why); trying the next endpoint")
+    }
+
+    private func connectFailed(_ why: String) {
+        loop.cancel(timer)
+        timer = nil
+        if let b = backend {
+            b.tls = nil
+            loop.closeDescriptor(b.fd)
+            backend = nil
+        }
+        if let e = currentEndpoint { noteEndpointFailure(e, why) }
+        connectNext()
+    }
+
+    private func allEndpointsFailed() {
+        let name = backendConfig?.name ?? "?"
+        worker.metrics.update { $0.backendUnavailable[name, default: 0] += 1 }
+        worker.logger.error("\(logPrefix): backend '\(name)' unavailable for route '\(route?.name ?? "?")': tried \(failures.joined(separator: ", "))")
+        answerError(status: 502, message: "backend '\(name)' is unavailable")
+    }
+
+    /// Ends the connection with an HTTP answer in the client's protocol.
+    private func answerError(status: Int, message: String) {
+        if proto == .h2, let stream = h2Sniffer?.headersStream, stream != 0 {
+            sendAnswer(ErrorAnswers.h2(stream: stream, status: status, message: message))
+        } else {
+            sendAnswer(ErrorAnswers.http1(status: status, message: message))
+        }
+    }
+
+    // MARK: relaying
+
+    private func startRelay() {
+        guard backend != nil else { return }
+        phase = .relaying
+        if !sniffed.isEmpty {
+            let chunk = sniffed.count <= BufferPool.chunkSize ? worker.pool.take() : Chunk(capacity: sniffed.count)
+            sniffed.withUnsafeBytes { chunk.append($0) }
+            toBackend.pending = chunk
+            sniffed = []
+        }
+        lastActivity = loop.now
+        armTimer(route?.idleTimeoutMillis ?? 0, phase: "idle")
+        pumpAll()
+    }
+
+    private func pumpAll() {
+        guard phase == .relaying, let backend else { return }
+        pump(&toBackend, from: client, to: backend, towardsClient: false)
+        guard phase == .relaying else { return }
+        pump(&toClient, from: backend, to: client, towardsClient: true)
+        guard phase == .relaying else { return }
+        if toBackend.shutDown && toClient.shutDown {
+            close()
+        }
+    }
+
+    /// Moves bytes from `src` to `dst` until one of them would block, the source ends, or the
+    /// round budget is spent (then the loop comes back to it: fairness between connections).
+    /// At most one chunk waits per direction, so memory per connection is bounded; a full
+    /// destination stops reads from the source until it drains (backpressure).
+    private func pump(_ d: inout Direction, from src: Transport, to dst: Transport, towardsClient: Bool) {
+        var rounds = 0
+        while true {
+            if let p = d.pending {
+                guard dst.writable else { return }
+                switch dst.write(from: p.readable) {
+                case .bytes(let n):
+                    p.consume(n)
+                    d.bytes += n
+                    if p.isEmpty {
+                        worker.pool.give(p)
+                        d.pending = nil
+                    }
+                    continue
+                case .wantRead, .wantWrite:
+                    return
+                case .eof:
+                    failRelay(towardsClient ? "client" : "backend", .failed("closed"))
+                    return
+                case .failed(let why):
+                    failRelay(towardsClient ? "client" : "backend", .failed(why))
+                    return
+                }
+            }
+            if d.sourceDone {
+                if !d.shutDown {
+                    d.shutDown = true
+                    dst.shutdownWrite()
+                }
+                return
+            }
+            guard src.readable else { return }
+            if rounds >= 16 {
+                loop.runSoon { [weak self] in self?.pumpAll() }
+                return
+            }
+            rounds += 1
+            let scratch = worker.pool.scratch
+            var filled = d.filter != nil ? d.filter!.takeHeld(into: scratch) : 0
+            let held = filled
+            readLoop: while filled < scratch.count {
+                switch src.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[filled...])) {
+                case .bytes(let n):
+                    filled += n
+                    if src.isPlain { break readLoop }
+                case .wantRead, .wantWrite:
+                    break readLoop
+                case .eof:
+                    d.sourceDone = true
+                    break readLoop
+                case .failed(let why):
+                    failRelay(towardsClient ? "backend" : "client", .failed(why))
+                    return
+                }
+            }
+            if filled > held { lastActivity = loop.now }
+            var count = filled
+            if var f = d.filter {
+                count = f.filter(scratch, count: filled)
+                if d.sourceDone && !f.held.isEmpty {
+                    // The stream ends inside a frame header: pass the fragment on unchanged.
+                    let extra = f.takeHeld(into: UnsafeMutableRawBufferPointer(rebasing: scratch[count...]))
+                    count += extra
+                }
+                d.filter = f.done ? nil : f
+            }
+            var offset = 0
+            while offset < count, dst.writable {
+                switch dst.write(from: UnsafeRawBufferPointer(rebasing: scratch[offset..<count])) {
+                case .bytes(let n):
+                    offset += n
+                    d.bytes += n
+                case .wantRead, .wantWrite:
+                    break
+                case .eof:
+                    failRelay(towardsClient ? "client" : "backend", .failed("closed"))
+                    return
+                case .failed(let why):
+                    failRelay(towardsClient ? "client" : "backend", .failed(why))
+                    return
+                }
+            }
+            if offset < count {
+                let chunk = worker.pool.take()
+                chunk.append(UnsafeRawBufferPointer(rebasing: scratch[offset..<count]))
+                d.pending = chunk
+            }
+        }
+    }
+
+    private func failRelay(_ side: String, _ step: StreamStep) {
+        var why = "closed"
+        if case .failed(let w) = step { why = w }
+        worker.metrics.update { $0.closedWithError[side, default: 0] += 1 }
+        worker.logger.info("\(logPrefix): \(side) side failed during relay on route '\(route?.name ?? "?")': \(why)")
+        close()
+    }
+
+    // MARK: answering and closing
+
+    /// Sends `bytes` as edgemux's own final answer, then half-closes and lingers.
+    private func sendAnswer(_ bytes: [UInt8]) {
+        if let b = backend {
+            b.tls = nil
+            loop.closeDescriptor(b.fd)
+            backend = nil
+        }
+        answer = bytes
+        answerOffset = 0
+        phase = .flushingAnswer
+        armTimer(5_000, phase: "answer")
+        flushAnswer()
+    }
+
+    private func flushAnswer() {
+        // Anything queued before (edgemux's SETTINGS) goes first.
+        if let p = toClient.pending {
+            while !p.isEmpty, client.writable {
+                guard case .bytes(let n) = client.write(from: p.readable) else { break }
+                p.consume(n)
+            }
+            if !p.isEmpty { return }
+            worker.pool.give(p)
+            toClient.pending = nil
+        }
+        while answerOffset < answer.count, client.writable {
+            let step = answer.withUnsafeBytes { client.write(from: UnsafeRawBufferPointer(rebasing: $0[answerOffset...])) }
+            switch step {
+            case .bytes(let n): answerOffset += n
+            case .wantRead, .wantWrite: return
+            case .eof, .failed:
+                close()
+                return
+            }
+        }
+        guard answerOffset >= answer.count else { return }
+        client.shutdownWrite()
+        phase = .lingering
+        armTimer(2_000, phase: "linger")
+        linger()
+    }
+
+    private func linger() {
+        let scratch = worker.pool.scratch
+        while client.readable {
+            switch client.read(into: scratch) {
+            case .bytes: continue
+            case .wantRead, .wantWrite: return
+            case .eof, .failed:
+                close()
+                return
+            }
+        }
+    }
+
+    /// Closes both sides at once (no close_notify: either both directions already ended, or
+    /// something failed).
+    func close() {
+        guard phase != .closed else { return }
+        phase = .closed
+        loop.cancel(timer)
+        timer = nil
+        for p in [toBackend.pending, toClient.pending] {
+            if let p { worker.pool.give(p) }
+        }
+        toBackend.pending = nil
+        toClient.pending = nil
+        if let b = backend {
+            b.tls = nil
+            loop.closeDescriptor(b.fd)
+            backend = nil
+        }
+        client.tls = nil
+        loop.closeDescriptor(client.fd)
+        let inBytes = toBackend.bytes, outBytes = toClient.bytes
+        worker.metrics.update {
+            $0.bytesIn += inBytes
+            $0.bytesOut += outBytes
+        }
+        worker.finished(self)
+    }
+}
+
+extension HTTP2Sniffer {
+    static func couldBePrefaceArray(_ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { couldBePreface($0) }
+    }
+}

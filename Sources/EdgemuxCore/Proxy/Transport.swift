@@ -1,0 +1,156 @@
+import CEdgemux
+import Glibc
+
+/// One side of a proxied connection: a non-blocking socket, TLS or plain, with its edge-triggered
+/// readiness. The socket is closed by `close()` (through the loop), the TLS object with it.
+final class Transport {
+    let fd: Int32
+    var tls: TLSStream?
+    /// The socket may have bytes to read (no EAGAIN seen since the last EPOLLIN edge).
+    var readable = false
+    /// The socket may take bytes (no EAGAIN seen since the last EPOLLOUT edge).
+    var writable = true
+    /// A TLS write is waiting for the socket to become readable (and a read for writable).
+    var writeWantsRead = false
+    var readWantsWrite = false
+    /// The write side was shut (FIN / close_notify sent).
+    var writeShut = false
+
+    init(fd: Int32, tls: TLSStream? = nil) {
+        self.fd = fd
+        self.tls = tls
+    }
+
+    /// Applies epoll event bits to the readiness flags.
+    func note(events: UInt32) {
+        let inBits = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
+        let outBits = EPOLLOUT.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
+        if events & inBits != 0 {
+            readable = true
+            if writeWantsRead { writable = true; writeWantsRead = false }
+        }
+        if events & outBits != 0 {
+            writable = true
+            if readWantsWrite { readable = true; readWantsWrite = false }
+        }
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) -> StreamStep {
+        let step: StreamStep
+        if let tls {
+            step = tls.read(into: buffer)
+        } else {
+            do {
+                switch try Posix.read(fd, into: buffer) {
+                case .processed(0): step = .eof
+                case .processed(let n): step = .bytes(n)
+                case .wouldBlock: step = .wantRead
+                }
+            } catch {
+                step = .failed("\(error)")
+            }
+        }
+        switch step {
+        case .wantRead: readable = false
+        case .wantWrite: readable = false; readWantsWrite = true
+        default: break
+        }
+        return step
+    }
+
+    func write(from buffer: UnsafeRawBufferPointer) -> StreamStep {
+        let step: StreamStep
+        if let tls {
+            step = tls.write(from: buffer)
+        } else {
+            do {
+                switch try Posix.write(fd, from: buffer) {
+                case .processed(let n): step = .bytes(n)
+                case .wouldBlock: step = .wantWrite
+                }
+            } catch {
+                step = .failed("\(error)")
+            }
+        }
+        switch step {
+        case .wantWrite: writable = false
+        case .wantRead: writable = false; writeWantsRead = true
+        default: break
+        }
+        return step
+    }
+
+    /// Half-close: close_notify for TLS, then FIN.
+    func shutdownWrite() {
+        guard !writeShut else { return }
+        writeShut = true
+        tls?.shutdown()
+        Posix.shutdownWrite(fd)
+    }
+
+    var isPlain: Bool { tls == nil }
+}
+
+/// A fixed-capacity byte buffer with a read and a write index, recycled through `BufferPool`.
+final class Chunk {
+    let storage: UnsafeMutableRawBufferPointer
+    var readIndex = 0
+    var writeIndex = 0
+
+    init(capacity: Int) {
+        storage = .allocate(byteCount: capacity, alignment: 16)
+    }
+
+    deinit { storage.deallocate() }
+
+    var readableBytes: Int { writeIndex - readIndex }
+    var isEmpty: Bool { readIndex == writeIndex }
+    var readable: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: storage[readIndex..<writeIndex]) }
+
+    func append(_ bytes: UnsafeRawBufferPointer) {
+        if storage.count - writeIndex < bytes.count, readIndex > 0 { compact() }
+        precondition(storage.count - writeIndex >= bytes.count, "Chunk overflow")
+        UnsafeMutableRawBufferPointer(rebasing: storage[writeIndex...]).copyMemory(from: bytes)
+        writeIndex += bytes.count
+    }
+
+    func consume(_ n: Int) {
+        readIndex += n
+        if readIndex == writeIndex { readIndex = 0; writeIndex = 0 }
+    }
+
+    private func compact() {
+        let n = readableBytes
+        if n > 0 { storage.baseAddress!.copyMemory(from: storage.baseAddress! + readIndex, byteCount: n) }
+        readIndex = 0
+        writeIndex = n
+    }
+}
+
+/// The loop's buffers: one scratch area every relay reads into, and a free list of chunks that
+/// hold what a destination could not take yet. Steady-state relaying allocates nothing.
+final class BufferPool {
+    static let chunkSize = 64 * 1024
+    /// Reads land here; at most `chunkSize` plus room for a held partial frame header.
+    let scratch: UnsafeMutableRawBufferPointer
+    private var free: [Chunk] = []
+    private let maxFree: Int
+
+    init(maxFree: Int = 256) {
+        scratch = .allocate(byteCount: BufferPool.chunkSize, alignment: 16)
+        self.maxFree = maxFree
+    }
+
+    deinit { scratch.deallocate() }
+
+    func take() -> Chunk {
+        if let c = free.popLast() { return c }
+        return Chunk(capacity: BufferPool.chunkSize)
+    }
+
+    func give(_ chunk: Chunk) {
+        chunk.readIndex = 0
+        chunk.writeIndex = 0
+        if chunk.storage.count == BufferPool.chunkSize, free.count < maxFree { free.append(chunk) }
+    }
+}

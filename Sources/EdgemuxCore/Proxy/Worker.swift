@@ -1,0 +1,111 @@
+import CEdgemux
+import Glibc
+import Logging
+
+/// One event-loop thread: its own listening sockets (SO_REUSEPORT), its connections, its buffers.
+final class Worker {
+    let loop: EventLoop
+    let metrics: WorkerMetrics
+    let logger: Logger
+    let pool = BufferPool()
+    /// The config new connections get; open connections keep the one they started with.
+    var snapshot: Snapshot
+    var listeners: [ListenerSocket] = []
+    var connections: [ObjectIdentifier: ProxyConnection] = [:]
+    var balancers: [String: BackendBalancer] = [:]
+    var draining = false
+
+    init(loop: EventLoop, snapshot: Snapshot, metrics: WorkerMetrics, logger: Logger) {
+        self.loop = loop
+        self.snapshot = snapshot
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    func balancer(for backend: String) -> BackendBalancer {
+        if let b = balancers[backend] { return b }
+        let b = BackendBalancer()
+        balancers[backend] = b
+        return b
+    }
+
+    func adopt(listenerFD fd: Int32, name: String) throws {
+        let l = ListenerSocket(fd: fd, name: name, worker: self)
+        try loop.register(fd: fd, events: EventLoop.readEvents, handler: l)
+        listeners.append(l)
+    }
+
+    func accepted(fd: Int32, peer: SocketAddress, listenerName: String) {
+        guard let listener = snapshot.config.listeners.first(where: { $0.name == listenerName }) else {
+            Posix.close(fd)
+            return
+        }
+        metrics.update { $0.accepted += 1; $0.active += 1 }
+        let conn = ProxyConnection(worker: self, snapshot: snapshot, listener: listener, fd: fd, peer: peer)
+        connections[ObjectIdentifier(conn)] = conn
+        conn.start()
+    }
+
+    func finished(_ conn: ProxyConnection) {
+        if connections.removeValue(forKey: ObjectIdentifier(conn)) != nil {
+            metrics.update { $0.active -= 1 }
+        }
+    }
+}
+
+/// A listening socket of one worker. Accepts in batches so one busy listener cannot starve the
+/// loop's other work.
+final class ListenerSocket: EventHandler {
+    let fd: Int32
+    let name: String
+    unowned let worker: Worker
+
+    init(fd: Int32, name: String, worker: Worker) {
+        self.fd = fd
+        self.name = name
+        self.worker = worker
+    }
+
+    func handleEvent(fd: Int32, events: UInt32) {
+        for _ in 0..<64 {
+            do {
+                switch try Posix.accept(fd) {
+                case .processed(let (client, peer)):
+                    worker.accepted(fd: client, peer: peer, listenerName: name)
+                case .wouldBlock:
+                    return
+                }
+            } catch let e as IOError {
+                // EMFILE/ENFILE/ENOBUFS: out of descriptors or memory. Level-triggered, so back
+                // off instead of spinning on the same pending connection.
+                worker.logger.error("accept on listener '\(name)' failed: \(e)")
+                worker.loop.deregister(fd: fd)
+                worker.loop.schedule(afterMillis: 100) { [weak self] in
+                    guard let self else { return }
+                    try? self.worker.loop.register(fd: self.fd, events: EventLoop.readEvents, handler: self)
+                }
+                return
+            } catch {
+                return
+            }
+        }
+    }
+
+    /// Opens, binds and listens on `address` with SO_REUSEPORT (one socket per worker).
+    static func bind(_ address: SocketAddress, backlog: Int32 = 4096) throws -> Int32 {
+        let fd = try Posix.socket(domain: address.family, type: Int32(SOCK_STREAM.rawValue))
+        do {
+            try Posix.setOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: 1)
+            try Posix.setOption(fd, level: SOL_SOCKET, name: SO_REUSEPORT, value: 1)
+            if address.family == AF_INET6 {
+                try Posix.setOption(fd, level: Int32(IPPROTO_IPV6), name: IPV6_V6ONLY, value: 1)
+            }
+            try Posix.bind(fd, address: address)
+            try Posix.listen(fd, backlog: backlog)
+        } catch {
+            Posix.close(fd)
+            throw error
+        }
+        return fd
+    }
+}

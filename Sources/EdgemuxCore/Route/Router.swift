@@ -1,0 +1,32 @@
+/// Chooses a route for a connection from what the handshake and the first request showed.
+/// Pure: no state, no I/O.
+public struct Router: Sendable {
+    public let routes: [RouteConfig]
+
+    public init(routes: [RouteConfig]) { self.routes = routes }
+
+    /// The first route whose every condition holds, or nil.
+    public func select(protocol proto: ClientProtocol, sni: String?, request: RequestInfo) -> RouteConfig? {
+        routes.first { Self.matches($0.match, protocol: proto, sni: sni, request: request) }
+    }
+
+    static func matches(_ m: RouteMatch, protocol proto: ClientProtocol, sni: String?, request: RequestInfo) -> Bool {
+        if let alpn = m.alpn, alpn != proto { return false }
+        if let want = m.sni, !nameMatches(pattern: want, name: sni?.lowercased() ?? "") { return false }
+        if let ct = m.contentType, !request.contentType.lowercased().hasPrefix(ct.lowercased()) { return false }
+        if let p = m.pathPrefix, !request.path.hasPrefix(p) { return false }
+        if let h = m.host, !nameMatches(pattern: h, name: request.host) { return false }
+        if let method = m.method, method != request.method { return false }
+        if let up = m.upgrade, up != request.upgrade { return false }
+        return true
+    }
+
+    /// `example.com` matches itself; `*.example.com` matches one or more labels before it.
+    static func nameMatches(pattern: String, name: String) -> Bool {
+        if pattern.hasPrefix("*.") {
+            let suffix = pattern.dropFirst(1)
+            return name.count > suffix.count && name.hasSuffix(suffix)
+        }
+        return pattern == name
+    }
+}

@@ -1,0 +1,259 @@
+import CEdgemux
+
+/// HTTP/2 frame types and flags that the sniffer and the ACK filter need (RFC 9113 section 6).
+enum H2 {
+    static let preface: [UInt8] = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+    static let frameHeaderLength = 9
+    /// SETTINGS_MAX_FRAME_SIZE at its default: edgemux's SETTINGS leave every value there.
+    static let maxFrameSize = 16_384
+
+    static let data: UInt8 = 0x0
+    static let headers: UInt8 = 0x1
+    static let priority: UInt8 = 0x2
+    static let rstStream: UInt8 = 0x3
+    static let settings: UInt8 = 0x4
+    static let pushPromise: UInt8 = 0x5
+    static let ping: UInt8 = 0x6
+    static let goaway: UInt8 = 0x7
+    static let windowUpdate: UInt8 = 0x8
+    static let continuation: UInt8 = 0x9
+
+    static let flagAck: UInt8 = 0x1
+    static let flagEndStream: UInt8 = 0x1
+    static let flagEndHeaders: UInt8 = 0x4
+    static let flagPadded: UInt8 = 0x8
+    static let flagPriority: UInt8 = 0x20
+
+    /// edgemux's own SETTINGS frame: empty, so every value stays at its protocol default and
+    /// contradicts nothing the backend will say in its own SETTINGS.
+    static let emptySettings: [UInt8] = [0, 0, 0, settings, 0, 0, 0, 0, 0]
+    static let settingsAck: [UInt8] = [0, 0, 0, settings, flagAck, 0, 0, 0, 0]
+
+    struct FrameHeader {
+        let length: Int
+        let type: UInt8
+        let flags: UInt8
+        let stream: UInt32
+
+        init(_ b: UnsafeRawBufferPointer, at i: Int) {
+            length = Int(b[i]) << 16 | Int(b[i + 1]) << 8 | Int(b[i + 2])
+            type = b[i + 3]
+            flags = b[i + 4]
+            stream = (UInt32(b[i + 5]) << 24 | UInt32(b[i + 6]) << 16 | UInt32(b[i + 7]) << 8 | UInt32(b[i + 8])) & 0x7fff_ffff
+        }
+
+        var isSettingsAck: Bool { type == settings && flags & flagAck != 0 && length == 0 }
+    }
+}
+
+/// Reads an HTTP/2 connection's start (preface, then frames up to the first complete HEADERS
+/// with its CONTINUATIONs) and decodes that header block for routing. No I/O: feed it all bytes
+/// received so far; it remembers how far it got.
+public struct HTTP2Sniffer {
+    public enum Result: Equatable {
+        case needMore
+        /// `replayEnd`: the bytes `[0, replayEnd)` end with the first complete header block;
+        /// `droppedAck`: the client's ACK of edgemux's SETTINGS, when it came before that point
+        /// (those 9 bytes must not be replayed).
+        case done(RequestInfo, replayEnd: Int, droppedAck: Range<Int>?)
+        case error(SniffError)
+    }
+
+    /// Total bytes the sniffer will look at before giving up.
+    public let cap: Int
+    /// True once the 24-byte client preface has arrived (edgemux must then send its SETTINGS).
+    public private(set) var prefaceReceived = false
+    private var offset = 0
+    private var sawClientSettings = false
+    private var droppedAck: Range<Int>?
+    private var headerBlock: [UInt8] = []
+    /// The stream of the first HEADERS (0 until one arrives).
+    public private(set) var headersStream: UInt32 = 0
+
+    public init(cap: Int) { self.cap = cap }
+
+    /// True if `bytes` so far could still be the start of an HTTP/2 preface.
+    public static func couldBePreface(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        let n = min(bytes.count, H2.preface.count)
+        for i in 0..<n where bytes[i] != H2.preface[i] { return false }
+        return true
+    }
+
+    public mutating func parse(_ bytes: UnsafeRawBufferPointer) -> Result {
+        if !prefaceReceived {
+            guard Self.couldBePreface(bytes) else { return .error(.badPreface) }
+            guard bytes.count >= H2.preface.count else { return .needMore }
+            prefaceReceived = true
+            offset = H2.preface.count
+        }
+        while bytes.count - offset >= H2.frameHeaderLength {
+            let h = H2.FrameHeader(bytes, at: offset)
+            if h.length > H2.maxFrameSize { return .error(.frameTooLarge(h.length)) }
+            if !sawClientSettings {
+                // RFC 9113 3.4: the preface is followed by a SETTINGS frame (not an ACK).
+                guard h.type == H2.settings, h.flags & H2.flagAck == 0 else {
+                    return .error(.protocolError("client preface not followed by SETTINGS"))
+                }
+            }
+            if !headerBlock.isEmpty || headersStream != 0, h.type != H2.continuation {
+                return .error(.protocolError("header block interrupted by a frame of type \(h.type)"))
+            }
+            let end = offset + H2.frameHeaderLength + h.length
+            guard bytes.count >= end else {
+                if end > cap { return .error(.headTooLarge(cap)) }
+                return .needMore
+            }
+            let payload = UnsafeRawBufferPointer(rebasing: bytes[(offset + H2.frameHeaderLength)..<end])
+            switch h.type {
+            case H2.settings:
+                if h.flags & H2.flagAck != 0 {
+                    guard h.length == 0 else { return .error(.protocolError("SETTINGS ACK with a payload")) }
+                    if droppedAck == nil { droppedAck = offset..<end }
+                } else {
+                    guard h.stream == 0, h.length % 6 == 0 else { return .error(.protocolError("malformed SETTINGS")) }
+                    sawClientSettings = true
+                }
+            case H2.headers:
+                guard h.stream != 0, h.stream & 1 == 1 else { return .error(.protocolError("HEADERS on stream \(h.stream)")) }
+                guard let fragment = Self.headerFragment(payload, flags: h.flags) else {
+                    return .error(.protocolError("HEADERS padding or priority exceeds the frame"))
+                }
+                headerBlock.append(contentsOf: fragment)
+                headersStream = h.stream
+                if h.flags & H2.flagEndHeaders != 0 { return finish(end) }
+            case H2.continuation:
+                guard headersStream != 0, h.stream == headersStream else {
+                    return .error(.protocolError("CONTINUATION without HEADERS"))
+                }
+                headerBlock.append(contentsOf: payload)
+                if h.flags & H2.flagEndHeaders != 0 { return finish(end) }
+            case H2.data, H2.rstStream, H2.pushPromise:
+                return .error(.protocolError("frame type \(h.type) before any HEADERS"))
+            case H2.goaway:
+                return .error(.protocolError("GOAWAY before any request"))
+            default:
+                break  // PING, PRIORITY, WINDOW_UPDATE, unknown extension frames: replayed as they are
+            }
+            offset = end
+            if offset > cap { return .error(.headTooLarge(cap)) }
+        }
+        if bytes.count >= cap { return .error(.headTooLarge(cap)) }
+        return .needMore
+    }
+
+    private mutating func finish(_ end: Int) -> Result {
+        guard let info = Self.decode(headerBlock) else { return .error(.badHeaderBlock) }
+        return .done(info, replayEnd: end, droppedAck: droppedAck)
+    }
+
+    /// The header block fragment of a HEADERS payload, without padding and priority fields.
+    static func headerFragment(_ p: UnsafeRawBufferPointer, flags: UInt8) -> UnsafeRawBufferPointer? {
+        var start = 0
+        var end = p.count
+        if flags & H2.flagPadded != 0 {
+            guard p.count >= 1 else { return nil }
+            let pad = Int(p[0])
+            start = 1
+            end -= pad
+        }
+        if flags & H2.flagPriority != 0 { start += 5 }
+        guard start <= end else { return nil }
+        return UnsafeRawBufferPointer(rebasing: p[start..<end])
+    }
+
+    /// Decodes a complete header block with a fresh HPACK inflater (safe because the whole
+    /// connection goes to one backend, which decodes the same bytes with its own state).
+    static func decode(_ block: [UInt8]) -> RequestInfo? {
+        var inflater: OpaquePointer?
+        guard nghttp2_hd_inflate_new(&inflater) == 0, let inflater else { return nil }
+        defer { nghttp2_hd_inflate_del(inflater) }
+        var info = RequestInfo()
+        let ok = block.withUnsafeBufferPointer { buf -> Bool in
+            var p = buf.baseAddress!
+            var remaining = buf.count
+            while true {
+                var nv = nghttp2_nv()
+                var flags: Int32 = 0
+                let n = nghttp2_hd_inflate_hd2(inflater, &nv, &flags, p, remaining, 1)
+                if n < 0 { return false }
+                p += n
+                remaining -= n
+                if flags & Int32(NGHTTP2_HD_INFLATE_EMIT.rawValue) != 0 {
+                    let name = String(decoding: UnsafeBufferPointer(start: nv.name, count: nv.namelen), as: UTF8.self)
+                    let value = String(decoding: UnsafeBufferPointer(start: nv.value, count: nv.valuelen), as: UTF8.self)
+                    switch name {
+                    case ":method": info.method = value
+                    case ":path": info.path = value
+                    case ":authority": info.host = HTTP1HeadParser.hostWithoutPort(value)
+                    case "host": if info.host.isEmpty { info.host = HTTP1HeadParser.hostWithoutPort(value) }
+                    case "content-type": info.contentType = value
+                    default: break
+                    }
+                }
+                if flags & Int32(NGHTTP2_HD_INFLATE_FINAL.rawValue) != 0 {
+                    nghttp2_hd_inflate_end_headers(inflater)
+                    return true
+                }
+                if n == 0 && remaining == 0 { return false }
+            }
+        }
+        return ok ? info : nil
+    }
+}
+
+/// Drops exactly one frame from the client-to-backend byte stream: the client's SETTINGS ACK of
+/// edgemux's own SETTINGS. The backend never sent those SETTINGS, and strict servers (Go's
+/// net/http, nghttp2) treat an ACK they did not ask for as a connection error. Once the ACK is
+/// gone the direction is a plain byte relay again. No I/O.
+struct SettingsAckFilter {
+    /// Bytes left in the frame being passed through.
+    private var remainingInFrame = 0
+    /// An incomplete frame header held back until its other bytes arrive (at most 8 bytes).
+    private(set) var held: [UInt8] = []
+    private(set) var done = false
+
+    /// Filters `buffer[0..<count]` in place (the caller has put `held` at its start, see
+    /// `takeHeld`). Returns how many bytes at the start are ready to forward; bytes after that
+    /// are kept in `held`.
+    mutating func filter(_ buffer: UnsafeMutableRawBufferPointer, count: Int) -> Int {
+        var count = count
+        var i = 0
+        while i < count && !done {
+            if remainingInFrame > 0 {
+                let step = min(remainingInFrame, count - i)
+                remainingInFrame -= step
+                i += step
+                continue
+            }
+            if count - i < H2.frameHeaderLength {
+                held = Array(buffer[i..<count])
+                return i
+            }
+            let h = H2.FrameHeader(UnsafeRawBufferPointer(buffer), at: i)
+            if h.isSettingsAck {
+                let tail = count - (i + H2.frameHeaderLength)
+                if tail > 0 {
+                    buffer.baseAddress!.advanced(by: i).copyMemory(
+                        from: buffer.baseAddress!.advanced(by: i + H2.frameHeaderLength), byteCount: tail)
+                }
+                count -= H2.frameHeaderLength
+                done = true
+                break
+            }
+            i += H2.frameHeaderLength
+            remainingInFrame = h.length
+        }
+        held = []
+        return count
+    }
+
+    /// Moves the held bytes to the start of `buffer`; returns how many.
+    mutating func takeHeld(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        let n = held.count
+        if n > 0 {
+            buffer.copyBytes(from: held)
+            held = []
+        }
+        return n
+    }
+}

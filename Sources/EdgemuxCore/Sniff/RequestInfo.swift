@@ -1,0 +1,51 @@
+/// The application protocol a client connection speaks.
+public enum ClientProtocol: String, Sendable, Hashable, CaseIterable {
+    case http1 = "http/1.1"
+    case h2 = "h2"
+}
+
+/// What the sniffers learn from the first request of a connection: everything a route can match.
+public struct RequestInfo: Sendable, Equatable {
+    public var method: String = ""
+    public var path: String = ""
+    /// `Host` (HTTP/1.1) or `:authority` (HTTP/2), lower-cased, without the port.
+    public var host: String = ""
+    public var contentType: String = ""
+    /// The `Upgrade` header, lower-cased (HTTP/1.1 only), e.g. "websocket".
+    public var upgrade: String = ""
+
+    public init() {}
+}
+
+/// Why a sniffer gave up on a connection (the client's fault: it is closed).
+public enum SniffError: Error, Equatable, Sendable, CustomStringConvertible {
+    case badPreface
+    case frameTooLarge(Int)
+    case protocolError(String)
+    case badHeaderBlock
+    case headTooLarge(Int)
+    case malformedHead(String)
+
+    public var description: String {
+        switch self {
+        case .badPreface: return "not an HTTP/2 client preface"
+        case .frameTooLarge(let n): return "HTTP/2 frame of \(n) bytes exceeds SETTINGS_MAX_FRAME_SIZE"
+        case .protocolError(let s): return "HTTP/2 protocol error: \(s)"
+        case .badHeaderBlock: return "HPACK header block does not decode"
+        case .headTooLarge(let cap): return "request head exceeds \(cap) bytes"
+        case .malformedHead(let s): return "malformed HTTP/1.1 request head: \(s)"
+        }
+    }
+
+    /// The metric label for this kind of error.
+    public var metricLabel: String {
+        switch self {
+        case .badPreface: return "h2_preface"
+        case .frameTooLarge: return "h2_frame_size"
+        case .protocolError: return "h2_protocol"
+        case .badHeaderBlock: return "h2_hpack"
+        case .headTooLarge: return "h1_head_too_large"
+        case .malformedHead: return "h1_malformed"
+        }
+    }
+}

@@ -1,0 +1,204 @@
+import CEdgemux
+import Glibc
+
+/// A failed system call: which call, and the errno it left.
+public struct IOError: Error, CustomStringConvertible, Sendable {
+    /// The errno value.
+    public let errnoCode: Int32
+    /// The system call (and what it was for).
+    public let reason: String
+
+    public init(errnoCode: Int32, reason: String) {
+        self.errnoCode = errnoCode
+        self.reason = reason
+    }
+
+    public var description: String {
+        "\(reason): \(String(cString: strerror(errnoCode))) (errno \(errnoCode))"
+    }
+}
+
+/// The outcome of a non-blocking I/O call.
+public enum IOResult<T> {
+    case processed(T)
+    case wouldBlock
+}
+
+/// Every system call edgemux makes, wrapped once: retries EINTR, turns EAGAIN into
+/// `.wouldBlock`, throws `IOError` for real failures. This is the only place that reads errno
+/// (besides the TLS engine, which reads it through OpenSSL's SSL_ERROR_SYSCALL).
+public enum Posix {
+    @inline(never)
+    static func check(_ reason: @autoclosure () -> String, _ body: () -> Int) throws -> Int {
+        while true {
+            let r = body()
+            if r >= 0 { return r }
+            let e = errno
+            if e == EINTR { continue }
+            precondition(e != EBADF && e != EFAULT, "edgemux bug: \(reason()) failed with errno \(e)")
+            throw IOError(errnoCode: e, reason: reason())
+        }
+    }
+
+    @inline(never)
+    static func checkNonBlocking(_ reason: @autoclosure () -> String, _ body: () -> Int) throws -> IOResult<Int> {
+        while true {
+            let r = body()
+            if r >= 0 { return .processed(r) }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
+            precondition(e != EBADF && e != EFAULT, "edgemux bug: \(reason()) failed with errno \(e)")
+            throw IOError(errnoCode: e, reason: reason())
+        }
+    }
+
+    // MARK: sockets
+
+    public static func socket(domain: Int32, type: Int32) throws -> Int32 {
+        Int32(try check("socket") { Int(Glibc.socket(domain, type | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)) })
+    }
+
+    public static func setOption(_ fd: Int32, level: Int32, name: Int32, value: Int32) throws {
+        var v = value
+        _ = try check("setsockopt(\(level), \(name))") {
+            Int(setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)))
+        }
+    }
+
+    public static func bind(_ fd: Int32, address: SocketAddress) throws {
+        _ = try address.withSockAddr { sa, len in
+            try check("bind(\(address))") { Int(Glibc.bind(fd, sa, len)) }
+        }
+    }
+
+    public static func listen(_ fd: Int32, backlog: Int32) throws {
+        _ = try check("listen") { Int(Glibc.listen(fd, backlog)) }
+    }
+
+    /// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC. Connection-level errors that the kernel reports
+    /// at accept time (ECONNABORTED and friends) count as `.wouldBlock` for this round.
+    public static func accept(_ fd: Int32) throws -> IOResult<(Int32, SocketAddress)> {
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        while true {
+            let r = withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    CEdgemux_accept4(fd, $0, &len, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
+                }
+            }
+            if r >= 0 { return .processed((r, SocketAddress(storage: storage))) }
+            let e = errno
+            switch e {
+            case EINTR: continue
+            case EAGAIN, EWOULDBLOCK, ECONNABORTED, EPROTO, EPERM: return .wouldBlock
+            default: throw IOError(errnoCode: e, reason: "accept4")
+            }
+        }
+    }
+
+    /// Starts a non-blocking connect; `.wouldBlock` means EINPROGRESS (wait for writability).
+    public static func connect(_ fd: Int32, to address: SocketAddress) throws -> IOResult<Void> {
+        while true {
+            let r = address.withSockAddr { sa, len in Glibc.connect(fd, sa, len) }
+            if r == 0 { return .processed(()) }
+            let e = errno
+            if e == EINTR { continue }
+            if e == EINPROGRESS || e == EAGAIN { return .wouldBlock }
+            throw IOError(errnoCode: e, reason: "connect(\(address))")
+        }
+    }
+
+    /// The pending error of a socket (SO_ERROR): 0 once a non-blocking connect succeeded.
+    public static func socketError(_ fd: Int32) -> Int32 {
+        var value: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &value, &len) != 0 { return errno }
+        return value
+    }
+
+    public static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws -> IOResult<Int> {
+        try checkNonBlocking("read") { Glibc.read(fd, buffer.baseAddress, buffer.count) }
+    }
+
+    public static func write(_ fd: Int32, from buffer: UnsafeRawBufferPointer) throws -> IOResult<Int> {
+        try checkNonBlocking("write") { Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    public static func shutdownWrite(_ fd: Int32) {
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+    }
+
+    public static func close(_ fd: Int32) {
+        // close(2) must not be retried on EINTR on Linux: the descriptor is gone either way.
+        _ = Glibc.close(fd)
+    }
+
+    /// splice(2) between a socket and a pipe, non-blocking; 0 means end of stream.
+    public static func splice(from: Int32, to: Int32, count: Int) throws -> IOResult<Int> {
+        try checkNonBlocking("splice") { CEdgemux_splice(from, to, count, CEdgemux_splice_relay_flags()) }
+    }
+
+    public static func pipe() throws -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [0, 0]
+        _ = try check("pipe2") { Int(CEdgemux_pipe2(&fds, O_NONBLOCK | O_CLOEXEC)) }
+        return (fds[0], fds[1])
+    }
+
+    // MARK: epoll, eventfd, signalfd
+
+    public static func epollCreate() throws -> Int32 {
+        Int32(try check("epoll_create1") { Int(epoll_create1(Int32(EPOLL_CLOEXEC))) })
+    }
+
+    public static func epollControl(_ epfd: Int32, op: Int32, fd: Int32, events: UInt32) throws {
+        var ev = epoll_event()
+        ev.events = events
+        ev.data.fd = fd
+        _ = try check("epoll_ctl") { Int(epoll_ctl(epfd, op, fd, &ev)) }
+    }
+
+    public static func epollWait(_ epfd: Int32, events: UnsafeMutablePointer<epoll_event>, max: Int32, timeoutMillis: Int32) throws -> Int {
+        try check("epoll_wait") { Int(epoll_wait(epfd, events, max, timeoutMillis)) }
+    }
+
+    public static func eventFD() throws -> Int32 {
+        Int32(try check("eventfd") { Int(eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))) })
+    }
+
+    public static func signalFD(_ signals: [Int32]) throws -> Int32 {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in signals { sigaddset(&set, s) }
+        return Int32(try check("signalfd") { Int(signalfd(-1, &set, Int32(SFD_CLOEXEC))) })
+    }
+
+    /// Blocks `signals` for this thread and every thread it starts afterwards (they reach the
+    /// process through signalfd instead), and ignores SIGPIPE.
+    public static func blockSignals(_ signals: [Int32]) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in signals { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// CLOCK_MONOTONIC in milliseconds.
+    public static func monotonicMillis() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+}
+
+extension Posix {
+    /// The local port a socket is bound to (for listeners bound to port 0).
+    public static func localPort(_ fd: Int32) -> UInt16 {
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return SocketAddress(storage: storage).port
+    }
+}

@@ -1,0 +1,122 @@
+import CEdgemux
+import Glibc
+
+/// An IPv4 or IPv6 socket address.
+public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
+    /// AF_INET or AF_INET6.
+    public let family: Int32
+    /// The address bytes (4 or 16) in network order.
+    public let ip: [UInt8]
+    /// The port in host order.
+    public let port: UInt16
+
+    public init(family: Int32, ip: [UInt8], port: UInt16) {
+        self.family = family
+        self.ip = ip
+        self.port = port
+    }
+
+    init(storage: sockaddr_storage) {
+        var s = storage
+        if Int32(s.ss_family) == AF_INET6 {
+            let (ip, port) = withUnsafeBytes(of: &s) { raw -> ([UInt8], UInt16) in
+                let sin6 = raw.load(as: sockaddr_in6.self)
+                let bytes = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
+                return (bytes, UInt16(bigEndian: sin6.sin6_port))
+            }
+            self.init(family: AF_INET6, ip: ip, port: port)
+        } else {
+            let (ip, port) = withUnsafeBytes(of: &s) { raw -> ([UInt8], UInt16) in
+                let sin = raw.load(as: sockaddr_in.self)
+                let bytes = withUnsafeBytes(of: sin.sin_addr) { Array($0) }
+                return (bytes, UInt16(bigEndian: sin.sin_port))
+            }
+            self.init(family: AF_INET, ip: ip, port: port)
+        }
+    }
+
+    /// Parses a literal `1.2.3.4:443`, `[::1]:443` or `::1` plus a port.
+    public static func parse(ip text: String, port: UInt16) -> SocketAddress? {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, text, &v4) == 1 {
+            return SocketAddress(family: AF_INET, ip: withUnsafeBytes(of: v4) { Array($0) }, port: port)
+        }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 {
+            return SocketAddress(family: AF_INET6, ip: withUnsafeBytes(of: v6) { Array($0) }, port: port)
+        }
+        return nil
+    }
+
+    /// Splits `host:port` or `[v6]:port` into its parts (no resolution).
+    public static func splitHostPort(_ text: String) -> (host: String, port: UInt16)? {
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            let host = String(text[text.index(after: text.startIndex)..<close])
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":"), let port = UInt16(rest.dropFirst()), port > 0 else { return nil }
+            return (host, port)
+        }
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        let host = String(text[..<colon])
+        guard !host.isEmpty, !host.contains(":"), let port = UInt16(text[text.index(after: colon)...]), port > 0 else { return nil }
+        return (host, port)
+    }
+
+    /// Parses `host:port`, resolving a name with getaddrinfo (blocking: config load time only).
+    public static func resolve(_ text: String) -> [SocketAddress] {
+        guard let (host, port) = splitHostPort(text) else { return [] }
+        if let literal = parse(ip: host, port: port) { return [literal] }
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, nil, &hints, &result) == 0, let first = result else { return [] }
+        defer { freeaddrinfo(first) }
+        var out: [SocketAddress] = []
+        var cursor: UnsafeMutablePointer<addrinfo>? = first
+        while let ai = cursor {
+            if let sa = ai.pointee.ai_addr {
+                var storage = sockaddr_storage()
+                withUnsafeMutableBytes(of: &storage) { dst in
+                    dst.copyMemory(from: UnsafeRawBufferPointer(start: sa, count: Int(ai.pointee.ai_addrlen)))
+                }
+                let a = SocketAddress(storage: storage)
+                let withPort = SocketAddress(family: a.family, ip: a.ip, port: port)
+                if !out.contains(withPort) { out.append(withPort) }
+            }
+            cursor = ai.pointee.ai_next
+        }
+        return out
+    }
+
+    func withSockAddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
+        if family == AF_INET6 {
+            var sin6 = sockaddr_in6()
+            sin6.sin6_family = sa_family_t(AF_INET6)
+            sin6.sin6_port = port.bigEndian
+            withUnsafeMutableBytes(of: &sin6.sin6_addr) { $0.copyBytes(from: ip) }
+            return try withUnsafePointer(to: &sin6) {
+                try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+            }
+        }
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = port.bigEndian
+        withUnsafeMutableBytes(of: &sin.sin_addr) { $0.copyBytes(from: ip) }
+        return try withUnsafePointer(to: &sin) {
+            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+    }
+
+    /// The address without the port, as text.
+    public var ipString: String {
+        var buf = [CChar](repeating: 0, count: 64)
+        var bytes = ip
+        _ = inet_ntop(family, &bytes, &buf, 64)
+        return String(cString: buf)
+    }
+
+    public var description: String {
+        family == AF_INET6 ? "[\(ipString)]:\(port)" : "\(ipString):\(port)"
+    }
+}

@@ -1,0 +1,152 @@
+import CEdgemux
+import Glibc
+
+/// A certificate and its private key, as PEM file paths.
+public struct CertificatePair: Sendable, Hashable {
+    public let certPath: String
+    public let keyPath: String
+    public init(cert: String, key: String) {
+        certPath = cert
+        keyPath = key
+    }
+}
+
+/// The server side of a TLS listener: one SSL_CTX per certificate, the first being the default,
+/// with SNI switching between them and ALPN chosen by server preference.
+///
+/// `@unchecked Sendable`: the contexts are fully configured in `init` and never mutated after, and
+/// OpenSSL's SSL_CTX is safe to share between threads for creating connections (it is
+/// reference-counted and locks its session cache internally).
+public final class TLSServerContext: @unchecked Sendable {
+    let contexts: [OpaquePointer]
+    private let sniTable: UnsafeMutablePointer<CEdgemux_sni_table>
+    private let sniContexts: UnsafeMutablePointer<OpaquePointer?>
+    private let alpnList: UnsafeMutablePointer<CEdgemux_alpn_list>
+    private let alpnWire: UnsafeMutableBufferPointer<UInt8>
+
+    /// The default (first) context: new connections start on it.
+    var defaultContext: OpaquePointer { contexts[0] }
+
+    /// - Parameters:
+    ///   - certificates: chosen by SNI; the first is the default.
+    ///   - alpn: the protocols offered, in preference order.
+    ///   - minVersion: "1.2" or "1.3".
+    ///   - ticketKeys: 80 bytes shared by every context (so a ticket from any worker resumes).
+    public init(certificates: [CertificatePair], alpn: [String], minVersion: String, ticketKeys: [UInt8]) throws {
+        precondition(!certificates.isEmpty)
+        var wire: [UInt8] = []
+        for p in alpn {
+            wire.append(UInt8(p.utf8.count))
+            wire.append(contentsOf: p.utf8)
+        }
+        alpnWire = .allocate(capacity: max(1, wire.count))
+        _ = alpnWire.initialize(from: wire)
+        alpnList = .allocate(capacity: 1)
+        alpnList.initialize(to: CEdgemux_alpn_list(wire: UnsafePointer(alpnWire.baseAddress), len: UInt32(wire.count)))
+        sniTable = .allocate(capacity: 1)
+        sniContexts = .allocate(capacity: certificates.count)
+
+        var built: [OpaquePointer] = []
+        do {
+            for pair in certificates {
+                guard let ctx = SSL_CTX_new(TLS_server_method()) else { throw TLSError.fromQueue("SSL_CTX_new") }
+                built.append(ctx)
+                _ = CEdgemux_SSL_CTX_set_mode(ctx, CEdgemux_default_modes())
+                _ = CEdgemux_SSL_CTX_set_options(ctx, CEdgemux_default_server_options())
+                let min = minVersion == "1.3" ? CEdgemux_TLS1_3_VERSION() : CEdgemux_TLS1_2_VERSION()
+                _ = CEdgemux_SSL_CTX_set_min_proto_version(ctx, min)
+                ERR_clear_error()
+                guard SSL_CTX_use_certificate_chain_file(ctx, pair.certPath) == 1 else {
+                    throw TLSError.fromQueue("cannot load certificate chain \(pair.certPath)")
+                }
+                guard SSL_CTX_use_PrivateKey_file(ctx, pair.keyPath, SSL_FILETYPE_PEM) == 1 else {
+                    throw TLSError.fromQueue("cannot load private key \(pair.keyPath)")
+                }
+                guard CEdgemux_SSL_CTX_check_private_key(ctx) == 1 else {
+                    throw TLSError.fromQueue("private key \(pair.keyPath) does not match certificate \(pair.certPath)")
+                }
+                // One ticket per full handshake: the second one costs an encryption and a record
+                // that no client here uses (DESIGN: performance budget).
+                SSL_CTX_set_num_tickets(ctx, 1)
+                _ = CEdgemux_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_SERVER))
+                let sid: [UInt8] = Array("edgemux".utf8)
+                _ = SSL_CTX_set_session_id_context(ctx, sid, UInt32(sid.count))
+                if ticketKeys.count == 80 {
+                    _ = CEdgemux_SSL_CTX_set_tlsext_ticket_keys(ctx, ticketKeys, 80)
+                }
+                CEdgemux_SSL_CTX_set_alpn_server_protocols(ctx, alpnList)
+            }
+        } catch {
+            for ctx in built { SSL_CTX_free(ctx) }
+            alpnWire.deallocate()
+            alpnList.deallocate()
+            sniTable.deallocate()
+            sniContexts.deallocate()
+            throw error
+        }
+        contexts = built
+        for (i, ctx) in built.enumerated() { sniContexts[i] = ctx }
+        sniTable.initialize(to: CEdgemux_sni_table(ctxs: sniContexts, count: built.count))
+        if built.count > 1 {
+            for ctx in built { CEdgemux_SSL_CTX_set_sni_table(ctx, sniTable) }
+        }
+    }
+
+    deinit {
+        for ctx in contexts { SSL_CTX_free(ctx) }
+        alpnWire.deallocate()
+        alpnList.deallocate()
+        sniTable.deallocate()
+        sniContexts.deallocate()
+    }
+
+    /// 80 random bytes for session ticket keys.
+    public static func randomTicketKeys() -> [UInt8] {
+        var keys = [UInt8](repeating: 0, count: 80)
+        _ = RAND_bytes(&keys, 80)
+        return keys
+    }
+}
+
+/// The client side towards a `tls` backend: CA verification, SNI, optional client certificate.
+///
+/// `@unchecked Sendable`: configured in `init`, never mutated after (see `TLSServerContext`).
+public final class TLSClientContext: @unchecked Sendable {
+    let context: OpaquePointer
+    /// The name sent as SNI and verified against the backend's certificate (nil: no SNI, and
+    /// the certificate is verified against the CA only).
+    public let serverName: String?
+    let verify: Bool
+
+    public init(caPath: String?, serverName: String?, clientCertificate: CertificatePair?, verify: Bool) throws {
+        guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw TLSError.fromQueue("SSL_CTX_new") }
+        context = ctx
+        self.serverName = serverName
+        self.verify = verify
+        _ = CEdgemux_SSL_CTX_set_mode(ctx, CEdgemux_default_modes())
+        _ = CEdgemux_SSL_CTX_set_options(ctx, CEdgemux_default_server_options())
+        _ = CEdgemux_SSL_CTX_set_min_proto_version(ctx, CEdgemux_TLS1_2_VERSION())
+        ERR_clear_error()
+        if let caPath {
+            guard SSL_CTX_load_verify_locations(ctx, caPath, nil) == 1 else {
+                SSL_CTX_free(ctx)
+                throw TLSError.fromQueue("cannot load CA file \(caPath)")
+            }
+        } else {
+            _ = SSL_CTX_set_default_verify_paths(ctx)
+        }
+        SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nil)
+        if let pair = clientCertificate {
+            guard SSL_CTX_use_certificate_chain_file(ctx, pair.certPath) == 1,
+                  SSL_CTX_use_PrivateKey_file(ctx, pair.keyPath, SSL_FILETYPE_PEM) == 1,
+                  CEdgemux_SSL_CTX_check_private_key(ctx) == 1
+            else {
+                let e = TLSError.fromQueue("cannot load client certificate \(pair.certPath) / \(pair.keyPath)")
+                SSL_CTX_free(ctx)
+                throw e
+            }
+        }
+    }
+
+    deinit { SSL_CTX_free(context) }
+}

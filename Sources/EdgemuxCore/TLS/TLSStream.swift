@@ -1,0 +1,117 @@
+import CEdgemux
+import Glibc
+
+/// What one non-blocking step of a byte stream (TLS or plain) did.
+public enum StreamStep: Equatable {
+    /// This many bytes were moved.
+    case bytes(Int)
+    /// Nothing can move until the socket is readable.
+    case wantRead
+    /// Nothing can move until the socket is writable.
+    case wantWrite
+    /// The peer closed its sending side (FIN, or TLS close_notify).
+    case eof
+    /// The stream is broken; the text says how.
+    case failed(String)
+}
+
+/// One TLS connection over a non-blocking socket (OpenSSL's socket BIO on the descriptor).
+/// It owns its `SSL*`; the socket belongs to the caller.
+final class TLSStream {
+    let ssl: OpaquePointer
+
+    /// A server-side stream on an accepted socket.
+    init(server context: TLSServerContext, fd: Int32) throws {
+        guard let ssl = SSL_new(context.defaultContext) else { throw TLSError.fromQueue("SSL_new") }
+        self.ssl = ssl
+        SSL_set_fd(ssl, fd)
+        SSL_set_accept_state(ssl)
+    }
+
+    /// A client-side stream towards a backend, offering `alpn` (nil: none).
+    init(client context: TLSClientContext, fd: Int32, alpn: String?) throws {
+        guard let ssl = SSL_new(context.context) else { throw TLSError.fromQueue("SSL_new") }
+        self.ssl = ssl
+        SSL_set_fd(ssl, fd)
+        SSL_set_connect_state(ssl)
+        if let name = context.serverName, CEdgemux_SSL_set_peer_name(ssl, name, context.verify ? 1 : 0) != 1 {
+            SSL_free(ssl)
+            throw TLSError.fromQueue("cannot set the backend server name '\(name)'")
+        }
+        if let alpn {
+            var wire: [UInt8] = [UInt8(alpn.utf8.count)]
+            wire.append(contentsOf: alpn.utf8)
+            _ = SSL_set_alpn_protos(ssl, wire, UInt32(wire.count))
+        }
+    }
+
+    deinit { SSL_free(ssl) }
+
+    /// One handshake step: `.bytes(0)` once complete.
+    func handshake() -> StreamStep {
+        ERR_clear_error()
+        let r = SSL_do_handshake(ssl)
+        if r == 1 { return .bytes(0) }
+        return classify(r, during: "handshake")
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) -> StreamStep {
+        ERR_clear_error()
+        var n = 0
+        let r = SSL_read_ex(ssl, buffer.baseAddress, buffer.count, &n)
+        if r == 1 { return .bytes(n) }
+        return classify(r, during: "read")
+    }
+
+    func write(from buffer: UnsafeRawBufferPointer) -> StreamStep {
+        ERR_clear_error()
+        var n = 0
+        let r = SSL_write_ex(ssl, buffer.baseAddress, buffer.count, &n)
+        if r == 1 { return .bytes(n) }
+        return classify(r, during: "write")
+    }
+
+    /// Sends close_notify (once); does not wait for the peer's.
+    func shutdown() {
+        ERR_clear_error()
+        if SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN == 0 {
+            _ = SSL_shutdown(ssl)
+        }
+        ERR_clear_error()
+    }
+
+    /// The negotiated ALPN protocol ("" when none).
+    var negotiatedALPN: String {
+        var buf = [CChar](repeating: 0, count: 64)
+        CEdgemux_SSL_get_alpn(ssl, &buf, buf.count)
+        return String(cString: buf)
+    }
+
+    /// The SNI the client sent, if any.
+    var serverName: String? {
+        guard let p = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) else { return nil }
+        return String(cString: p)
+    }
+
+    var versionName: String { String(cString: SSL_get_version(ssl)) }
+
+    var sessionReused: Bool { SSL_session_reused(ssl) == 1 }
+
+    private func classify(_ r: Int32, during what: String) -> StreamStep {
+        let code = SSL_get_error(ssl, r)
+        switch code {
+        case SSL_ERROR_WANT_READ: return .wantRead
+        case SSL_ERROR_WANT_WRITE: return .wantWrite
+        case SSL_ERROR_ZERO_RETURN: return .eof
+        case SSL_ERROR_SYSCALL:
+            let e = errno
+            ERR_clear_error()
+            // With SSL_OP_IGNORE_UNEXPECTED_EOF a bare FIN reads as ZERO_RETURN; errno 0 here is
+            // still an EOF in some OpenSSL paths.
+            if e == 0 { return .eof }
+            return .failed("TLS \(what): \(String(cString: strerror(e)))")
+        default:
+            return .failed(TLSError.fromQueue("TLS \(what)").message)
+        }
+    }
+}

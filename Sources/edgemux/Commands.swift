@@ -1,0 +1,103 @@
+import ArgumentParser
+import EdgemuxCore
+import Foundation
+import Logging
+
+struct EdgemuxCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "edgemux",
+        abstract: "TLS-terminating reverse proxy and connection multiplexer: web/API and gRPC on one port.",
+        version: EdgemuxVersion.string,
+        subcommands: [Run.self, Check.self, Demo.self, Version.self],
+        defaultSubcommand: nil
+    )
+}
+
+enum EdgemuxVersion {
+    static let string = "0.1.0"
+}
+
+struct LogOptions: ParsableArguments {
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func bootstrap() {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+    }
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run edgemux with a config file.")
+
+    @Option(name: .shortAndLong, help: "The YAML config file.")
+    var config: String
+
+    @OptionGroup var log: LogOptions
+
+    func run() throws {
+        Server.prepareSignals()
+        log.bootstrap()
+        let logger = Logger(label: "edgemux")
+        let keys = TLSServerContext.randomTicketKeys()
+        let path = config
+        let first: Snapshot
+        do {
+            first = try Snapshot(config: ConfigLoader.load(path: path), generation: 1, ticketKeys: keys)
+        } catch {
+            FileHandle.standardError.write(Data("edgemux: \(path): config rejected:\n\(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        let server = Server(snapshot: first, logger: logger)
+        let generation = GenerationCounter()
+        server.reloader = {
+            try Snapshot(config: ConfigLoader.load(path: path), generation: generation.next(), ticketKeys: keys)
+        }
+        do {
+            try server.start()
+        } catch {
+            FileHandle.standardError.write(Data("edgemux: cannot start: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        server.runUntilStopped()
+    }
+}
+
+/// Reload generations, counted on the signal thread only.
+final class GenerationCounter: @unchecked Sendable {
+    private var value = 1
+    func next() -> Int {
+        value += 1
+        return value
+    }
+}
+
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Validate a config file (and load its certificates) without running.")
+
+    @Option(name: .shortAndLong, help: "The YAML config file.")
+    var config: String
+
+    func run() throws {
+        do {
+            let cfg = try ConfigLoader.load(path: config)
+            _ = try Snapshot(config: cfg, generation: 1, ticketKeys: TLSServerContext.randomTicketKeys())
+            let routes = cfg.listeners.reduce(0) { $0 + $1.routes.count }
+            print("\(config): ok: \(cfg.listeners.count) listeners (\(cfg.listeners.map { "\($0.name) \($0.address)" }.joined(separator: ", "))), \(routes) routes, \(cfg.backends.count) backends, \(cfg.workers) workers")
+        } catch let e as ConfigError {
+            FileHandle.standardError.write(Data("\(e.issues.map { $0.file.isEmpty ? "\(config): \($0)" : "\($0)" }.joined(separator: "\n"))\n\(e.issues.count) error(s)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the version.")
+    func run() {
+        print("edgemux \(EdgemuxVersion.string)")
+    }
+}

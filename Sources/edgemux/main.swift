@@ -1,0 +1,3 @@
+import EdgemuxCore
+
+EdgemuxCommand.main()
