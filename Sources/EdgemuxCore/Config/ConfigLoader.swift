@@ -357,6 +357,8 @@ struct NodeReader {
             guard let backend = backends[route.backend] else { continue }
             var receives = offered
             if let alpn = route.match.alpn { receives = receives.intersection([alpn]) }
+            // Upgrade exists in HTTP/1.1 only (HTTP/2 WebSockets use extended CONNECT instead).
+            if route.match.upgrade != nil { receives = receives.intersection([.http1]) }
             let missing = receives.subtracting(backend.protocols)
             for p in missing.sorted(by: { $0.rawValue < $1.rawValue }) {
                 let fix: String

@@ -178,7 +178,12 @@ public enum Posix {
     public static func blockSignals(_ signals: [Int32]) {
         var set = sigset_t()
         sigemptyset(&set)
-        for s in signals { sigaddset(&set, s) }
+        for s in signals {
+            sigaddset(&set, s)
+            // A parent may have started us with these ignored (ignored dispositions survive
+            // exec); signalfd only sees signals whose disposition is not SIG_IGN.
+            signal(s, SIG_DFL)
+        }
         pthread_sigmask(SIG_BLOCK, &set, nil)
         signal(SIGPIPE, SIG_IGN)
     }

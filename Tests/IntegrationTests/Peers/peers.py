@@ -1,0 +1,368 @@
+#!/usr/bin/python3
+"""Real peers for edgemux's integration tests: HTTP/1.1, gRPC and WebSocket servers and clients.
+
+Run with Debian's /usr/bin/python3 (python3-grpcio, python3-websockets). Each server prints
+"ready PORT" on stdout once it listens, and stops by itself after --max-seconds.
+"""
+import argparse
+import hashlib
+import random
+import socket
+import ssl
+import sys
+import threading
+import time
+
+CHUNK = 1 << 20
+
+
+def blob(seed, size):
+    """Deterministic bytes, generated in 1 MiB pieces."""
+    rng = random.Random(seed)
+    left = size
+    while left > 0:
+        n = min(CHUNK, left)
+        yield rng.randbytes(n)
+        left -= n
+
+
+def blob_sha256(seed, size):
+    h = hashlib.sha256()
+    for piece in blob(seed, size):
+        h.update(piece)
+    return h.hexdigest()
+
+
+def ready(port):
+    print(f"ready {port}", flush=True)
+
+
+def stop_after(seconds):
+    t = threading.Timer(seconds, lambda: __import__("os")._exit(0))
+    t.daemon = True
+    t.start()
+
+
+# MARK: HTTP/1.1 server
+
+def serve_http1(args):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            if self.path.startswith("/blob"):
+                q = dict(p.split("=") for p in self.path.split("?", 1)[1].split("&"))
+                size, seed = int(q["size"]), int(q.get("seed", "1"))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                for piece in blob(seed, size):
+                    self.wfile.write(piece)
+                return
+            client = ""
+            if hasattr(self.connection, "getpeercert") and self.connection.getpeercert():
+                subject = dict(x[0] for x in self.connection.getpeercert()["subject"])
+                client = f" client-cert={subject.get('commonName')}"
+            body = f"{args.name} {self.command} {self.path} host={self.headers.get('Host')}{client}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Served-By", args.name)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            h = hashlib.sha256()
+            n = 0
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        break
+                    data = self.rfile.read(size)
+                    h.update(data)
+                    n += len(data)
+                    self.rfile.readline()
+            else:
+                left = int(self.headers.get("Content-Length", "0"))
+                while left > 0:
+                    data = self.rfile.read(min(CHUNK, left))
+                    if not data:
+                        break
+                    h.update(data)
+                    n += len(data)
+                    left -= len(data)
+            body = f"{h.hexdigest()} {n}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    if args.cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.cert, args.key)
+        ctx.set_alpn_protocols(["http/1.1"])
+        if args.client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(args.client_ca)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    stop_after(args.max_seconds)
+    ready(server.server_address[1])
+    server.serve_forever()
+
+
+# MARK: gRPC server and client (generic handlers: raw bytes, no generated code)
+
+def serve_grpc(args):
+    import grpc
+    from concurrent import futures
+
+    def unary(request, context):
+        return b"grpc-backend:" + request
+
+    def stream(request, context):
+        count, interval = (int(x) for x in request.decode().split(","))
+        for i in range(count):
+            yield f"tick {i}".encode()
+            time.sleep(interval / 1000)
+
+    def upload(request_iterator, context):
+        h = hashlib.sha256()
+        n = 0
+        for piece in request_iterator:
+            h.update(piece)
+            n += len(piece)
+        return f"{h.hexdigest()} {n}".encode()
+
+    def download(request, context):
+        seed, size = (int(x) for x in request.decode().split(","))
+        yield from blob(seed, size)
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Upload": grpc.stream_unary_rpc_method_handler(upload),
+        "Download": grpc.unary_stream_rpc_method_handler(download),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                         options=[("grpc.max_receive_message_length", 4 * CHUNK),
+                                  ("grpc.max_send_message_length", 4 * CHUNK)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Svc", handlers),))
+    port = server.add_insecure_port(f"127.0.0.1:{args.port}")
+    server.start()
+    stop_after(args.max_seconds)
+    ready(port)
+    server.wait_for_termination()
+
+
+def grpc_client(args):
+    import grpc
+    creds = grpc.ssl_channel_credentials(open(args.ca, "rb").read())
+    opts = [("grpc.ssl_target_name_override", "localhost"),
+            ("grpc.max_receive_message_length", 4 * CHUNK),
+            ("grpc.max_send_message_length", 4 * CHUNK)]
+    channel = grpc.secure_channel(args.target, creds, options=opts)
+    timeout = args.timeout
+    if args.mode == "unary":
+        f = channel.unary_unary("/test.Svc/Unary")
+        for i in range(args.count):
+            r = f(f"ping {i}".encode(), timeout=timeout)
+            assert r == f"grpc-backend:ping {i}".encode(), r
+        print(f"ok unary {args.count}")
+    elif args.mode == "stream":
+        f = channel.unary_stream("/test.Svc/Stream")
+        got = [m.decode() for m in f(f"{args.count},{args.interval}".encode(), timeout=timeout)]
+        assert got == [f"tick {i}" for i in range(args.count)], got
+        print(f"ok stream {len(got)}")
+    elif args.mode == "upload":
+        f = channel.stream_unary("/test.Svc/Upload")
+        r = f(blob(args.seed, args.size), timeout=timeout).decode()
+        want = f"{blob_sha256(args.seed, args.size)} {args.size}"
+        assert r == want, (r, want)
+        print(f"ok upload {args.size} {r.split()[0]}")
+    elif args.mode == "download":
+        f = channel.unary_stream("/test.Svc/Download")
+        h = hashlib.sha256()
+        n = 0
+        for piece in f(f"{args.seed},{args.size}".encode(), timeout=timeout):
+            h.update(piece)
+            n += len(piece)
+        want = blob_sha256(args.seed, args.size)
+        assert (h.hexdigest(), n) == (want, args.size), (h.hexdigest(), n, want)
+        print(f"ok download {n} {want}")
+
+
+# MARK: WebSocket
+
+def serve_ws(args):
+    import asyncio
+    import websockets
+
+    async def echo(ws, path=None):
+        async for message in ws:
+            await ws.send(f"echo:{message}")
+
+    async def main():
+        async with websockets.serve(echo, "127.0.0.1", args.port) as server:
+            ready(server.sockets[0].getsockname()[1])
+            await asyncio.sleep(args.max_seconds)
+
+    asyncio.run(main())
+
+
+def ws_client(args):
+    import asyncio
+    import websockets
+
+    async def main():
+        ctx = ssl.create_default_context(cafile=args.ca)
+        async with websockets.connect(args.url, ssl=ctx, server_hostname="localhost") as ws:
+            for i in range(args.count):
+                await ws.send(f"message {i}")
+                r = await asyncio.wait_for(ws.recv(), args.timeout)
+                assert r == f"echo:message {i}", r
+        print(f"ok websocket {args.count}")
+
+    asyncio.run(main())
+
+
+# MARK: a raw TLS client for misbehaving on purpose
+
+def raw_tls(args):
+    """Connects (TLS unless --plain), sends --send (Python bytes literal), optionally --then after
+    --pause seconds, and reads until the server closes or --timeout. Prints how long the server
+    took to close and the start of what it sent."""
+    start = time.monotonic()
+    sock = socket.create_connection(("127.0.0.1", args.port), timeout=args.timeout)
+    if not args.plain:
+        ctx = ssl.create_default_context(cafile=args.ca)
+        if args.alpn:
+            ctx.set_alpn_protocols(args.alpn.split(","))
+        sock = ctx.wrap_socket(sock, server_hostname="localhost")
+        start = time.monotonic()
+    data = b""
+    try:
+        if args.send:
+            sock.sendall(eval(args.send))
+        if args.then:
+            time.sleep(args.pause)
+            sock.sendall(eval(args.then))
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (socket.timeout, TimeoutError):
+        print(f"timeout after {time.monotonic() - start:.1f}s received {data[:120]!r}")
+        return
+    except (ConnectionResetError, ssl.SSLError, BrokenPipeError) as e:
+        print(f"closed after {time.monotonic() - start:.1f}s error {type(e).__name__} received {data[:120]!r}")
+        return
+    print(f"closed after {time.monotonic() - start:.1f}s received {data[:120]!r}")
+
+
+# MARK: raw HTTP/2 probe of a backend's strictness
+
+def stray_ack_probe(args):
+    """Sends a client preface, SETTINGS and an unsolicited SETTINGS ACK straight to an h2c server
+    and prints what it answered: GOAWAY with its error code, or nothing."""
+    s = socket.create_connection(("127.0.0.1", args.port), timeout=5)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    time.sleep(0.2)
+    s.sendall(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00" * 2)
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    i = 0
+    while i + 9 <= len(data):
+        length = int.from_bytes(data[i:i + 3], "big")
+        ftype = data[i + 3]
+        if ftype == 7:
+            code = int.from_bytes(data[i + 13:i + 17], "big")
+            print(f"goaway {code}")
+            return
+        i += 9 + length
+    print("no goaway")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("http1", "grpc", "ws"):
+        sp = sub.add_parser(name)
+        sp.add_argument("--port", type=int, default=0)
+        sp.add_argument("--name", default=name)
+        sp.add_argument("--max-seconds", type=float, default=300)
+        sp.add_argument("--cert")
+        sp.add_argument("--key")
+        sp.add_argument("--client-ca")
+    g = sub.add_parser("grpc-client")
+    g.add_argument("--target", required=True)
+    g.add_argument("--ca", required=True)
+    g.add_argument("--mode", required=True)
+    g.add_argument("--count", type=int, default=1)
+    g.add_argument("--interval", type=int, default=100)
+    g.add_argument("--seed", type=int, default=7)
+    g.add_argument("--size", type=int, default=1 << 20)
+    g.add_argument("--timeout", type=float, default=60)
+    w = sub.add_parser("ws-client")
+    w.add_argument("--url", required=True)
+    w.add_argument("--ca", required=True)
+    w.add_argument("--count", type=int, default=5)
+    w.add_argument("--timeout", type=float, default=10)
+    b = sub.add_parser("blob-sha256")
+    b.add_argument("--seed", type=int, default=7)
+    b.add_argument("--size", type=int, required=True)
+    b.add_argument("--out")
+    r = sub.add_parser("raw-tls")
+    r.add_argument("--port", type=int, required=True)
+    r.add_argument("--ca")
+    r.add_argument("--alpn")
+    r.add_argument("--plain", action="store_true")
+    r.add_argument("--send")
+    r.add_argument("--then")
+    r.add_argument("--pause", type=float, default=0)
+    r.add_argument("--timeout", type=float, default=10)
+    s = sub.add_parser("stray-ack-probe")
+    s.add_argument("--port", type=int, required=True)
+    args = p.parse_args()
+    if args.cmd == "http1":
+        serve_http1(args)
+    elif args.cmd == "grpc":
+        serve_grpc(args)
+    elif args.cmd == "ws":
+        serve_ws(args)
+    elif args.cmd == "grpc-client":
+        grpc_client(args)
+    elif args.cmd == "ws-client":
+        ws_client(args)
+    elif args.cmd == "blob-sha256":
+        if args.out:
+            with open(args.out, "wb") as f:
+                for piece in blob(args.seed, args.size):
+                    f.write(piece)
+        print(blob_sha256(args.seed, args.size))
+    elif args.cmd == "raw-tls":
+        raw_tls(args)
+    elif args.cmd == "stray-ack-probe":
+        stray_ack_probe(args)
+
+
+if __name__ == "__main__":
+    main()
