@@ -18,7 +18,7 @@ struct Demo: ParsableCommand {
         let demo = try DemoSetup(port: UInt16(port), logger: logger)
         let server = Server(snapshot: demo.snapshot, logger: logger)
         try server.start()
-        print(demo.instructions)
+        FileHandle.standardOutput.write(Data(demo.instructions.utf8))
         server.runUntilStopped()
         demo.cleanUp()
     }

@@ -180,9 +180,10 @@ func freePort() -> UInt16 {
 }
 
 /// Waits until something accepts TCP connections on 127.0.0.1:port.
-func waitForPort(_ port: UInt16, timeout: Double = 20) -> Bool {
+func waitForPort(_ port: UInt16, timeout: Double = 20, while owner: Background? = nil) -> Bool {
     let deadline = Date().addingTimeInterval(timeout)
     while Date() < deadline {
+        if let owner, !owner.process.isRunning { return false }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
@@ -209,7 +210,7 @@ final class Edgemux {
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         self.port = port
         background = try Background("edgemux", Paths.edgemux, ["run", "--config", configPath] + extraArgs)
-        guard waitForPort(port) else {
+        guard waitForPort(port, while: background) else {
             throw HarnessError("edgemux did not listen on \(port): \(background.log)")
         }
     }

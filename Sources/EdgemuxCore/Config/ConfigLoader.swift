@@ -54,7 +54,7 @@ public struct ConfigLoader {
         }
         let config = reader.readConfig(root)
         if let config, reader.issues.isEmpty { return config }
-        throw ConfigError(issues: reader.issues)
+        throw ConfigError(issues: reader.issues.sorted { $0.line < $1.line })
     }
 
     static func readFile(_ path: String) -> String? {
@@ -245,7 +245,7 @@ struct NodeReader {
     // MARK: the document
 
     mutating func readConfig(_ root: Node) -> EdgemuxConfig? {
-        guard let top = mapping(root, "", allowed: ["workers", "admin", "drain_timeout", "listeners", "backends"]) else { return nil }
+        guard let top = mapping(root, "", allowed: ["workers", "admin", "drain_timeout", "access_log", "listeners", "backends"]) else { return nil }
         var workers = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         if let w = top["workers"] {
             if w.string == "auto" {
@@ -264,6 +264,15 @@ struct NodeReader {
             }
         }
         let drain = top["drain_timeout"].flatMap { duration($0, "drain_timeout") } ?? ConfigLoader.defaultDrainTimeout
+        var accessLog: String?
+        if let a = top["access_log"], let s = string(a, "access_log") {
+            switch s {
+            case "off": accessLog = nil
+            case "stdout", "stderr": accessLog = s
+            default:
+                if s.hasPrefix("/") { accessLog = s } else { fail(a, "access_log", "expected stdout, stderr, off or an absolute file path, not '\(s)'") }
+            }
+        }
 
         var backends: [String: BackendConfig] = [:]
         var backendLines: [String: Node] = [:]
@@ -306,7 +315,7 @@ struct NodeReader {
         } else if top["listeners"] == nil {
             fail(root, "listeners", "missing: define at least one listener")
         }
-        return EdgemuxConfig(workers: workers, admin: admin, drainTimeoutMillis: drain, listeners: listeners, backends: backends)
+        return EdgemuxConfig(workers: workers, admin: admin, drainTimeoutMillis: drain, listeners: listeners, backends: backends, accessLog: accessLog)
     }
 
     mutating func readListener(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> ListenerConfig? {
@@ -353,12 +362,17 @@ struct NodeReader {
             offered.insert(.h2)  // prior knowledge
         }
         let routeNodes = routes.flatMap { n -> [Node]? in if case .sequence(let s) = n { return Array(s) } else { return nil } } ?? []
+        // Protocols not yet taken whole by an earlier route (one that matches on ALPN alone).
+        var remaining = offered
         for (i, route) in listener.routes.enumerated() {
-            guard let backend = backends[route.backend] else { continue }
-            var receives = offered
+            var receives = remaining
             if let alpn = route.match.alpn { receives = receives.intersection([alpn]) }
             // Upgrade exists in HTTP/1.1 only (HTTP/2 WebSockets use extended CONNECT instead).
             if route.match.upgrade != nil { receives = receives.intersection([.http1]) }
+            var rest = route.match
+            rest.alpn = nil
+            if rest.isCatchAll { remaining.subtract(receives) }
+            guard let backend = backends[route.backend] else { continue }
             let missing = receives.subtracting(backend.protocols)
             for p in missing.sorted(by: { $0.rawValue < $1.rawValue }) {
                 let fix: String

@@ -10,8 +10,11 @@ public struct EdgemuxConfig: Sendable {
     public let listeners: [ListenerConfig]
     /// The backends by name.
     public let backends: [String: BackendConfig]
+    /// Where the access log goes: one JSON line per connection when it closes; nil: off.
+    public let accessLog: String?
 
-    public init(workers: Int, admin: AdminConfig?, drainTimeoutMillis: Int64, listeners: [ListenerConfig], backends: [String: BackendConfig]) {
+    public init(workers: Int, admin: AdminConfig?, drainTimeoutMillis: Int64, listeners: [ListenerConfig], backends: [String: BackendConfig], accessLog: String? = nil) {
+        self.accessLog = accessLog
         self.workers = workers
         self.admin = admin
         self.drainTimeoutMillis = drainTimeoutMillis

@@ -9,6 +9,8 @@ public final class Snapshot: Sendable {
     let routers: [String: Router]
     /// Monotonic generation (1 for the first config).
     public let generation: Int
+    /// The access log, opened (nil: off).
+    let accessLog: AccessLog?
 
     public init(config: EdgemuxConfig, generation: Int, ticketKeys: [UInt8]) throws {
         var issues: [ConfigIssue] = []
@@ -32,7 +34,14 @@ public final class Snapshot: Sendable {
                 issues.append(ConfigIssue(file: "", line: 0, path: "backends.\(name).tls", message: "\(error)"))
             }
         }
+        var log: AccessLog?
+        if let target = config.accessLog {
+            do { log = try AccessLog(target: target) } catch {
+                issues.append(ConfigIssue(file: "", line: 0, path: "access_log", message: "\(error)"))
+            }
+        }
         if !issues.isEmpty { throw ConfigError(issues: issues) }
+        self.accessLog = log
         self.config = config
         self.serverTLS = server
         self.clientTLS = client

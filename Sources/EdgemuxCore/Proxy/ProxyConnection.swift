@@ -7,6 +7,8 @@ import Logging
 /// for its whole life; each phase is named for what it waits for.
 final class ProxyConnection: EventHandler {
     enum Phase: Equatable {
+        /// Waiting for the PROXY protocol header an L4 balancer sends first.
+        case awaitingProxyHeader
         /// Waiting for the client's TLS handshake to complete.
         case awaitingHandshake
         /// Waiting for the first request head (HTTP/1.1) or the first HEADERS (HTTP/2).
@@ -34,13 +36,18 @@ final class ProxyConnection: EventHandler {
         /// Client-to-backend on HTTP/2: drops the ACK of edgemux's SETTINGS.
         var filter: SettingsAckFilter?
         var bytes = 0
+        /// Plaintext to plaintext: a pipe that splice(2) moves bytes through, kernel to kernel.
+        var pipe: (read: Int32, write: Int32)?
+        /// Bytes in `pipe` that the destination has not taken yet.
+        var pipeBytes = 0
     }
 
     unowned let worker: Worker
     let loop: EventLoop
     let snapshot: Snapshot
     let listener: ListenerConfig
-    let peer: SocketAddress
+    /// The client: the socket's peer, or the source a PROXY protocol header named.
+    var peer: SocketAddress
     let client: Transport
     var backend: Transport?
 
@@ -66,6 +73,9 @@ final class ProxyConnection: EventHandler {
     var answerOffset = 0
     var timer: TimerHandle?
     var lastActivity: Int64
+    let startedAt: Int64
+    /// How the connection ended, for the access log.
+    var outcome = "closed"
 
     init(worker: Worker, snapshot: Snapshot, listener: ListenerConfig, fd: Int32, peer: SocketAddress) {
         self.worker = worker
@@ -75,6 +85,7 @@ final class ProxyConnection: EventHandler {
         self.peer = peer
         self.client = Transport(fd: fd)
         self.lastActivity = worker.loop.now
+        self.startedAt = worker.loop.now
     }
 
     var logPrefix: String { "client \(peer) on '\(listener.name)'" }
@@ -95,16 +106,64 @@ final class ProxyConnection: EventHandler {
             return
         }
         client.readable = true
+        if listener.proxyProtocol {
+            phase = .awaitingProxyHeader
+            armTimer(listener.handshakeTimeoutMillis, phase: "handshake")
+            readProxyHeader()
+        } else {
+            startTLSOrRequest()
+        }
+    }
+
+    /// Peeks until the PROXY header is complete, then consumes exactly its bytes: what follows
+    /// (a ClientHello) stays in the socket for OpenSSL.
+    private func readProxyHeader() {
+        let scratch = UnsafeMutableRawBufferPointer(rebasing: worker.pool.scratch[0..<ProxyProtocolParser.v2MaxLength])
+        let n: Int
+        do {
+            guard case .processed(let got) = try Posix.peek(client.fd, into: scratch) else { return }
+            n = got
+        } catch {
+            close()
+            return
+        }
+        if n == 0 {
+            close()
+            return
+        }
+        switch ProxyProtocolParser.parse(UnsafeRawBufferPointer(rebasing: scratch[0..<n])) {
+        case .needMore:
+            if n >= scratch.count { proxyHeaderFailed("PROXY header incomplete after \(n) bytes") }
+        case .error(let why):
+            proxyHeaderFailed(why)
+        case .done(let source, let length):
+            guard (try? Posix.read(client.fd, into: UnsafeMutableRawBufferPointer(rebasing: scratch[0..<length]))) == .processed(length) else {
+                close()
+                return
+            }
+            if let source { peer = source }
+            startTLSOrRequest()
+        }
+    }
+
+    private func proxyHeaderFailed(_ why: String) {
+        outcome = "bad_proxy_header"
+        worker.metrics.update { $0.sniffErrors["proxy_protocol", default: 0] += 1 }
+        worker.logger.notice("\(logPrefix): \(why); closed")
+        close()
+    }
+
+    private func startTLSOrRequest() {
         if let ctx = snapshot.serverTLS[listener.name] {
             do {
-                client.tls = try TLSStream(server: ctx, fd: fd)
+                client.tls = try TLSStream(server: ctx, fd: client.fd)
             } catch {
                 worker.logger.error("\(logPrefix): \(error)")
                 close()
                 return
             }
+            if phase != .awaitingProxyHeader { armTimer(listener.handshakeTimeoutMillis, phase: "handshake") }
             phase = .awaitingHandshake
-            armTimer(listener.handshakeTimeoutMillis, phase: "handshake")
             continueHandshake()
         } else {
             protocolUndecided = true
@@ -121,6 +180,7 @@ final class ProxyConnection: EventHandler {
             return
         }
         switch phase {
+        case .awaitingProxyHeader: readProxyHeader()
         case .awaitingHandshake: continueHandshake()
         case .awaitingRequest: readRequest()
         case .awaitingBackend:
@@ -144,11 +204,13 @@ final class ProxyConnection: EventHandler {
     private func timerFired(_ name: String) {
         timer = nil
         switch phase {
-        case .awaitingHandshake:
+        case .awaitingProxyHeader, .awaitingHandshake:
+            outcome = "handshake_timeout"
             worker.metrics.update { $0.timeouts["handshake", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): TLS handshake not finished within \(listener.handshakeTimeoutMillis) ms; closed")
             close()
         case .awaitingRequest:
+            outcome = "request_timeout"
             worker.metrics.update { $0.timeouts["request", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): no complete first request within \(listener.requestTimeoutMillis) ms (\(sniffed.count) bytes received); closed")
             if proto == .h2, let s = h2Sniffer, s.prefaceReceived {
@@ -164,6 +226,7 @@ final class ProxyConnection: EventHandler {
             guard let route, route.idleTimeoutMillis > 0 else { return }
             let idle = loop.now - lastActivity
             if idle >= route.idleTimeoutMillis {
+                outcome = "idle_timeout"
                 worker.metrics.update { $0.timeouts["idle", default: 0] += 1 }
                 worker.logger.info("\(logPrefix): idle for \(idle) ms on route '\(route.name)'; closed")
                 close()
@@ -198,6 +261,7 @@ final class ProxyConnection: EventHandler {
             worker.metrics.update { $0.handshakeFailures["client_closed", default: 0] += 1 }
             close()
         case .failed(let why):
+            outcome = "tls_handshake_failed"
             worker.metrics.update { $0.handshakeFailures["protocol", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): \(why)")
             close()
@@ -264,6 +328,7 @@ final class ProxyConnection: EventHandler {
                 request = info
                 routeRequest()
             case .error(let e):
+                outcome = "bad_request:\(e.metricLabel)"
                 worker.metrics.update { $0.sniffErrors[e.metricLabel, default: 0] += 1 }
                 worker.logger.notice("\(logPrefix): \(e); closed")
                 if case .headTooLarge = e {
@@ -301,6 +366,7 @@ final class ProxyConnection: EventHandler {
                 if !tail.isEmpty { appendFiltered(tail) }
                 routeRequest()
             case .error(let e):
+                outcome = "bad_request:\(e.metricLabel)"
                 worker.metrics.update { $0.sniffErrors[e.metricLabel, default: 0] += 1 }
                 worker.logger.notice("\(logPrefix): \(e); closed")
                 let code: ErrorAnswers.H2Error
@@ -347,6 +413,7 @@ final class ProxyConnection: EventHandler {
 
     private func routeRequest() {
         guard let router = snapshot.routers[listener.name], let route = router.select(protocol: proto, sni: serverName, request: request) else {
+            outcome = "no_route"
             worker.metrics.update { $0.noRoute += 1 }
             worker.logger.notice("\(logPrefix): no route for \(proto.rawValue) \(request.method) \(request.path) host '\(request.host)' content-type '\(request.contentType)'")
             answerError(status: 404, message: "no route matches this request")
@@ -470,6 +537,7 @@ final class ProxyConnection: EventHandler {
 
     private func allEndpointsFailed() {
         let name = backendConfig?.name ?? "?"
+        outcome = "backend_unavailable"
         worker.metrics.update { $0.backendUnavailable[name, default: 0] += 1 }
         worker.logger.error("\(logPrefix): backend '\(name)' unavailable for route '\(route?.name ?? "?")': tried \(failures.joined(separator: ", "))")
         answerError(status: 502, message: "backend '\(name)' is unavailable")
@@ -507,6 +575,7 @@ final class ProxyConnection: EventHandler {
         pump(&toClient, from: backend, to: client, towardsClient: true)
         guard phase == .relaying else { return }
         if toBackend.shutDown && toClient.shutDown {
+            outcome = "completed"
             close()
         }
     }
@@ -538,6 +607,10 @@ final class ProxyConnection: EventHandler {
                     failRelay(towardsClient ? "client" : "backend", .failed(why))
                     return
                 }
+            }
+            if src.isPlain && dst.isPlain && d.filter == nil {
+                splicePump(&d, from: src, to: dst, towardsClient: towardsClient)
+                return
             }
             if d.sourceDone {
                 if !d.shutDown {
@@ -605,9 +678,70 @@ final class ProxyConnection: EventHandler {
         }
     }
 
+    /// The relay for two plaintext sockets: splice(2) through a pipe, no copy into user space.
+    /// The pipe holds at most one pipe-full (64 KiB), so backpressure works as with chunks.
+    private func splicePump(_ d: inout Direction, from src: Transport, to dst: Transport, towardsClient: Bool) {
+        if d.pipe == nil {
+            do { d.pipe = try Posix.pipe() } catch {
+                failRelay("internal", .failed("\(error)"))
+                return
+            }
+        }
+        guard let pipe = d.pipe else { return }
+        var rounds = 0
+        while true {
+            if d.pipeBytes > 0 {
+                guard dst.writable else { return }
+                do {
+                    switch try Posix.splice(from: pipe.read, to: dst.fd, count: d.pipeBytes) {
+                    case .processed(let n):
+                        d.pipeBytes -= n
+                        d.bytes += n
+                    case .wouldBlock:
+                        dst.writable = false
+                        return
+                    }
+                } catch {
+                    failRelay(towardsClient ? "client" : "backend", .failed("\(error)"))
+                    return
+                }
+                continue
+            }
+            if d.sourceDone {
+                if !d.shutDown {
+                    d.shutDown = true
+                    dst.shutdownWrite()
+                }
+                return
+            }
+            guard src.readable else { return }
+            if rounds >= 16 {
+                loop.runSoon { [weak self] in self?.pumpAll() }
+                return
+            }
+            rounds += 1
+            do {
+                switch try Posix.splice(from: src.fd, to: pipe.write, count: BufferPool.chunkSize) {
+                case .processed(0):
+                    d.sourceDone = true
+                case .processed(let n):
+                    d.pipeBytes += n
+                    lastActivity = loop.now
+                case .wouldBlock:
+                    src.readable = false  // the pipe is empty here, so it is the source that is
+                    return
+                }
+            } catch {
+                failRelay(towardsClient ? "backend" : "client", .failed("\(error)"))
+                return
+            }
+        }
+    }
+
     private func failRelay(_ side: String, _ step: StreamStep) {
         var why = "closed"
         if case .failed(let w) = step { why = w }
+        outcome = "\(side)_error"
         worker.metrics.update { $0.closedWithError[side, default: 0] += 1 }
         worker.logger.info("\(logPrefix): \(side) side failed during relay on route '\(route?.name ?? "?")': \(why)")
         close()
@@ -682,6 +816,14 @@ final class ProxyConnection: EventHandler {
         }
         toBackend.pending = nil
         toClient.pending = nil
+        for pipe in [toBackend.pipe, toClient.pipe] {
+            if let pipe {
+                Posix.close(pipe.read)
+                Posix.close(pipe.write)
+            }
+        }
+        toBackend.pipe = nil
+        toClient.pipe = nil
         if let b = backend {
             b.tls = nil
             loop.closeDescriptor(b.fd)
@@ -694,7 +836,50 @@ final class ProxyConnection: EventHandler {
             $0.bytesIn += inBytes
             $0.bytesOut += outBytes
         }
+        if let log = snapshot.accessLog { writeAccessLog(log) }
         worker.finished(self)
+    }
+}
+
+extension ProxyConnection {
+    func writeAccessLog(_ log: AccessLog) {
+        let ms = Int(loop.now - startedAt)
+        let opt: (String?) -> AccessLog.JSONValue = { $0.map { .string($0) } ?? .null }
+        log.write([
+            ("time", .string(AccessLogClock.timestamp())),
+            ("listener", .string(listener.name)),
+            ("client", .string(peer.description)),
+            ("sni", opt(serverName)),
+            ("protocol", .string(proto.rawValue)),
+            ("method", opt(request.method.isEmpty ? nil : request.method)),
+            ("path", opt(request.path.isEmpty ? nil : request.path)),
+            ("host", opt(request.host.isEmpty ? nil : request.host)),
+            ("route", opt(route?.name)),
+            ("backend", opt(backendConfig?.name)),
+            ("endpoint", opt(backendConnected ? currentEndpoint?.text : nil)),
+            ("bytes_from_client", .int(toBackend.bytes)),
+            ("bytes_to_client", .int(toClient.bytes)),
+            ("duration_ms", .int(ms)),
+            ("outcome", .string(outcome)),
+        ])
+    }
+}
+
+/// Wall-clock timestamps for the access log (RFC 3339, UTC, milliseconds).
+enum AccessLogClock {
+    static func timestamp() -> String {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var t = ts.tv_sec
+        var tmv = tm()
+        gmtime_r(&t, &tmv)
+        let ms = Int(ts.tv_nsec / 1_000_000)
+        func p(_ v: Int32, _ w: Int = 2) -> String {
+            let s = String(v)
+            return String(repeating: "0", count: max(0, w - s.count)) + s
+        }
+        let msText = String(ms)
+        return "\(p(tmv.tm_year + 1900, 4))-\(p(tmv.tm_mon + 1))-\(p(tmv.tm_mday))T\(p(tmv.tm_hour)):\(p(tmv.tm_min)):\(p(tmv.tm_sec)).\(String(repeating: "0", count: 3 - msText.count) + msText)Z"
     }
 }
 

@@ -207,3 +207,12 @@ extension Posix {
         return SocketAddress(storage: storage).port
     }
 }
+
+extension Posix {
+    /// recv(MSG_PEEK): looks at queued bytes without consuming them.
+    public static func peek(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws -> IOResult<Int> {
+        try checkNonBlocking("recv(MSG_PEEK)") { Glibc.recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_PEEK)) }
+    }
+}
+
+extension IOResult: Equatable where T: Equatable {}

@@ -236,6 +236,102 @@ def ws_client(args):
     asyncio.run(main())
 
 
+# MARK: raw TCP backend and client for half-close
+
+def serve_tcp_sink(args):
+    """Mode sink-then-reply: reads until the client's FIN, then answers with the sha256 and length
+    of everything after the request head (plus --reply-size bytes) and closes.
+    Mode reply-then-sink: answers right after the head, shuts its sending side, then reads
+    until the client's FIN and prints "received N SHA" on stdout."""
+    srv = socket.create_server(("127.0.0.1", args.port))
+    stop_after(args.max_seconds)
+    ready(srv.getsockname()[1])
+
+    def handle(conn):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        rest = data.split(b"\r\n\r\n", 1)[1]
+        h = hashlib.sha256(rest)
+        n = len(rest)
+
+        def reply(text):
+            payload = text.encode()
+            size = args.reply_size
+            conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(payload) + size}\r\nConnection: close\r\n\r\n".encode() + payload)
+            for piece in blob(9, size):
+                conn.sendall(piece)
+
+        if args.mode == "sink-then-reply":
+            while True:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+            reply(f"{h.hexdigest()} {n}\n")
+            conn.close()
+        else:
+            reply("reply first\n")
+            conn.shutdown(socket.SHUT_WR)
+            while True:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+            print(f"received {n} {h.hexdigest()}", flush=True)
+            conn.close()
+
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def halfclose_client(args):
+    sock = socket.create_connection(("127.0.0.1", args.port), timeout=args.timeout)
+    if args.proxy_header:
+        sock.sendall(eval(args.proxy_header))
+    if args.ca:
+        ctx = ssl.create_default_context(cafile=args.ca)
+        ctx.set_alpn_protocols(["http/1.1"])
+        sock = ctx.wrap_socket(sock, server_hostname="localhost")
+    sock.sendall(b"POST /upload HTTP/1.1\r\nHost: localhost\r\n\r\n")
+
+    def read_all():
+        data = b""
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                return data
+            data += chunk
+
+    if args.mode == "sink-then-reply":
+        for piece in blob(args.seed, args.size):
+            sock.sendall(piece)
+        if args.ca:
+            raise SystemExit("a TLS socket cannot half-close from Python")
+        sock.shutdown(socket.SHUT_WR)
+        data = read_all()
+    else:
+        data = read_all()
+        for piece in blob(args.seed, args.size):
+            sock.sendall(piece)
+        if not args.ca:
+            sock.shutdown(socket.SHUT_WR)
+        else:
+            sock = sock.unwrap()
+            sock.shutdown(socket.SHUT_WR)
+    head, _, body = data.partition(b"\r\n\r\n")
+    line, _, payload = body.partition(b"\n")
+    tail_sha = hashlib.sha256(payload).hexdigest()
+    print(f"reply {line.decode()} payload {len(payload)} {tail_sha}")
+    sock.close()
+
+
 # MARK: a raw TLS client for misbehaving on purpose
 
 def raw_tls(args):
@@ -244,6 +340,8 @@ def raw_tls(args):
     took to close and the start of what it sent."""
     start = time.monotonic()
     sock = socket.create_connection(("127.0.0.1", args.port), timeout=args.timeout)
+    if args.proxy_header:
+        sock.sendall(eval(args.proxy_header))
     if not args.plain:
         ctx = ssl.create_default_context(cafile=args.ca)
         if args.alpn:
@@ -330,11 +428,25 @@ def main():
     b.add_argument("--seed", type=int, default=7)
     b.add_argument("--size", type=int, required=True)
     b.add_argument("--out")
+    t = sub.add_parser("tcp-sink")
+    t.add_argument("--port", type=int, default=0)
+    t.add_argument("--mode", default="sink-then-reply")
+    t.add_argument("--reply-size", type=int, default=0)
+    t.add_argument("--max-seconds", type=float, default=300)
+    hc = sub.add_parser("halfclose-client")
+    hc.add_argument("--port", type=int, required=True)
+    hc.add_argument("--mode", default="sink-then-reply")
+    hc.add_argument("--ca")
+    hc.add_argument("--proxy-header")
+    hc.add_argument("--seed", type=int, default=4)
+    hc.add_argument("--size", type=int, default=1 << 20)
+    hc.add_argument("--timeout", type=float, default=30)
     r = sub.add_parser("raw-tls")
     r.add_argument("--port", type=int, required=True)
     r.add_argument("--ca")
     r.add_argument("--alpn")
     r.add_argument("--plain", action="store_true")
+    r.add_argument("--proxy-header")
     r.add_argument("--send")
     r.add_argument("--then")
     r.add_argument("--pause", type=float, default=0)
@@ -358,6 +470,10 @@ def main():
                 for piece in blob(args.seed, args.size):
                     f.write(piece)
         print(blob_sha256(args.seed, args.size))
+    elif args.cmd == "tcp-sink":
+        serve_tcp_sink(args)
+    elif args.cmd == "halfclose-client":
+        halfclose_client(args)
     elif args.cmd == "raw-tls":
         raw_tls(args)
     elif args.cmd == "stray-ack-probe":

@@ -1,0 +1,85 @@
+import Glibc
+
+/// Reads a PROXY protocol header (HAProxy's spec, versions 1 and 2), which an L4 load balancer
+/// puts before the client's first byte to say who the client really is. No I/O: the caller peeks
+/// at the socket, and consumes exactly `length` bytes once the header is complete.
+public enum ProxyProtocolParser {
+    public enum Result: Equatable {
+        case needMore
+        /// `source`: the original client (nil for LOCAL / UNKNOWN: the balancer's own checks).
+        case done(source: SocketAddress?, length: Int)
+        case error(String)
+    }
+
+    static let v2Signature: [UInt8] = [0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]
+    /// The longest v1 header, CRLF included.
+    static let v1MaxLength = 107
+    /// The largest v2 header accepted (addresses plus TLVs).
+    public static let v2MaxLength = 16 + 2048
+
+    public static func parse(_ b: UnsafeRawBufferPointer) -> Result {
+        guard !b.isEmpty else { return .needMore }
+        if b[0] == 0x0d {
+            for i in 0..<min(b.count, 12) where b[i] != v2Signature[i] { return .error("not a PROXY protocol header") }
+            return b.count < 16 ? .needMore : parseV2(b)
+        }
+        let v1Prefix = Array("PROXY ".utf8)
+        for i in 0..<min(b.count, 6) where b[i] != v1Prefix[i] { return .error("not a PROXY protocol header") }
+        return parseV1(b)
+    }
+
+    private static func parseV1(_ b: UnsafeRawBufferPointer) -> Result {
+        var end = -1
+        for i in 0..<min(b.count, v1MaxLength) where b[i] == 0x0a {
+            end = i
+            break
+        }
+        if end < 0 { return b.count >= v1MaxLength ? .error("PROXY v1 header longer than 107 bytes") : .needMore }
+        guard end > 0, b[end - 1] == 0x0d else { return .error("PROXY v1 header not ended by CRLF") }
+        let line = String(decoding: b[0..<(end - 1)], as: UTF8.self)
+        let parts = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count >= 2 else { return .error("PROXY v1 header without a protocol") }
+        switch parts[1] {
+        case "UNKNOWN":
+            return .done(source: nil, length: end + 1)
+        case "TCP4", "TCP6":
+            guard parts.count == 6, let sport = UInt16(parts[4]), let _ = UInt16(parts[5]),
+                  let src = SocketAddress.parse(ip: parts[2], port: sport), SocketAddress.parse(ip: parts[3], port: 1) != nil,
+                  (src.family == AF_INET) == (parts[1] == "TCP4")
+            else { return .error("malformed PROXY v1 header '\(line.prefix(107))'") }
+            return .done(source: src, length: end + 1)
+        default:
+            return .error("PROXY v1 protocol '\(parts[1].prefix(16))' is not TCP4, TCP6 or UNKNOWN")
+        }
+    }
+
+    private static func parseV2(_ b: UnsafeRawBufferPointer) -> Result {
+        let verCmd = b[12], family = b[13]
+        guard verCmd >> 4 == 2 else { return .error("PROXY v2 header with version \(verCmd >> 4)") }
+        let length = Int(b[14]) << 8 | Int(b[15])
+        guard 16 + length <= v2MaxLength else { return .error("PROXY v2 header of \(16 + length) bytes exceeds \(v2MaxLength)") }
+        guard b.count >= 16 + length else { return .needMore }
+        switch verCmd & 0x0f {
+        case 0x0:  // LOCAL: the balancer's own connection (health check)
+            return .done(source: nil, length: 16 + length)
+        case 0x1:
+            break
+        default:
+            return .error("PROXY v2 command \(verCmd & 0x0f) is neither LOCAL nor PROXY")
+        }
+        switch family {
+        case 0x11:  // TCP over IPv4
+            guard length >= 12 else { return .error("PROXY v2 IPv4 block too short") }
+            let ip = Array(b[16..<20])
+            let port = UInt16(b[24]) << 8 | UInt16(b[25])
+            return .done(source: SocketAddress(family: AF_INET, ip: ip, port: port), length: 16 + length)
+        case 0x21:  // TCP over IPv6
+            guard length >= 36 else { return .error("PROXY v2 IPv6 block too short") }
+            let ip = Array(b[16..<32])
+            let port = UInt16(b[48]) << 8 | UInt16(b[49])
+            return .done(source: SocketAddress(family: AF_INET6, ip: ip, port: port), length: 16 + length)
+        default:
+            return .done(source: nil, length: 16 + length)  // UNSPEC, UDP, UNIX: keep the socket's address
+        }
+    }
+}

@@ -1,0 +1,122 @@
+import Testing
+
+@testable import EdgemuxCore
+
+@Suite("config loading and validation")
+struct ConfigTests {
+    let good = """
+        workers: 2
+        admin:
+          listen: 127.0.0.1:9901
+        listeners:
+          - name: public
+            listen: 0.0.0.0:8443
+            routes:
+              - name: agents
+                match: { alpn: h2, content_type: application/grpc }
+                backend: grpc
+              - name: web
+                backend: web
+        backends:
+          web:
+            endpoints: { http1: [127.0.0.1:8080], h2c: [127.0.0.1:8081] }
+          grpc:
+            protocol: h2c
+            endpoints: [127.0.0.1:9090]
+            idle_timeout: 0
+        """
+
+    func issues(_ yaml: String) -> [ConfigIssue] {
+        do {
+            _ = try ConfigLoader.load(yaml: yaml, file: "edgemux.yaml")
+            return []
+        } catch let e as ConfigError {
+            return e.issues
+        } catch {
+            return [ConfigIssue(file: "", line: 0, path: "", message: "\(error)")]
+        }
+    }
+
+    @Test func loadsTheDesignShape() throws {
+        let c = try ConfigLoader.load(yaml: good, file: "edgemux.yaml")
+        #expect(c.workers == 2)
+        #expect(c.listeners[0].routes.map(\.name) == ["agents", "web"])
+        #expect(c.listeners[0].routes[0].match.contentType == "application/grpc")
+        #expect(c.listeners[0].routes[0].idleTimeoutMillis == 0)
+        #expect(c.listeners[0].routes[1].idleTimeoutMillis == ConfigLoader.defaultIdleTimeout)
+        #expect(c.backends["web"]?.protocols == [.http1, .h2])
+        #expect(c.backends["grpc"]?.proto == .h2c)
+    }
+
+    @Test func reportsEveryProblemWithItsLine() {
+        let bad = good
+            .replacingOccurrences(of: "backend: grpc", with: "backend: grcp")
+            .replacingOccurrences(of: "    listen: 0.0.0.0:8443", with: "    listen: 0.0.0.0:8443\n    handshake_timout: 10s")
+            .replacingOccurrences(of: "idle_timeout: 0", with: "idle_timeout: soon")
+        let found = issues(bad)
+        #expect(found.count == 3, "\(found)")
+        #expect(found.contains { $0.line == 7 && $0.message.contains("unknown key 'handshake_timout'") && $0.message.contains("did you mean 'handshake_timeout'") })
+        #expect(found.contains { $0.line == 11 && $0.path == "listeners[0].routes[0].backend" && $0.message.contains("unknown backend 'grcp'") })
+        #expect(found.contains { $0.path == "backends.grpc.idle_timeout" && $0.message.contains("expected a duration") })
+    }
+
+    @Test func syntaxErrorsHaveALine() {
+        let found = issues("listeners:\n  - name: [oops\n")
+        #expect(found.count == 1)
+        #expect(found.first?.message.contains("YAML syntax error") == true)
+        #expect((found.first?.line ?? 0) > 0)
+    }
+
+    @Test func refusesAProtocolTheBackendCannotSpeak() {
+        let h1Only = good.replacingOccurrences(of: "{ http1: [127.0.0.1:8080], h2c: [127.0.0.1:8081] }", with: "[127.0.0.1:8080]")
+        let found = issues(h1Only)
+        #expect(found.count == 1)
+        #expect(found.first?.message.contains("route 'web' can receive h2 connections but backend 'web' cannot speak h2") == true, "\(found)")
+        // Fixed by offering only HTTP/1.1, or by a route that takes h2 first.
+        let alpnOnly = h1Only.replacingOccurrences(of: "    routes:", with: "    tls:\n      certificates: []\n      alpn: [http/1.1]\n    routes:")
+        #expect(!issues(alpnOnly).contains { $0.message.contains("cannot speak") })
+    }
+
+    @Test func missingCertificateFiles() {
+        let tls = good.replacingOccurrences(of: "    routes:", with: "    tls:\n      certificates:\n        - { cert: /nonexistent/a.crt, key: /nonexistent/a.key }\n    routes:", options: [], range: nil)
+        let found = issues(tls)
+        #expect(found.count == 2)
+        #expect(found.allSatisfy { $0.message.contains("cannot read '/nonexistent/") && $0.line == 9 })
+    }
+
+    @Test func durationsAndSizes() {
+        #expect(ConfigLoader.parseDuration("30s") == 30_000)
+        #expect(ConfigLoader.parseDuration("250ms") == 250)
+        #expect(ConfigLoader.parseDuration("5m") == 300_000)
+        #expect(ConfigLoader.parseDuration("0") == 0)
+        #expect(ConfigLoader.parseDuration("10") == nil)
+        #expect(ConfigLoader.parseDuration("-1s") == nil)
+        #expect(ConfigLoader.parseSize("16KiB") == 16384)
+        #expect(ConfigLoader.parseSize("1MiB") == 1 << 20)
+    }
+}
+
+@Suite("router")
+struct RouterTests {
+    @Test func firstMatchWins() {
+        var grpc = RouteMatch()
+        grpc.alpn = .h2
+        grpc.contentType = "application/grpc"
+        var api = RouteMatch()
+        api.host = "*.example.com"
+        api.pathPrefix = "/api/"
+        let router = Router(routes: [
+            RouteConfig(name: "agents", match: grpc, backend: "grpc", idleTimeoutMillis: 0),
+            RouteConfig(name: "api", match: api, backend: "api", idleTimeoutMillis: 0),
+            RouteConfig(name: "web", match: RouteMatch(), backend: "web", idleTimeoutMillis: 0),
+        ])
+        var r = RequestInfo()
+        r.contentType = "application/grpc+proto"
+        r.host = "x.example.com"
+        r.path = "/api/v1"
+        #expect(router.select(protocol: .h2, sni: nil, request: r)?.name == "agents")
+        #expect(router.select(protocol: .http1, sni: nil, request: r)?.name == "api")
+        r.host = "example.com"
+        #expect(router.select(protocol: .http1, sni: nil, request: r)?.name == "web")
+    }
+}
