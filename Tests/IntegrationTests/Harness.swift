@@ -242,3 +242,8 @@ func tlsBlock(alpn: String = "[h2, http/1.1]") -> String {
           alpn: \(alpn)
     """
 }
+
+/// Every end-to-end suite nests in this one, so that they run one at a time: they start real
+/// servers and move tens of megabytes, and the timeouts they check must not compete for 2 cores.
+@Suite("integration", .serialized)
+enum Integration {}

@@ -59,187 +59,191 @@ final class StandardBackends {
     }
 }
 
-@Suite("ingress, end to end with real peers", .serialized)
-struct IngressTests {
-    @Test("curl over HTTP/1.1 and HTTP/2 reaches the web backend; gRPC content-type reaches the gRPC backend")
-    func routing() throws {
-        let b = try StandardBackends()
-        let port = freePort()
-        let e = try Edgemux(config: b.config(port: port), port: port)
-        let h1 = curl(["--http1.1", "-w", " %{http_version}", "https://localhost:\(port)/hello"], port: port)
-        #expect(h1.stdout.hasPrefix("web-h1 GET /hello host=localhost:\(port)"), "\(h1.stdout) \(h1.stderr) \(e.log)")
-        #expect(h1.stdout.hasSuffix(" 1.1"))
-        let h2 = curl(["--http2", "-w", " %{http_version}", "https://localhost:\(port)/hello"], port: port)
-        #expect(h2.stdout == "web-h2c\n 2", "\(h2.stdout) \(h2.stderr) \(e.log)")
-        // A gRPC request by curl: framed message "x", routed on content-type to grpcio.
-        let grpc = curl(["--http2", "-D", "-", "-o", "/dev/null", "-H", "content-type: application/grpc", "-H", "te: trailers",
-                         "--data-binary", "@-", "https://localhost:\(port)/test.Svc/Unary"], port: port)
-        _ = grpc
-        let framed = Command.run("/bin/bash", ["-c", "printf '\\x00\\x00\\x00\\x00\\x01x' | /usr/bin/curl -sS --cacert \(TestCerts.ca) --resolve localhost:\(port):127.0.0.1 --http2 -D - -o /dev/null -H 'content-type: application/grpc' -H 'te: trailers' --data-binary @- https://localhost:\(port)/test.Svc/Unary"], timeout: 20)
-        #expect(framed.stdout.lowercased().contains("content-type: application/grpc"), "\(framed.stdout) \(framed.stderr)")
-        #expect(framed.stdout.lowercased().contains("grpc-status: 0"), "\(framed.stdout)")
-        // HTTP/2 without the gRPC content-type stays on web even on a gRPC-looking path.
-        let notGRPC = curl(["--http2", "https://localhost:\(port)/hello"], port: port)
-        #expect(notGRPC.stdout == "web-h2c\n")
-    }
-
-    @Test("a real gRPC client (waits for SETTINGS): 20 unary calls on one channel and a 3 s server stream")
-    func grpcClient() throws {
-        let b = try StandardBackends()
-        let port = freePort()
-        let e = try Edgemux(config: b.config(port: port), port: port)
-        let unary = Command.run(Paths.python, [Paths.peers, "grpc-client", "--target", "localhost:\(port)", "--ca", TestCerts.ca, "--mode", "unary", "--count", "20", "--timeout", "10"], timeout: 60)
-        #expect(unary.stdout.contains("ok unary 20"), "\(unary.stdout) \(unary.stderr) \(e.log)")
-        let stream = Command.run(Paths.python, [Paths.peers, "grpc-client", "--target", "localhost:\(port)", "--ca", TestCerts.ca, "--mode", "stream", "--count", "30", "--interval", "100", "--timeout", "30"], timeout: 60)
-        #expect(stream.stdout.contains("ok stream 30"), "\(stream.stdout) \(stream.stderr) \(e.log)")
-    }
-
-    @Test("a strict HTTP/2 backend (nghttpd rejects a stray SETTINGS ACK) serves thousands of requests on shared connections")
-    func strictBackend() throws {
-        let b = try StandardBackends(bigFile: 8 << 20)
-        // The control: nghttpd really does hang up on an unsolicited ACK, so this test can fail.
-        let probe = Command.run(Paths.python, [Paths.peers, "stray-ack-probe", "--port", "\(b.h2cPort)"], timeout: 20)
-        #expect(probe.stdout.contains("goaway 1"), "nghttpd should reject a stray ACK: \(probe.stdout) \(probe.stderr)")
-        let port = freePort()
-        let e = try Edgemux(config: b.config(port: port), port: port)
-        let load = Command.run("/usr/bin/h2load", ["-n", "4000", "-c", "4", "-m", "10", "https://127.0.0.1:\(port)/hello"], timeout: 120)
-        #expect(load.stdout.contains("4000 total, 4000 started, 4000 done, 4000 succeeded, 0 failed, 0 errored"), "\(load.stdout) \(e.log)")
-        // A long stream on one connection: 8 MiB from the strict server.
-        let big = curl(["--http2", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", "https://localhost:\(port)/big"], port: port, timeout: 60)
-        #expect(big.stdout == "200 \(8 << 20)", "\(big.stdout) \(big.stderr)")
-    }
-
-    @Test("64 MiB up and down over HTTP/1.1 and HTTP/2, checksums equal at both ends")
-    func byteExact() throws {
-        let size = 64 << 20
-        let b = try StandardBackends(bigFile: size)
-        let port = freePort()
-        let e = try Edgemux(config: b.config(port: port), port: port)
-        let scratch = Scratch("bulk")
-        let want = Command.run(Paths.python, [Paths.peers, "blob-sha256", "--seed", "3", "--size", "\(size)", "--out", scratch.file("up")], timeout: 120).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        // HTTP/1.1 download.
-        let down = curl(["--http1.1", "-o", scratch.file("down"), "-w", "%{http_code} %{size_download}", "https://localhost:\(port)/blob?size=\(size)&seed=3"], port: port, timeout: 120)
-        #expect(down.stdout == "200 \(size)", "\(down.stdout) \(down.stderr) \(e.log)")
-        let got = Command.run("/usr/bin/sha256sum", [scratch.file("down")]).stdout.split(separator: " ").first.map(String.init)
-        #expect(got == want)
-        // HTTP/1.1 upload.
-        let up = curl(["--http1.1", "--data-binary", "@\(scratch.file("up"))", "-H", "content-type: application/octet-stream", "https://localhost:\(port)/sha256"], port: port, timeout: 120)
-        #expect(up.stdout == "\(want) \(size)\n", "\(up.stdout) \(up.stderr)")
-        // HTTP/2 download by curl from nghttpd.
-        let wantBig = Command.run("/usr/bin/sha256sum", [b.www.file("big")]).stdout.split(separator: " ").first.map(String.init)
-        let h2down = curl(["--http2", "-o", scratch.file("down2"), "-w", "%{http_code} %{http_version}", "https://localhost:\(port)/big"], port: port, timeout: 120)
-        #expect(h2down.stdout == "200 2", "\(h2down.stdout) \(h2down.stderr)")
-        #expect(Command.run("/usr/bin/sha256sum", [scratch.file("down2")]).stdout.split(separator: " ").first.map(String.init) == wantBig)
-        // HTTP/2 both ways through gRPC streams.
-        let gup = Command.run(Paths.python, [Paths.peers, "grpc-client", "--target", "localhost:\(port)", "--ca", TestCerts.ca, "--mode", "upload", "--seed", "3", "--size", "\(size)", "--timeout", "120"], timeout: 180)
-        #expect(gup.stdout.contains("ok upload \(size) \(want)"), "\(gup.stdout) \(gup.stderr)")
-        let gdown = Command.run(Paths.python, [Paths.peers, "grpc-client", "--target", "localhost:\(port)", "--ca", TestCerts.ca, "--mode", "download", "--seed", "3", "--size", "\(size)", "--timeout", "120"], timeout: 180)
-        #expect(gdown.stdout.contains("ok download \(size) \(want)"), "\(gdown.stdout) \(gdown.stderr)")
-    }
-
-    @Test("WebSocket upgrade through edgemux, messages both ways")
-    func websocket() throws {
-        let (ws, wsPort) = try startPeer("ws")
-        defer { ws.stop() }
-        let b = try StandardBackends()
-        let port = freePort()
-        let config = b.config(port: port).replacingOccurrences(of: "match: { upgrade: websocket }\n        backend: web", with: "match: { upgrade: websocket }\n        backend: ws")
-            + "\n  ws:\n    endpoints: [\"127.0.0.1:\(wsPort)\"]\n"
-        let e = try Edgemux(config: config, port: port)
-        let r = Command.run(Paths.python, [Paths.peers, "ws-client", "--url", "wss://localhost:\(port)/chat", "--ca", TestCerts.ca, "--count", "10"], timeout: 30)
-        #expect(r.stdout.contains("ok websocket 10"), "\(r.stdout) \(r.stderr) \(e.log)")
-    }
-
-    @Test("one of two endpoints down: every request succeeds; all down: 502 over HTTP/1.1 and HTTP/2")
-    func endpointFailover() throws {
-        let b = try StandardBackends()
-        let dead = freePort()
-        let port = freePort()
-        let e = try Edgemux(config: b.config(port: port, webEndpoints: "{ http1: [\"127.0.0.1:\(dead)\", \"127.0.0.1:\(b.http1Port)\"], h2c: [\"127.0.0.1:\(dead)\", \"127.0.0.1:\(b.h2cPort)\"] }"), port: port)
-        for i in 0..<10 {
-            let r = curl(["--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(port)/n\(i)"], port: port)
-            #expect(r.stdout == "200", "request \(i): \(r.stdout) \(r.stderr)")
-            let r2 = curl(["--http2", "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(port)/hello"], port: port)
-            #expect(r2.stdout == "200", "h2 request \(i): \(r2.stdout) \(r2.stderr)")
+extension Integration {
+    @Suite("ingress, end to end with real peers", .serialized)
+    struct IngressTests {
+        @Test("curl over HTTP/1.1 and HTTP/2 reaches the web backend; gRPC content-type reaches the gRPC backend")
+        func routing() throws {
+            let b = try StandardBackends()
+            let port = freePort()
+            let e = try Edgemux(config: b.config(port: port), port: port)
+            let h1 = curl(["--http1.1", "-w", " %{http_version}", "https://localhost:\(port)/hello"], port: port)
+            #expect(h1.stdout.hasPrefix("web-h1 GET /hello host=localhost:\(port)"), "\(h1.stdout) \(h1.stderr) \(e.log)")
+            #expect(h1.stdout.hasSuffix(" 1.1"))
+            let h2 = curl(["--http2", "-w", " %{http_version}", "https://localhost:\(port)/hello"], port: port)
+            #expect(h2.stdout == "web-h2c\n 2", "\(h2.stdout) \(h2.stderr) \(e.log)")
+            // A gRPC request by curl: framed message "x", routed on content-type to grpcio.
+            let grpc = curl(["--http2", "-D", "-", "-o", "/dev/null", "-H", "content-type: application/grpc", "-H", "te: trailers",
+                             "--data-binary", "@-", "https://localhost:\(port)/test.Svc/Unary"], port: port)
+            _ = grpc
+            let framed = Command.run("/bin/bash", ["-c", "printf '\\x00\\x00\\x00\\x00\\x01x' | /usr/bin/curl -sS --cacert \(TestCerts.ca) --resolve localhost:\(port):127.0.0.1 --http2 -D - -o /dev/null -H 'content-type: application/grpc' -H 'te: trailers' --data-binary @- https://localhost:\(port)/test.Svc/Unary"], timeout: 20)
+            #expect(framed.stdout.lowercased().contains("content-type: application/grpc"), "\(framed.stdout) \(framed.stderr)")
+            #expect(framed.stdout.lowercased().contains("grpc-status: 0"), "\(framed.stdout)")
+            // HTTP/2 without the gRPC content-type stays on web even on a gRPC-looking path.
+            let notGRPC = curl(["--http2", "https://localhost:\(port)/hello"], port: port)
+            #expect(notGRPC.stdout == "web-h2c\n")
         }
-        #expect(e.log.contains("127.0.0.1:\(dead)"), "the failed endpoint is logged")
-        e.stop()
 
-        let port2 = freePort()
-        let down = try Edgemux(config: b.config(port: port2, webEndpoints: "{ http1: [\"127.0.0.1:\(dead)\"], h2c: [\"127.0.0.1:\(dead)\"] }"), port: port2)
-        let h1 = curl(["--http1.1", "-w", " %{http_code}", "https://localhost:\(port2)/x"], port: port2)
-        #expect(h1.stdout.hasSuffix(" 502"), "\(h1.stdout) \(h1.stderr)")
-        let h2 = curl(["--http2", "-w", " %{http_code}", "https://localhost:\(port2)/x"], port: port2)
-        #expect(h2.stdout.hasSuffix(" 502"), "\(h2.stdout) \(h2.stderr)")
-        #expect(down.log.contains("backend 'web' unavailable"), "\(down.log)")
-        #expect(down.log.contains("127.0.0.1:\(dead) (Connection refused)"), "\(down.log)")
+        @Test("a real gRPC client (waits for SETTINGS): 20 unary calls on one channel and a 3 s server stream")
+        func grpcClient() throws {
+            let b = try StandardBackends()
+            let port = freePort()
+            let e = try Edgemux(config: b.config(port: port), port: port)
+            let unary = Command.run(Paths.python, [Paths.peers, "grpc-client", "--target", "localhost:\(port)", "--ca", TestCerts.ca, "--mode", "unary", "--count", "20", "--timeout", "10"], timeout: 60)
+            #expect(unary.stdout.contains("ok unary 20"), "\(unary.stdout) \(unary.stderr) \(e.log)")
+            let stream = Command.run(Paths.python, [Paths.peers, "grpc-client", "--target", "localhost:\(port)", "--ca", TestCerts.ca, "--mode", "stream", "--count", "30", "--interval", "100", "--timeout", "30"], timeout: 60)
+            #expect(stream.stdout.contains("ok stream 30"), "\(stream.stdout) \(stream.stderr) \(e.log)")
+        }
+
+        @Test("a strict HTTP/2 backend (nghttpd rejects a stray SETTINGS ACK) serves thousands of requests on shared connections")
+        func strictBackend() throws {
+            let b = try StandardBackends(bigFile: 8 << 20)
+            // The control: nghttpd really does hang up on an unsolicited ACK, so this test can fail.
+            let probe = Command.run(Paths.python, [Paths.peers, "stray-ack-probe", "--port", "\(b.h2cPort)"], timeout: 20)
+            #expect(probe.stdout.contains("goaway 1"), "nghttpd should reject a stray ACK: \(probe.stdout) \(probe.stderr)")
+            let port = freePort()
+            let e = try Edgemux(config: b.config(port: port), port: port)
+            let load = Command.run("/usr/bin/h2load", ["-n", "4000", "-c", "4", "-m", "10", "https://127.0.0.1:\(port)/hello"], timeout: 120)
+            #expect(load.stdout.contains("4000 total, 4000 started, 4000 done, 4000 succeeded, 0 failed, 0 errored"), "\(load.stdout) \(e.log)")
+            // A long stream on one connection: 8 MiB from the strict server.
+            let big = curl(["--http2", "-o", "/dev/null", "-w", "%{http_code} %{size_download}", "https://localhost:\(port)/big"], port: port, timeout: 60)
+            #expect(big.stdout == "200 \(8 << 20)", "\(big.stdout) \(big.stderr)")
+        }
+
+        @Test("64 MiB up and down over HTTP/1.1 and HTTP/2, checksums equal at both ends")
+        func byteExact() throws {
+            let size = 64 << 20
+            let b = try StandardBackends(bigFile: size)
+            let port = freePort()
+            let e = try Edgemux(config: b.config(port: port), port: port)
+            let scratch = Scratch("bulk")
+            let want = Command.run(Paths.python, [Paths.peers, "blob-sha256", "--seed", "3", "--size", "\(size)", "--out", scratch.file("up")], timeout: 120).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            // HTTP/1.1 download.
+            let down = curl(["--http1.1", "-o", scratch.file("down"), "-w", "%{http_code} %{size_download}", "https://localhost:\(port)/blob?size=\(size)&seed=3"], port: port, timeout: 120)
+            #expect(down.stdout == "200 \(size)", "\(down.stdout) \(down.stderr) \(e.log)")
+            let got = Command.run("/usr/bin/sha256sum", [scratch.file("down")]).stdout.split(separator: " ").first.map(String.init)
+            #expect(got == want)
+            // HTTP/1.1 upload.
+            let up = curl(["--http1.1", "--data-binary", "@\(scratch.file("up"))", "-H", "content-type: application/octet-stream", "https://localhost:\(port)/sha256"], port: port, timeout: 120)
+            #expect(up.stdout == "\(want) \(size)\n", "\(up.stdout) \(up.stderr)")
+            // HTTP/2 download by curl from nghttpd.
+            let wantBig = Command.run("/usr/bin/sha256sum", [b.www.file("big")]).stdout.split(separator: " ").first.map(String.init)
+            let h2down = curl(["--http2", "-o", scratch.file("down2"), "-w", "%{http_code} %{http_version}", "https://localhost:\(port)/big"], port: port, timeout: 120)
+            #expect(h2down.stdout == "200 2", "\(h2down.stdout) \(h2down.stderr)")
+            #expect(Command.run("/usr/bin/sha256sum", [scratch.file("down2")]).stdout.split(separator: " ").first.map(String.init) == wantBig)
+            // HTTP/2 both ways through gRPC streams.
+            let gup = Command.run(Paths.python, [Paths.peers, "grpc-client", "--target", "localhost:\(port)", "--ca", TestCerts.ca, "--mode", "upload", "--seed", "3", "--size", "\(size)", "--timeout", "120"], timeout: 180)
+            #expect(gup.stdout.contains("ok upload \(size) \(want)"), "\(gup.stdout) \(gup.stderr)")
+            let gdown = Command.run(Paths.python, [Paths.peers, "grpc-client", "--target", "localhost:\(port)", "--ca", TestCerts.ca, "--mode", "download", "--seed", "3", "--size", "\(size)", "--timeout", "120"], timeout: 180)
+            #expect(gdown.stdout.contains("ok download \(size) \(want)"), "\(gdown.stdout) \(gdown.stderr)")
+        }
+
+        @Test("WebSocket upgrade through edgemux, messages both ways")
+        func websocket() throws {
+            let (ws, wsPort) = try startPeer("ws")
+            defer { ws.stop() }
+            let b = try StandardBackends()
+            let port = freePort()
+            let config = b.config(port: port).replacingOccurrences(of: "match: { upgrade: websocket }\n        backend: web", with: "match: { upgrade: websocket }\n        backend: ws")
+                + "\n  ws:\n    endpoints: [\"127.0.0.1:\(wsPort)\"]\n"
+            let e = try Edgemux(config: config, port: port)
+            let r = Command.run(Paths.python, [Paths.peers, "ws-client", "--url", "wss://localhost:\(port)/chat", "--ca", TestCerts.ca, "--count", "10"], timeout: 30)
+            #expect(r.stdout.contains("ok websocket 10"), "\(r.stdout) \(r.stderr) \(e.log)")
+        }
+
+        @Test("one of two endpoints down: every request succeeds; all down: 502 over HTTP/1.1 and HTTP/2")
+        func endpointFailover() throws {
+            let b = try StandardBackends()
+            let dead = freePort()
+            let port = freePort()
+            let e = try Edgemux(config: b.config(port: port, webEndpoints: "{ http1: [\"127.0.0.1:\(dead)\", \"127.0.0.1:\(b.http1Port)\"], h2c: [\"127.0.0.1:\(dead)\", \"127.0.0.1:\(b.h2cPort)\"] }"), port: port)
+            for i in 0..<10 {
+                let r = curl(["--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(port)/n\(i)"], port: port)
+                #expect(r.stdout == "200", "request \(i): \(r.stdout) \(r.stderr)")
+                let r2 = curl(["--http2", "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(port)/hello"], port: port)
+                #expect(r2.stdout == "200", "h2 request \(i): \(r2.stdout) \(r2.stderr)")
+            }
+            #expect(e.log.contains("127.0.0.1:\(dead)"), "the failed endpoint is logged")
+            e.stop()
+
+            let port2 = freePort()
+            let down = try Edgemux(config: b.config(port: port2, webEndpoints: "{ http1: [\"127.0.0.1:\(dead)\"], h2c: [\"127.0.0.1:\(dead)\"] }"), port: port2)
+            let h1 = curl(["--http1.1", "-w", " %{http_code}", "https://localhost:\(port2)/x"], port: port2)
+            #expect(h1.stdout.hasSuffix(" 502"), "\(h1.stdout) \(h1.stderr)")
+            let h2 = curl(["--http2", "-w", " %{http_code}", "https://localhost:\(port2)/x"], port: port2)
+            #expect(h2.stdout.hasSuffix(" 502"), "\(h2.stdout) \(h2.stderr)")
+            #expect(down.log.contains("backend 'web' unavailable"), "\(down.log)")
+            #expect(down.log.contains("127.0.0.1:\(dead) (Connection refused)"), "\(down.log)")
+        }
     }
 }
 
-@Suite("misbehaving clients are closed at their cap or timeout; others carry on", .serialized)
-struct BadClientTests {
-    func rawTLS(_ port: UInt16, _ args: [String], timeout: Double = 15) -> String {
-        Command.run(Paths.python, [Paths.peers, "raw-tls", "--port", "\(port)", "--ca", TestCerts.ca] + args, timeout: timeout + 5).stdout
-    }
+extension Integration {
+    @Suite("misbehaving clients are closed at their cap or timeout; others carry on", .serialized)
+    struct BadClientTests {
+        func rawTLS(_ port: UInt16, _ args: [String], timeout: Double = 15) -> String {
+            Command.run(Paths.python, [Paths.peers, "raw-tls", "--port", "\(port)", "--ca", TestCerts.ca] + args, timeout: timeout + 5).stdout
+        }
 
-    /// Seconds in "closed after N.Ns".
-    func closedAfter(_ out: String) -> Double? {
-        guard let r = out.range(of: "closed after ") else { return nil }
-        return Double(out[r.upperBound...].prefix { $0 != "s" })
-    }
+        /// Seconds in "closed after N.Ns".
+        func closedAfter(_ out: String) -> Double? {
+            guard let r = out.range(of: "closed after ") else { return nil }
+            return Double(out[r.upperBound...].prefix { $0 != "s" })
+        }
 
-    @Test("silent, garbage, preface-only and oversized clients each get closed with a log line and a metric")
-    func badClients() throws {
-        let b = try StandardBackends()
-        let port = freePort()
-        let admin = freePort()
-        let e = try Edgemux(config: b.config(port: port, listenerExtra: """
-                handshake_timeout: 1s
-                request_timeout: 1s
-                max_request_head: 4KiB
-            """, admin: admin), port: port)
+        @Test("silent, garbage, preface-only and oversized clients each get closed with a log line and a metric")
+        func badClients() throws {
+            let b = try StandardBackends()
+            let port = freePort()
+            let admin = freePort()
+            let e = try Edgemux(config: b.config(port: port, listenerExtra: """
+                    handshake_timeout: 1s
+                    request_timeout: 1s
+                    max_request_head: 4KiB
+                """, admin: admin), port: port)
 
-        // A good client keeps working while the bad ones misbehave, before and after.
-        func good() -> Bool { curl(["--http2", "https://localhost:\(port)/hello"], port: port).stdout == "web-h2c\n" }
-        #expect(good())
+            // A good client keeps working while the bad ones misbehave, before and after.
+            func good() -> Bool { curl(["--http2", "https://localhost:\(port)/hello"], port: port).stdout == "web-h2c\n" }
+            #expect(good())
 
-        // Never starts the handshake (TCP only): closed after the 1 s handshake timeout.
-        let silent = rawTLS(port, ["--plain", "--timeout", "10"])
-        #expect((closedAfter(silent) ?? 99) < 5, "\(silent)")
-        // Garbage instead of a ClientHello: closed at once.
-        let garbage = rawTLS(port, ["--plain", "--send", "b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'", "--timeout", "10"])
-        #expect((closedAfter(garbage) ?? 99) < 1, "\(garbage)")
-        // Half a ClientHello, then nothing: closed after the handshake timeout.
-        let half = rawTLS(port, ["--plain", "--send", "b'\\x16\\x03\\x01\\x02\\x00\\x01\\x00\\x01\\xfc\\x03\\x03'", "--timeout", "10"])
-        #expect((closedAfter(half) ?? 99) < 5, "\(half)")
-        // HTTP/2 preface and SETTINGS, then nothing: edgemux's SETTINGS, then GOAWAY after 1 s.
-        let preface = rawTLS(port, ["--alpn", "h2", "--send", "b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n\\x00\\x00\\x00\\x04\\x00\\x00\\x00\\x00\\x00'"])
-        #expect((closedAfter(preface) ?? 99) < 5, "\(preface)")
-        #expect(preface.contains("received b'\\x00\\x00\\x00\\x04\\x00\\x00\\x00\\x00\\x00\\x00\\x00"), "SETTINGS then GOAWAY: \(preface)")
-        // A request head over the 4 KiB cap: 431 at once.
-        let big = rawTLS(port, ["--alpn", "http/1.1", "--send", "b'GET / HTTP/1.1\\r\\nHost: localhost\\r\\nX-Big: ' + b'a' * 8000 + b'\\r\\n\\r\\n'"])
-        #expect(big.contains("HTTP/1.1 431"), "\(big)")
-        // An incomplete request head: 408 after the request timeout.
-        let slow = rawTLS(port, ["--alpn", "http/1.1", "--send", "b'GET / HTTP/1.1\\r\\nHost: loc'"])
-        #expect(slow.contains("HTTP/1.1 408"), "\(slow)")
-        #expect((closedAfter(slow) ?? 99) < 5, "\(slow)")
-        // A malformed request line: 400.
-        let bad = rawTLS(port, ["--alpn", "http/1.1", "--send", "b'GET /\\x00 HTTP/1.1\\r\\n\\r\\n'"])
-        #expect(bad.contains("HTTP/1.1 400"), "\(bad)")
-        // A bad HTTP/2 frame sequence (DATA before HEADERS): GOAWAY PROTOCOL_ERROR.
-        let badH2 = rawTLS(port, ["--alpn", "h2", "--send", "b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n\\x00\\x00\\x00\\x04\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x01x'"])
-        #expect(badH2.contains("\\x07" + String(repeating: "\\x00", count: 12) + "\\x01"), "GOAWAY(PROTOCOL_ERROR): \(badH2)")
+            // Never starts the handshake (TCP only): closed after the 1 s handshake timeout.
+            let silent = rawTLS(port, ["--plain", "--timeout", "10"])
+            #expect((closedAfter(silent) ?? 99) < 5, "\(silent)")
+            // Garbage instead of a ClientHello: closed at once.
+            let garbage = rawTLS(port, ["--plain", "--send", "b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'", "--timeout", "10"])
+            #expect((closedAfter(garbage) ?? 99) < 1, "\(garbage)")
+            // Half a ClientHello, then nothing: closed after the handshake timeout.
+            let half = rawTLS(port, ["--plain", "--send", "b'\\x16\\x03\\x01\\x02\\x00\\x01\\x00\\x01\\xfc\\x03\\x03'", "--timeout", "10"])
+            #expect((closedAfter(half) ?? 99) < 5, "\(half)")
+            // HTTP/2 preface and SETTINGS, then nothing: edgemux's SETTINGS, then GOAWAY after 1 s.
+            let preface = rawTLS(port, ["--alpn", "h2", "--send", "b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n\\x00\\x00\\x00\\x04\\x00\\x00\\x00\\x00\\x00'"])
+            #expect((closedAfter(preface) ?? 99) < 5, "\(preface)")
+            #expect(preface.contains("received b'\\x00\\x00\\x00\\x04\\x00\\x00\\x00\\x00\\x00\\x00\\x00"), "SETTINGS then GOAWAY: \(preface)")
+            // A request head over the 4 KiB cap: 431 at once.
+            let big = rawTLS(port, ["--alpn", "http/1.1", "--send", "b'GET / HTTP/1.1\\r\\nHost: localhost\\r\\nX-Big: ' + b'a' * 8000 + b'\\r\\n\\r\\n'"])
+            #expect(big.contains("HTTP/1.1 431"), "\(big)")
+            // An incomplete request head: 408 after the request timeout.
+            let slow = rawTLS(port, ["--alpn", "http/1.1", "--send", "b'GET / HTTP/1.1\\r\\nHost: loc'"])
+            #expect(slow.contains("HTTP/1.1 408"), "\(slow)")
+            #expect((closedAfter(slow) ?? 99) < 5, "\(slow)")
+            // A malformed request line: 400.
+            let bad = rawTLS(port, ["--alpn", "http/1.1", "--send", "b'GET /\\x00 HTTP/1.1\\r\\n\\r\\n'"])
+            #expect(bad.contains("HTTP/1.1 400"), "\(bad)")
+            // A bad HTTP/2 frame sequence (DATA before HEADERS): GOAWAY PROTOCOL_ERROR.
+            let badH2 = rawTLS(port, ["--alpn", "h2", "--send", "b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n\\x00\\x00\\x00\\x04\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x01x'"])
+            #expect(badH2.contains("\\x07" + String(repeating: "\\x00", count: 12) + "\\x01"), "GOAWAY(PROTOCOL_ERROR): \(badH2)")
 
-        #expect(good())
-        let log = e.log
-        #expect(log.contains("TLS handshake not finished within 1000 ms"), "\(log)")
-        #expect(log.contains("request head exceeds 4096 bytes"), "\(log)")
-        #expect(log.contains("no complete first request within 1000 ms"), "\(log)")
-        #expect(log.contains("frame type 0 before any HEADERS"), "\(log)")
-        let metrics = Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
-        #expect(metrics.contains("edgemux_timeouts_total{phase=\"handshake\"} 2"), "\(metrics)")
-        #expect(metrics.contains("edgemux_sniff_errors_total{kind=\"h1_head_too_large\"} 1"), "\(metrics)")
-        #expect(metrics.contains("edgemux_sniff_errors_total{kind=\"h2_protocol\"} 1"), "\(metrics)")
-        #expect(metrics.contains("edgemux_tls_handshake_failures_total{reason=\"protocol\"} 1"), "\(metrics)")
+            #expect(good())
+            let log = e.log
+            #expect(log.contains("TLS handshake not finished within 1000 ms"), "\(log)")
+            #expect(log.contains("request head exceeds 4096 bytes"), "\(log)")
+            #expect(log.contains("no complete first request within 1000 ms"), "\(log)")
+            #expect(log.contains("frame type 0 before any HEADERS"), "\(log)")
+            let metrics = Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
+            #expect(metrics.contains("edgemux_timeouts_total{phase=\"handshake\"} 2"), "\(metrics)")
+            #expect(metrics.contains("edgemux_sniff_errors_total{kind=\"h1_head_too_large\"} 1"), "\(metrics)")
+            #expect(metrics.contains("edgemux_sniff_errors_total{kind=\"h2_protocol\"} 1"), "\(metrics)")
+            #expect(metrics.contains("edgemux_tls_handshake_failures_total{reason=\"protocol\"} 1"), "\(metrics)")
+        }
     }
 }

@@ -1,97 +1,99 @@
 import Foundation
 import Testing
 
-@Suite("relay: half-close, splice, PROXY protocol, access log", .serialized)
-struct RelayTests {
-    func sha(_ seed: Int, _ size: Int) -> String {
-        Command.run(Paths.python, [Paths.peers, "blob-sha256", "--seed", "\(seed)", "--size", "\(size)"], timeout: 60).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-    }
-
-    @Test("half-close both ways, plaintext (splice) and TLS: nothing sent before a close is lost")
-    func halfClose() throws {
-        let (sink, sinkPort) = try startPeer("tcp-sink", ["--reply-size", "3000000"])
-        defer { sink.stop() }
-        let (replyFirst, replyFirstPort) = try startPeer("tcp-sink", ["--mode", "reply-then-sink", "--reply-size", "100000"])
-        defer { replyFirst.stop() }
-        let plain = freePort(), plain2 = freePort(), tls = freePort()
-        let yaml = """
-            workers: 1
-            access_log: stdout
-            listeners:
-              - name: plain
-                listen: 127.0.0.1:\(plain)
-                routes:
-                  - { name: sink, backend: sink }
-              - name: plain2
-                listen: 127.0.0.1:\(plain2)
-                routes:
-                  - { name: reply-first, backend: reply-first }
-              - name: tls
-                listen: 127.0.0.1:\(tls)
-            \(tlsBlock(alpn: "[http/1.1]"))
-                routes:
-                  - { name: reply-first, backend: reply-first }
-            backends:
-              sink:
-                endpoints: { http1: ["127.0.0.1:\(sinkPort)"], h2c: ["127.0.0.1:\(sinkPort)"] }
-              reply-first:
-                endpoints: { http1: ["127.0.0.1:\(replyFirstPort)"], h2c: ["127.0.0.1:\(replyFirstPort)"] }
-            """
-        let e = try Edgemux(config: yaml, port: tls)
-        // Client → backend: 40 MB then FIN; the backend answers after the FIN with 3 MB.
-        let size = 40_000_000
-        let r = Command.run(Paths.python, [Paths.peers, "halfclose-client", "--port", "\(plain)", "--size", "\(size)"], timeout: 60)
-        #expect(r.stdout == "reply \(sha(4, size)) \(size) payload 3000000 \(sha(9, 3_000_000))\n", "\(r.stdout) \(r.stderr) \(e.log)")
-        // Backend → client FIN first; the client still sends 5 MB afterwards, plain and over TLS.
-        for port in [plain2, tls] {
-            var args = [Paths.peers, "halfclose-client", "--port", "\(port)", "--mode", "reply-then-sink", "--size", "5000000"]
-            if port == tls { args += ["--ca", TestCerts.ca] }
-            let r2 = Command.run(Paths.python, args, timeout: 60)
-            #expect(r2.stdout == "reply reply first payload 100000 \(sha(9, 100_000))\n", "\(r2.stdout) \(r2.stderr) \(e.log)")
+extension Integration {
+    @Suite("relay: half-close, splice, PROXY protocol, access log", .serialized)
+    struct RelayTests {
+        func sha(_ seed: Int, _ size: Int) -> String {
+            Command.run(Paths.python, [Paths.peers, "blob-sha256", "--seed", "\(seed)", "--size", "\(size)"], timeout: 60).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        usleep(300_000)
-        #expect(replyFirst.log.components(separatedBy: "received 5000000 \(sha(4, 5_000_000))").count == 3, "\(replyFirst.log)")
-        #expect(e.log.contains("\"outcome\":\"completed\""), "\(e.log)")
-    }
 
-    @Test("PROXY protocol v1 and v2: the balancer's client address is the one logged; a bad header closes")
-    func proxyProtocol() throws {
-        let (h1, h1Port) = try startPeer("http1")
-        defer { h1.stop() }
-        let port = freePort()
-        let yaml = """
-            workers: 1
-            access_log: stdout
-            listeners:
-              - name: behind-lb
-                listen: 127.0.0.1:\(port)
-                proxy_protocol: true
-            \(tlsBlock(alpn: "[http/1.1]"))
-                routes:
-                  - { name: web, backend: web }
-            backends:
-              web:
-                endpoints: ["127.0.0.1:\(h1Port)"]
-            """
-        let e = try Edgemux(config: yaml, port: port)
-        let v1 = Command.run(Paths.python, [Paths.peers, "raw-tls", "--port", "\(port)", "--ca", TestCerts.ca, "--alpn", "http/1.1",
-                                            "--proxy-header", "b'PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\\r\\n'",
-                                            "--send", "b'GET /v1 HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n'"], timeout: 20)
-        #expect(v1.stdout.contains("HTTP/1.1 200 OK"), "\(v1.stdout) \(v1.stderr) \(e.log)")
-        // v2: signature, PROXY over TCP/IPv6, [2001:db8::9]:6000 → [::1]:443.
-        var v2 = "b'\\r\\n\\r\\n\\x00\\r\\nQUIT\\n\\x21\\x21\\x00\\x24'"
-        v2 += " + bytes.fromhex('20010db8000000000000000000000009') + bytes(15) + b'\\x01' + b'\\x17\\x70\\x01\\xbb'"
-        let v2r = Command.run(Paths.python, [Paths.peers, "raw-tls", "--port", "\(port)", "--ca", TestCerts.ca, "--alpn", "http/1.1",
-                                             "--proxy-header", v2,
-                                             "--send", "b'GET /v2 HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n'"], timeout: 20)
-        #expect(v2r.stdout.contains("HTTP/1.1 200 OK"), "\(v2r.stdout) \(v2r.stderr)")
-        let curlv1 = curl(["--haproxy-protocol", "--http1.1", "https://localhost:\(port)/curl"], port: port)
-        #expect(curlv1.stdout.hasPrefix("http1 GET /curl"), "\(curlv1.stdout) \(curlv1.stderr)")
-        let missing = curl(["--http1.1", "https://localhost:\(port)/none"], port: port)
-        #expect(missing.status != 0)
-        usleep(200_000)
-        #expect(e.log.contains("\"client\":\"203.0.113.7:5555\""), "\(e.log)")
-        #expect(e.log.contains("\"client\":\"[2001:db8::9]:6000\""), "\(e.log)")
-        #expect(e.log.contains("not a PROXY protocol header"), "\(e.log)")
+        @Test("half-close both ways, plaintext (splice) and TLS: nothing sent before a close is lost")
+        func halfClose() throws {
+            let (sink, sinkPort) = try startPeer("tcp-sink", ["--reply-size", "3000000"])
+            defer { sink.stop() }
+            let (replyFirst, replyFirstPort) = try startPeer("tcp-sink", ["--mode", "reply-then-sink", "--reply-size", "100000"])
+            defer { replyFirst.stop() }
+            let plain = freePort(), plain2 = freePort(), tls = freePort()
+            let yaml = """
+                workers: 1
+                access_log: stdout
+                listeners:
+                  - name: plain
+                    listen: 127.0.0.1:\(plain)
+                    routes:
+                      - { name: sink, backend: sink }
+                  - name: plain2
+                    listen: 127.0.0.1:\(plain2)
+                    routes:
+                      - { name: reply-first, backend: reply-first }
+                  - name: tls
+                    listen: 127.0.0.1:\(tls)
+                \(tlsBlock(alpn: "[http/1.1]"))
+                    routes:
+                      - { name: reply-first, backend: reply-first }
+                backends:
+                  sink:
+                    endpoints: { http1: ["127.0.0.1:\(sinkPort)"], h2c: ["127.0.0.1:\(sinkPort)"] }
+                  reply-first:
+                    endpoints: { http1: ["127.0.0.1:\(replyFirstPort)"], h2c: ["127.0.0.1:\(replyFirstPort)"] }
+                """
+            let e = try Edgemux(config: yaml, port: tls)
+            // Client → backend: 40 MB then FIN; the backend answers after the FIN with 3 MB.
+            let size = 40_000_000
+            let r = Command.run(Paths.python, [Paths.peers, "halfclose-client", "--port", "\(plain)", "--size", "\(size)"], timeout: 60)
+            #expect(r.stdout == "reply \(sha(4, size)) \(size) payload 3000000 \(sha(9, 3_000_000))\n", "\(r.stdout) \(r.stderr) \(e.log)")
+            // Backend → client FIN first; the client still sends 5 MB afterwards, plain and over TLS.
+            for port in [plain2, tls] {
+                var args = [Paths.peers, "halfclose-client", "--port", "\(port)", "--mode", "reply-then-sink", "--size", "5000000"]
+                if port == tls { args += ["--ca", TestCerts.ca] }
+                let r2 = Command.run(Paths.python, args, timeout: 60)
+                #expect(r2.stdout == "reply reply first payload 100000 \(sha(9, 100_000))\n", "\(r2.stdout) \(r2.stderr) \(e.log)")
+            }
+            usleep(300_000)
+            #expect(replyFirst.log.components(separatedBy: "received 5000000 \(sha(4, 5_000_000))").count == 3, "\(replyFirst.log)")
+            #expect(e.log.contains("\"outcome\":\"completed\""), "\(e.log)")
+        }
+
+        @Test("PROXY protocol v1 and v2: the balancer's client address is the one logged; a bad header closes")
+        func proxyProtocol() throws {
+            let (h1, h1Port) = try startPeer("http1")
+            defer { h1.stop() }
+            let port = freePort()
+            let yaml = """
+                workers: 1
+                access_log: stdout
+                listeners:
+                  - name: behind-lb
+                    listen: 127.0.0.1:\(port)
+                    proxy_protocol: true
+                \(tlsBlock(alpn: "[http/1.1]"))
+                    routes:
+                      - { name: web, backend: web }
+                backends:
+                  web:
+                    endpoints: ["127.0.0.1:\(h1Port)"]
+                """
+            let e = try Edgemux(config: yaml, port: port)
+            let v1 = Command.run(Paths.python, [Paths.peers, "raw-tls", "--port", "\(port)", "--ca", TestCerts.ca, "--alpn", "http/1.1",
+                                                "--proxy-header", "b'PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\\r\\n'",
+                                                "--send", "b'GET /v1 HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n'"], timeout: 20)
+            #expect(v1.stdout.contains("HTTP/1.1 200 OK"), "\(v1.stdout) \(v1.stderr) \(e.log)")
+            // v2: signature, PROXY over TCP/IPv6, [2001:db8::9]:6000 → [::1]:443.
+            var v2 = "b'\\r\\n\\r\\n\\x00\\r\\nQUIT\\n\\x21\\x21\\x00\\x24'"
+            v2 += " + bytes.fromhex('20010db8000000000000000000000009') + bytes(15) + b'\\x01' + b'\\x17\\x70\\x01\\xbb'"
+            let v2r = Command.run(Paths.python, [Paths.peers, "raw-tls", "--port", "\(port)", "--ca", TestCerts.ca, "--alpn", "http/1.1",
+                                                 "--proxy-header", v2,
+                                                 "--send", "b'GET /v2 HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n'"], timeout: 20)
+            #expect(v2r.stdout.contains("HTTP/1.1 200 OK"), "\(v2r.stdout) \(v2r.stderr)")
+            let curlv1 = curl(["--haproxy-protocol", "--http1.1", "https://localhost:\(port)/curl"], port: port)
+            #expect(curlv1.stdout.hasPrefix("http1 GET /curl"), "\(curlv1.stdout) \(curlv1.stderr)")
+            let missing = curl(["--http1.1", "https://localhost:\(port)/none"], port: port)
+            #expect(missing.status != 0)
+            usleep(200_000)
+            #expect(e.log.contains("\"client\":\"203.0.113.7:5555\""), "\(e.log)")
+            #expect(e.log.contains("\"client\":\"[2001:db8::9]:6000\""), "\(e.log)")
+            #expect(e.log.contains("not a PROXY protocol header"), "\(e.log)")
+        }
     }
 }

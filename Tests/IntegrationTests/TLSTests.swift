@@ -1,88 +1,15 @@
 import Foundation
 import Testing
 
-@Suite("TLS termination and TLS backends", .serialized)
-struct TLSTests {
-    func sClient(_ port: UInt16, _ args: [String], stdin: String = "") -> CommandResult {
-        Command.run("/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", TestCerts.ca] + args, timeout: 15, stdin: stdin)
-    }
-
-    func config(port: UInt16, http1Port: UInt16, extraCert: Bool = true, minVersion: String = "\"1.2\"") -> String {
-        """
-        workers: 1
-        listeners:
-          - name: public
-            listen: 127.0.0.1:\(port)
-            tls:
-              certificates:
-                - { cert: \(TestCerts.cert), key: \(TestCerts.key) }
-        \(extraCert ? "        - { cert: \(TestCerts.otherCert), key: \(TestCerts.otherKey) }" : "")
-              alpn: [h2, http/1.1]
-              min_version: \(minVersion)
-            routes:
-              - name: web
-                match: { alpn: http/1.1 }
-                backend: web
-              - name: h2
-                backend: web2
-        backends:
-          web:
-            endpoints: ["127.0.0.1:\(http1Port)"]
-          web2:
-            protocol: h2c
-            endpoints: ["127.0.0.1:1"]
-        """
-    }
-
-    @Test("SNI picks the certificate, the first is the default; ALPN without h2 or http/1.1 gets no_application_protocol")
-    func sniAndALPN() throws {
-        let (h1, h1Port) = try startPeer("http1")
-        defer { h1.stop() }
-        let port = freePort()
-        let e = try Edgemux(config: config(port: port, http1Port: h1Port), port: port)
-        let other = sClient(port, ["-servername", "a.other.test", "-alpn", "http/1.1", "-brief"])
-        #expect(other.stderr.contains("CN = other") || other.stdout.contains("CN = other"), "\(other.stdout) \(other.stderr) \(e.log)")
-        let byDefault = sClient(port, ["-servername", "unknown.example", "-brief"])
-        #expect(byDefault.stderr.contains("CN = localhost") || byDefault.stdout.contains("CN = localhost"), "\(byDefault.stderr)")
-        let noSNI = sClient(port, ["-noservername", "-brief"])
-        #expect(noSNI.stderr.contains("CN = localhost") || noSNI.stdout.contains("CN = localhost"), "\(noSNI.stderr)")
-        let alpn = sClient(port, ["-servername", "localhost", "-alpn", "spdy/3,foo"])
-        #expect(alpn.stdout.contains("no application protocol") || alpn.stderr.contains("no application protocol"), "\(alpn.stdout) \(alpn.stderr)")
-        // Through SNI-selected certificate, a request still routes: curl verifies other.test.
-        let viaOther = Command.run("/usr/bin/curl", ["-sS", "--cacert", TestCerts.ca, "--resolve", "x.other.test:\(port):127.0.0.1", "--http1.1", "https://x.other.test:\(port)/sni"], timeout: 15)
-        #expect(viaOther.stdout.hasPrefix("http1 GET /sni host=x.other.test"), "\(viaOther.stdout) \(viaOther.stderr)")
-    }
-
-    @Test("TLS 1.2 and 1.3, min_version enforced, sessions resume")
-    func versionsAndResumption() throws {
-        let (h1, h1Port) = try startPeer("http1")
-        defer { h1.stop() }
-        let port = freePort()
-        let e = try Edgemux(config: config(port: port, http1Port: h1Port), port: port)
-        let v12 = curl(["--http1.1", "--tls-max", "1.2", "-w", " %{http_code}", "https://localhost:\(port)/v12"], port: port)
-        #expect(v12.stdout.hasSuffix(" 200"), "\(v12.stdout) \(v12.stderr) \(e.log)")
-        let v13 = curl(["--http1.1", "--tlsv1.3", "-w", " %{http_code}", "https://localhost:\(port)/v13"], port: port)
-        #expect(v13.stdout.hasSuffix(" 200"), "\(v13.stdout) \(v13.stderr)")
-        let scratch = Scratch("sess")
-        for version in ["-tls1_3", "-tls1_2"] {
-            let first = sClient(port, ["-servername", "localhost", version, "-sess_out", scratch.file("s\(version)")], stdin: "")
-            #expect(first.stdout.contains("New,"), "\(first.stdout)")
-            let again = sClient(port, ["-servername", "localhost", version, "-sess_in", scratch.file("s\(version)")], stdin: "")
-            #expect(again.stdout.contains("Reused,"), "\(version) resumption: \(again.stdout)")
+extension Integration {
+    @Suite("TLS termination and TLS backends", .serialized)
+    struct TLSTests {
+        func sClient(_ port: UInt16, _ args: [String], stdin: String = "") -> CommandResult {
+            Command.run("/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-CAfile", TestCerts.ca] + args, timeout: 15, stdin: stdin)
         }
-        e.stop()
-        let port13 = freePort()
-        let strict = try Edgemux(config: config(port: port13, http1Port: h1Port, minVersion: "\"1.3\""), port: port13)
-        let refused = curl(["--http1.1", "--tls-max", "1.2", "https://localhost:\(port13)/"], port: port13)
-        #expect(refused.status != 0, "TLS 1.2 refused when min_version is 1.3: \(refused.stdout) \(strict.log)")
-    }
 
-    @Test("a tls backend: CA verification, SNI, ALPN, and a client certificate")
-    func tlsBackend() throws {
-        let (h1, h1Port) = try startPeer("http1", ["--cert", TestCerts.cert, "--key", TestCerts.key, "--client-ca", TestCerts.ca, "--name", "tls-backend"])
-        defer { h1.stop() }
-        let port = freePort()
-        let yaml = """
+        func config(port: UInt16, http1Port: UInt16, extraCert: Bool = true, minVersion: String = "\"1.2\"") -> String {
+            """
             workers: 1
             listeners:
               - name: public
@@ -90,57 +17,137 @@ struct TLSTests {
                 tls:
                   certificates:
                     - { cert: \(TestCerts.cert), key: \(TestCerts.key) }
-                  alpn: [http/1.1]
+            \(extraCert ? "        - { cert: \(TestCerts.otherCert), key: \(TestCerts.otherKey) }" : "")
+                  alpn: [h2, http/1.1]
+                  min_version: \(minVersion)
                 routes:
                   - name: web
-                    backend: secure
+                    match: { alpn: http/1.1 }
+                    backend: web
+                  - name: h2
+                    backend: web2
             backends:
-              secure:
-                protocol: tls
-                endpoints: ["127.0.0.1:\(h1Port)"]
-                tls: { ca: \(TestCerts.ca), server_name: localhost, cert: \(TestCerts.dir)/client.pem, key: \(TestCerts.dir)/client.key }
+              web:
+                endpoints: ["127.0.0.1:\(http1Port)"]
+              web2:
+                protocol: h2c
+                endpoints: ["127.0.0.1:1"]
             """
-        let e = try Edgemux(config: yaml, port: port)
-        let r = curl(["--http1.1", "https://localhost:\(port)/mtls"], port: port)
-        #expect(r.stdout == "tls-backend GET /mtls host=localhost:\(port) client-cert=client\n", "\(r.stdout) \(r.stderr) \(e.log)")
-        e.stop()
+        }
 
-        // A backend certificate that does not match server_name is refused: 502, and the log says why.
-        let port2 = freePort()
-        let wrong = try Edgemux(config: yaml.replacingOccurrences(of: "127.0.0.1:\(port)", with: "127.0.0.1:\(port2)").replacingOccurrences(of: "server_name: localhost", with: "server_name: wrong.example"), port: port2)
-        let refused = curl(["--http1.1", "-w", " %{http_code}", "https://localhost:\(port2)/mtls"], port: port2)
-        #expect(refused.stdout.hasSuffix(" 502"), "\(refused.stdout)")
-        #expect(wrong.log.contains("certificate verify failed"), "\(wrong.log)")
+        @Test("SNI picks the certificate, the first is the default; ALPN without h2 or http/1.1 gets no_application_protocol")
+        func sniAndALPN() throws {
+            let (h1, h1Port) = try startPeer("http1")
+            defer { h1.stop() }
+            let port = freePort()
+            let e = try Edgemux(config: config(port: port, http1Port: h1Port), port: port)
+            let other = sClient(port, ["-servername", "a.other.test", "-alpn", "http/1.1", "-brief"])
+            #expect(other.stderr.contains("CN = other") || other.stdout.contains("CN = other"), "\(other.stdout) \(other.stderr) \(e.log)")
+            let byDefault = sClient(port, ["-servername", "unknown.example", "-brief"])
+            #expect(byDefault.stderr.contains("CN = localhost") || byDefault.stdout.contains("CN = localhost"), "\(byDefault.stderr)")
+            let noSNI = sClient(port, ["-noservername", "-brief"])
+            #expect(noSNI.stderr.contains("CN = localhost") || noSNI.stdout.contains("CN = localhost"), "\(noSNI.stderr)")
+            let alpn = sClient(port, ["-servername", "localhost", "-alpn", "spdy/3,foo"])
+            #expect(alpn.stdout.contains("no application protocol") || alpn.stderr.contains("no application protocol"), "\(alpn.stdout) \(alpn.stderr)")
+            // Through SNI-selected certificate, a request still routes: curl verifies other.test.
+            let viaOther = Command.run("/usr/bin/curl", ["-sS", "--cacert", TestCerts.ca, "--resolve", "x.other.test:\(port):127.0.0.1", "--http1.1", "https://x.other.test:\(port)/sni"], timeout: 15)
+            #expect(viaOther.stdout.hasPrefix("http1 GET /sni host=x.other.test"), "\(viaOther.stdout) \(viaOther.stderr)")
+        }
+
+        @Test("TLS 1.2 and 1.3, min_version enforced, sessions resume")
+        func versionsAndResumption() throws {
+            let (h1, h1Port) = try startPeer("http1")
+            defer { h1.stop() }
+            let port = freePort()
+            let e = try Edgemux(config: config(port: port, http1Port: h1Port), port: port)
+            let v12 = curl(["--http1.1", "--tls-max", "1.2", "-w", " %{http_code}", "https://localhost:\(port)/v12"], port: port)
+            #expect(v12.stdout.hasSuffix(" 200"), "\(v12.stdout) \(v12.stderr) \(e.log)")
+            let v13 = curl(["--http1.1", "--tlsv1.3", "-w", " %{http_code}", "https://localhost:\(port)/v13"], port: port)
+            #expect(v13.stdout.hasSuffix(" 200"), "\(v13.stdout) \(v13.stderr)")
+            let scratch = Scratch("sess")
+            for version in ["-tls1_3", "-tls1_2"] {
+                // A request that the server answers and then closes: the TLS 1.3 ticket arrives
+                // after the handshake, so s_client must stay until the answer (-ign_eof).
+                let request = "GET /resume HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                let first = sClient(port, ["-servername", "localhost", "-alpn", "http/1.1", "-ign_eof", version, "-sess_out", scratch.file("s\(version)")], stdin: request)
+                #expect(first.stdout.contains("New,"), "\(first.stdout)")
+                let again = sClient(port, ["-servername", "localhost", "-alpn", "http/1.1", "-ign_eof", version, "-sess_in", scratch.file("s\(version)")], stdin: request)
+                #expect(again.stdout.contains("Reused,"), "\(version) resumption: \(again.stdout)")
+            }
+            e.stop()
+            let port13 = freePort()
+            let strict = try Edgemux(config: config(port: port13, http1Port: h1Port, minVersion: "\"1.3\""), port: port13)
+            let refused = curl(["--http1.1", "--tls-max", "1.2", "https://localhost:\(port13)/"], port: port13)
+            #expect(refused.status != 0, "TLS 1.2 refused when min_version is 1.3: \(refused.stdout) \(strict.log)")
+        }
+
+        @Test("a tls backend: CA verification, SNI, ALPN, and a client certificate")
+        func tlsBackend() throws {
+            let (h1, h1Port) = try startPeer("http1", ["--cert", TestCerts.cert, "--key", TestCerts.key, "--client-ca", TestCerts.ca, "--name", "tls-backend"])
+            defer { h1.stop() }
+            let port = freePort()
+            let yaml = """
+                workers: 1
+                listeners:
+                  - name: public
+                    listen: 127.0.0.1:\(port)
+                    tls:
+                      certificates:
+                        - { cert: \(TestCerts.cert), key: \(TestCerts.key) }
+                      alpn: [http/1.1]
+                    routes:
+                      - name: web
+                        backend: secure
+                backends:
+                  secure:
+                    protocol: tls
+                    endpoints: ["127.0.0.1:\(h1Port)"]
+                    tls: { ca: \(TestCerts.ca), server_name: localhost, cert: \(TestCerts.dir)/client.pem, key: \(TestCerts.dir)/client.key }
+                """
+            let e = try Edgemux(config: yaml, port: port)
+            let r = curl(["--http1.1", "https://localhost:\(port)/mtls"], port: port)
+            #expect(r.stdout == "tls-backend GET /mtls host=localhost:\(port) client-cert=client\n", "\(r.stdout) \(r.stderr) \(e.log)")
+            e.stop()
+
+            // A backend certificate that does not match server_name is refused: 502, and the log says why.
+            let port2 = freePort()
+            let wrong = try Edgemux(config: yaml.replacingOccurrences(of: "127.0.0.1:\(port)", with: "127.0.0.1:\(port2)").replacingOccurrences(of: "server_name: localhost", with: "server_name: wrong.example"), port: port2)
+            let refused = curl(["--http1.1", "-w", " %{http_code}", "https://localhost:\(port2)/mtls"], port: port2)
+            #expect(refused.stdout.hasSuffix(" 502"), "\(refused.stdout)")
+            #expect(wrong.log.contains("certificate verify failed"), "\(wrong.log)")
+        }
     }
 }
 
-@Suite("the demo command", .serialized)
-struct DemoTests {
-    @Test("edgemux demo serves HTTP/1.1, HTTP/2 and gRPC, each answer naming its backend")
-    func demo() throws {
-        let port = freePort()
-        let bg = try Background("demo", Paths.edgemux, ["demo", "--port", "\(port)"])
-        defer { bg.stop(signal: SIGTERM) }
-        #expect(waitForPort(port))
-        var cert = ""
-        for _ in 0..<100 {
-            if let r = bg.log.range(of: "--cacert ") {
-                cert = String(bg.log[r.upperBound...].prefix { $0 != " " })
-                break
+extension Integration {
+    @Suite("the demo command", .serialized)
+    struct DemoTests {
+        @Test("edgemux demo serves HTTP/1.1, HTTP/2 and gRPC, each answer naming its backend")
+        func demo() throws {
+            let port = freePort()
+            let bg = try Background("demo", Paths.edgemux, ["demo", "--port", "\(port)"])
+            defer { bg.stop(signal: SIGTERM) }
+            #expect(waitForPort(port))
+            var cert = ""
+            for _ in 0..<100 {
+                if let r = bg.log.range(of: "--cacert ") {
+                    cert = String(bg.log[r.upperBound...].prefix { $0 != " " })
+                    break
+                }
+                usleep(50_000)
             }
-            usleep(50_000)
+            #expect(!cert.isEmpty, "the demo prints its commands: \(bg.log)")
+            let base = ["/usr/bin/curl", "-sS", "--cacert", cert, "--resolve", "localhost:\(port):127.0.0.1"]
+            let h1 = Command.run(base[0], Array(base.dropFirst()) + ["--http1.1", "https://localhost:\(port)/hello"])
+            #expect(h1.stdout.contains("demo web backend over HTTP/1.1"), "\(h1.stdout) \(h1.stderr)")
+            let h2 = Command.run(base[0], Array(base.dropFirst()) + ["--http2", "https://localhost:\(port)/hello"])
+            #expect(h2.stdout.contains("demo web backend over HTTP/2"), "\(h2.stdout) \(h2.stderr)")
+            let grpc = Command.run(Paths.python, ["-c", """
+                import grpc
+                ch = grpc.secure_channel("localhost:\(port)", grpc.ssl_channel_credentials(open("\(cert)","rb").read()))
+                print(ch.unary_unary("/demo.Greeter/SayHello")(b"\\x0a\\x05agent", timeout=10))
+                """], timeout: 30)
+            #expect(grpc.stdout.contains("Hello agent, from the demo gRPC backend"), "\(grpc.stdout) \(grpc.stderr)")
         }
-        #expect(!cert.isEmpty, "the demo prints its commands: \(bg.log)")
-        let base = ["/usr/bin/curl", "-sS", "--cacert", cert, "--resolve", "localhost:\(port):127.0.0.1"]
-        let h1 = Command.run(base[0], Array(base.dropFirst()) + ["--http1.1", "https://localhost:\(port)/hello"])
-        #expect(h1.stdout.contains("demo web backend over HTTP/1.1"), "\(h1.stdout) \(h1.stderr)")
-        let h2 = Command.run(base[0], Array(base.dropFirst()) + ["--http2", "https://localhost:\(port)/hello"])
-        #expect(h2.stdout.contains("demo web backend over HTTP/2"), "\(h2.stdout) \(h2.stderr)")
-        let grpc = Command.run(Paths.python, ["-c", """
-            import grpc
-            ch = grpc.secure_channel("localhost:\(port)", grpc.ssl_channel_credentials(open("\(cert)","rb").read()))
-            print(ch.unary_unary("/demo.Greeter/SayHello")(b"\\x0a\\x05agent", timeout=10))
-            """], timeout: 30)
-        #expect(grpc.stdout.contains("Hello agent, from the demo gRPC backend"), "\(grpc.stdout) \(grpc.stderr)")
     }
 }

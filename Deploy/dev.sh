@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# edgemux's two set-up commands on Debian 12 with the Swift toolchain:
+#   Deploy/dev.sh demo   install what is missing, build, run the embedded demo on 127.0.0.1:8443
+#   Deploy/dev.sh test   install what is missing (test peers too), build, run every test
+# Only missing Debian packages are installed (apt-get update first); run as root or with sudo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build_packages=(libssl-dev libnghttp2-dev openssl ca-certificates)
+test_packages=(curl nghttp2-client nghttp2-server python3-grpcio python3-websockets procps)
+
+install_missing() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ] && [ "${CI:-}" != "true" ]; then return 0; fi
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo "dev.sh: apt-get update${missing[*]:+; installing ${missing[*]}}" >&2
+  "${sudo[@]}" apt-get update -qq
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+case "${1:-}" in
+  demo)
+    install_missing "${build_packages[@]}"
+    shift
+    swift build -c release --product edgemux
+    exec "$(swift build -c release --show-bin-path)/edgemux" demo "$@"
+    ;;
+  test)
+    install_missing "${build_packages[@]}" "${test_packages[@]}"
+    exec swift test
+    ;;
+  *)
+    echo "usage: Deploy/dev.sh demo | test" >&2
+    exit 2
+    ;;
+esac
