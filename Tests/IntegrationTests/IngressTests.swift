@@ -166,6 +166,20 @@ extension Integration {
             #expect(e.log.contains("127.0.0.1:\(dead)"), "the failed endpoint is logged")
             e.stop()
 
+            // An endpoint that never completes the connect: after connect_timeout, the next one.
+            let (hole, holePort) = try startPeer("blackhole")
+            defer { hole.stop() }
+            let port3 = freePort()
+            let slowConfig = b.config(port: port3, webEndpoints: "{ http1: [\"127.0.0.1:\(holePort)\", \"127.0.0.1:\(b.http1Port)\"], h2c: [\"127.0.0.1:\(b.h2cPort)\"] }")
+                .replacingOccurrences(of: "  web:\n    endpoints:", with: "  web:\n    connect_timeout: 500ms\n    endpoints:")
+            let slow = try Edgemux(config: slowConfig, port: port3)
+            for i in 0..<4 {
+                let r = curl(["--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(port3)/slow\(i)"], port: port3)
+                #expect(r.stdout == "200", "request \(i): \(r.stdout) \(r.stderr) \(slow.log)")
+            }
+            #expect(slow.log.contains("endpoint 127.0.0.1:\(holePort): timed out after 500 ms"), "\(slow.log)")
+            slow.stop()
+
             let port2 = freePort()
             let down = try Edgemux(config: b.config(port: port2, webEndpoints: "{ http1: [\"127.0.0.1:\(dead)\"], h2c: [\"127.0.0.1:\(dead)\"] }"), port: port2)
             let h1 = curl(["--http1.1", "-w", " %{http_code}", "https://localhost:\(port2)/x"], port: port2)

@@ -39,7 +39,7 @@ final class AdminServer: EventHandler {
                     continue
                 }
                 clients[c] = []
-                try? loop.register(fd: c, events: EventLoop.readEvents | EPOLLOUT.rawValue, handler: self)
+                try? loop.register(fd: c, events: EventLoop.readEvents, handler: self)
                 loop.schedule(afterMillis: 5_000) { [weak self] in self?.finish(c) }
             }
             return
@@ -96,7 +96,12 @@ final class AdminServer: EventHandler {
             r.offset += n
         }
         replies[c] = r
-        if r.offset >= r.bytes.count { finish(c) }
+        if r.offset >= r.bytes.count {
+            finish(c)
+        } else {
+            // Wait for room in the socket (level-triggered, so only now, never while idle).
+            try? loop.modify(fd: c, events: EPOLLOUT.rawValue)
+        }
     }
 
     private func finish(_ c: Int32) {

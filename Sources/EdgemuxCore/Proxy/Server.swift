@@ -28,6 +28,7 @@ public final class Server: @unchecked Sendable {
     /// Binds every listener for every worker (so an address in use fails here, before any thread
     /// starts) and starts the worker threads.
     public func start() throws {
+        Server.raiseDescriptorLimit(logger: logger)
         let config = snapshot.config
         var fdsPerWorker: [[(Int32, String)]] = Array(repeating: [], count: config.workers)
         do {
@@ -95,6 +96,21 @@ public final class Server: @unchecked Sendable {
             logger.notice("received \(sig == SIGTERM ? "SIGTERM" : "SIGINT"): draining (up to \(snapshot.config.drainTimeoutMillis) ms)")
             drain(signalFD: sfd)
             return
+        }
+    }
+
+    /// Raises the soft RLIMIT_NOFILE to the hard limit: every connection costs two descriptors
+    /// (four with splice pipes), and the usual soft default of 1024 would cap edgemux at a few
+    /// hundred connections.
+    static func raiseDescriptorLimit(logger: Logger) {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        if limit.rlim_cur < limit.rlim_max {
+            let old = limit.rlim_cur
+            limit.rlim_cur = limit.rlim_max
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 {
+                logger.debug("raised the descriptor limit from \(old) to \(limit.rlim_max)")
+            }
         }
     }
 

@@ -332,6 +332,27 @@ def halfclose_client(args):
     sock.close()
 
 
+# MARK: an endpoint that never completes a connect
+
+def serve_blackhole(args):
+    """Listens with a backlog of 0 and never accepts; its accept queue is filled at once, so the
+    kernel drops further SYNs and a connect to it hangs until the connector's own timeout."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", args.port))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+        fillers.append(c)
+    time.sleep(0.5)
+    stop_after(args.max_seconds)
+    ready(port)
+    time.sleep(args.max_seconds)
+
+
 # MARK: a raw TLS client for misbehaving on purpose
 
 def raw_tls(args):
@@ -402,7 +423,7 @@ def stray_ack_probe(args):
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("http1", "grpc", "ws"):
+    for name in ("http1", "grpc", "ws", "blackhole"):
         sp = sub.add_parser(name)
         sp.add_argument("--port", type=int, default=0)
         sp.add_argument("--name", default=name)
@@ -458,6 +479,8 @@ def main():
         serve_http1(args)
     elif args.cmd == "grpc":
         serve_grpc(args)
+    elif args.cmd == "blackhole":
+        serve_blackhole(args)
     elif args.cmd == "ws":
         serve_ws(args)
     elif args.cmd == "grpc-client":
