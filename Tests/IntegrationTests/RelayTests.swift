@@ -55,6 +55,24 @@ extension Integration {
             #expect(e.log.contains("\"outcome\":\"completed\""), "\(e.log)")
         }
 
+        @Test("a plaintext listener: HTTP/1.1, h2c with prior knowledge and cleartext gRPC, relayed with splice")
+        func plaintextListener() throws {
+            let b = try StandardBackends(bigFile: 16 << 20)
+            let port = freePort()
+            let yaml = b.config(port: port).replacingOccurrences(of: tlsBlock(), with: "")
+            let e = try Edgemux(config: yaml, port: port)
+            let h1 = Command.run("/usr/bin/curl", ["-sS", "--http1.1", "http://127.0.0.1:\(port)/plain"])
+            #expect(h1.stdout.hasPrefix("web-h1 GET /plain"), "\(h1.stdout) \(h1.stderr) \(e.log)")
+            let h2 = Command.run("/usr/bin/curl", ["-sS", "--http2-prior-knowledge", "-w", " %{http_version}", "http://127.0.0.1:\(port)/hello"])
+            #expect(h2.stdout == "web-h2c\n 2", "\(h2.stdout) \(h2.stderr) \(e.log)")
+            let big = Command.run("/usr/bin/curl", ["-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{size_download}", "http://127.0.0.1:\(port)/big"], timeout: 60)
+            #expect(big.stdout == "\(16 << 20)", "\(big.stdout) \(big.stderr)")
+            let grpc = Command.run(Paths.python, [Paths.peers, "grpc-client", "--target", "127.0.0.1:\(port)", "--mode", "unary", "--count", "5", "--timeout", "10"], timeout: 30)
+            #expect(grpc.stdout.contains("ok unary 5"), "\(grpc.stdout) \(grpc.stderr) \(e.log)")
+            let load = Command.run("/usr/bin/h2load", ["-n", "2000", "-c", "2", "-m", "10", "http://127.0.0.1:\(port)/hello"], timeout: 60)
+            #expect(load.stdout.contains("2000 succeeded, 0 failed"), "\(load.stdout)")
+        }
+
         @Test("PROXY protocol v1 and v2: the balancer's client address is the one logged; a bad header closes")
         func proxyProtocol() throws {
             let (h1, h1Port) = try startPeer("http1")

@@ -612,19 +612,7 @@ final class ProxyConnection: EventHandler {
                 splicePump(&d, from: src, to: dst, towardsClient: towardsClient)
                 return
             }
-            if d.sourceDone {
-                if !d.shutDown {
-                    d.shutDown = true
-                    dst.shutdownWrite()
-                }
-                return
-            }
-            guard src.readable else { return }
-            if rounds >= 16 {
-                loop.runSoon { [weak self] in self?.pumpAll() }
-                return
-            }
-            rounds += 1
+            guard mayRead(&d, from: src, to: dst, rounds: &rounds) else { return }
             let scratch = worker.pool.scratch
             var filled = d.filter != nil ? d.filter!.takeHeld(into: scratch) : 0
             let held = filled
@@ -678,6 +666,27 @@ final class ProxyConnection: EventHandler {
         }
     }
 
+    /// With nothing left to write: passes an ended source on as a half-close, and says whether
+    /// to read from the source now (it may have bytes, and this round's budget is not spent; a
+    /// spent budget comes back on the loop's next turn, so one busy connection cannot starve the
+    /// others).
+    private func mayRead(_ d: inout Direction, from src: Transport, to dst: Transport, rounds: inout Int) -> Bool {
+        if d.sourceDone {
+            if !d.shutDown {
+                d.shutDown = true
+                dst.shutdownWrite()
+            }
+            return false
+        }
+        guard src.readable else { return false }
+        if rounds >= 16 {
+            loop.runSoon { [weak self] in self?.pumpAll() }
+            return false
+        }
+        rounds += 1
+        return true
+    }
+
     /// The relay for two plaintext sockets: splice(2) through a pipe, no copy into user space.
     /// The pipe holds at most one pipe-full (64 KiB), so backpressure works as with chunks.
     private func splicePump(_ d: inout Direction, from src: Transport, to dst: Transport, towardsClient: Bool) {
@@ -707,19 +716,7 @@ final class ProxyConnection: EventHandler {
                 }
                 continue
             }
-            if d.sourceDone {
-                if !d.shutDown {
-                    d.shutDown = true
-                    dst.shutdownWrite()
-                }
-                return
-            }
-            guard src.readable else { return }
-            if rounds >= 16 {
-                loop.runSoon { [weak self] in self?.pumpAll() }
-                return
-            }
-            rounds += 1
+            guard mayRead(&d, from: src, to: dst, rounds: &rounds) else { return }
             do {
                 switch try Posix.splice(from: src.fd, to: pipe.write, count: BufferPool.chunkSize) {
                 case .processed(0):

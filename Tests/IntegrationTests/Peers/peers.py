@@ -167,11 +167,13 @@ def serve_grpc(args):
 
 def grpc_client(args):
     import grpc
-    creds = grpc.ssl_channel_credentials(open(args.ca, "rb").read())
-    opts = [("grpc.ssl_target_name_override", "localhost"),
-            ("grpc.max_receive_message_length", 4 * CHUNK),
+    opts = [("grpc.max_receive_message_length", 4 * CHUNK),
             ("grpc.max_send_message_length", 4 * CHUNK)]
-    channel = grpc.secure_channel(args.target, creds, options=opts)
+    if args.ca:
+        creds = grpc.ssl_channel_credentials(open(args.ca, "rb").read())
+        channel = grpc.secure_channel(args.target, creds, options=opts + [("grpc.ssl_target_name_override", "localhost")])
+    else:
+        channel = grpc.insecure_channel(args.target, options=opts)
     timeout = args.timeout
     if args.mode == "unary":
         f = channel.unary_unary("/test.Svc/Unary")
@@ -433,7 +435,7 @@ def main():
         sp.add_argument("--client-ca")
     g = sub.add_parser("grpc-client")
     g.add_argument("--target", required=True)
-    g.add_argument("--ca", required=True)
+    g.add_argument("--ca", help="TLS with this CA; without it, cleartext HTTP/2")
     g.add_argument("--mode", required=True)
     g.add_argument("--count", type=int, default=1)
     g.add_argument("--interval", type=int, default=100)
