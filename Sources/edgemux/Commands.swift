@@ -37,6 +37,9 @@ struct Run: ParsableCommand {
     @Option(name: .shortAndLong, help: "The YAML config file.")
     var config: String
 
+    @Flag(help: "Reload when the config file or a certificate, key or CA it names changes (Kubernetes volume swaps included).")
+    var watch = false
+
     @OptionGroup var log: LogOptions
 
     func run() throws {
@@ -63,7 +66,7 @@ struct Run: ParsableCommand {
             FileHandle.standardError.write(Data("edgemux: cannot start: \(error)\n".utf8))
             throw ExitCode(1)
         }
-        server.runUntilStopped()
+        server.runUntilStopped(watch: watch ? path : nil)
     }
 }
 

@@ -399,7 +399,13 @@ struct NodeReader {
                 }
                 let cert = readablePath(certNode, join(p, "cert"))
                 let key = readablePath(keyNode, join(p, "key"))
-                if let cert, let key { certs.append(CertificatePair(cert: cert, key: key)) }
+                if let cert, let key {
+                    if let problem = TLSServerContext.problem(cert: cert, key: key) {
+                        fail(keyNode, p, problem)
+                    } else {
+                        certs.append(CertificatePair(cert: cert, key: key))
+                    }
+                }
             }
             if seq.isEmpty { fail(c, join(path, "certificates"), "list at least one certificate") }
         } else if m["certificates"] == nil {
@@ -501,13 +507,21 @@ struct NodeReader {
             if proto != .tls { fail(t, join(path, "tls"), "only a backend with protocol: tls takes tls settings") }
             if let tm = mapping(t, join(path, "tls"), allowed: ["ca", "server_name", "cert", "key", "verify"]) {
                 let tp = join(path, "tls")
-                let ca = tm["ca"].flatMap { readablePath($0, join(tp, "ca")) }
+                var ca = tm["ca"].flatMap { readablePath($0, join(tp, "ca")) }
+                if let path = ca, let problem = TLSServerContext.caProblem(path) {
+                    fail(tm["ca"], join(tp, "ca"), problem)
+                    ca = nil
+                }
                 let sn = tm["server_name"].flatMap { string($0, join(tp, "server_name")) }
                 var client: CertificatePair?
                 if tm["cert"] != nil || tm["key"] != nil {
                     if let c = tm["cert"], let k = tm["key"] {
                         if let cert = readablePath(c, join(tp, "cert")), let key = readablePath(k, join(tp, "key")) {
-                            client = CertificatePair(cert: cert, key: key)
+                            if let problem = TLSServerContext.problem(cert: cert, key: key) {
+                                fail(k, tp, problem)
+                            } else {
+                                client = CertificatePair(cert: cert, key: key)
+                            }
                         }
                     } else {
                         fail(t, tp, "a client certificate needs both 'cert' and 'key'")

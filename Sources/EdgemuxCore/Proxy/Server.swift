@@ -30,23 +30,13 @@ public final class Server: @unchecked Sendable {
     public func start() throws {
         Server.raiseDescriptorLimit(logger: logger)
         let config = snapshot.config
-        var fdsPerWorker: [[(Int32, String)]] = Array(repeating: [], count: config.workers)
-        do {
-            for w in 0..<config.workers {
-                for l in config.listeners {
-                    fdsPerWorker[w].append((try ListenerSocket.bind(l.address), l.name))
-                }
-            }
-        } catch {
-            for list in fdsPerWorker { for (fd, _) in list { Posix.close(fd) } }
-            throw error
-        }
+        let fdsPerWorker = try Self.bind(config.listeners.map(\.address), workers: config.workers)
         for w in 0..<config.workers {
             let loop = try EventLoop(index: w)
             var workerLogger = logger
             workerLogger[metadataKey: "worker"] = "\(w)"
             let worker = Worker(loop: loop, snapshot: snapshot, metrics: metrics.workers[w], logger: workerLogger)
-            for (fd, name) in fdsPerWorker[w] { try worker.adopt(listenerFD: fd, name: name) }
+            for (fd, address) in fdsPerWorker[w] { try worker.adopt(listenerFD: fd, address: address) }
             workers.append(worker)
         }
         if let a = config.admin {
@@ -67,16 +57,34 @@ public final class Server: @unchecked Sendable {
             threads.append(t)
             t.start()
         }
-        for l in config.listeners {
-            logger.info("listener '\(l.name)' on \(l.address) (\(l.tls == nil ? "plaintext" : "TLS \(l.tls!.alpn.joined(separator: ","))"), \(l.routes.count) routes, \(config.workers) workers)")
+        for l in config.listeners { logListener(l, workers: config.workers) }
+    }
+
+    private func logListener(_ l: ListenerConfig, workers: Int) {
+        let mode = l.tls.map { "TLS \($0.alpn.joined(separator: ","))" } ?? "plaintext"
+        logger.info("listener '\(l.name)' on \(l.address) (\(mode), \(l.routes.count) routes, \(workers) workers)")
+    }
+
+    /// One SO_REUSEPORT socket per address per worker; all or nothing.
+    static func bind(_ addresses: [SocketAddress], workers: Int) throws -> [[(Int32, SocketAddress)]] {
+        var fds: [[(Int32, SocketAddress)]] = Array(repeating: [], count: workers)
+        do {
+            for w in 0..<workers {
+                for a in addresses { fds[w].append((try ListenerSocket.bind(a), a)) }
+            }
+        } catch {
+            for list in fds { for (fd, _) in list { Posix.close(fd) } }
+            throw error
         }
+        return fds
     }
 
     private var isDraining = false
 
-    /// Handles SIGHUP (reload), SIGTERM and SIGINT (drain, then return) on the calling thread.
+    /// Handles SIGHUP (reload), SIGTERM and SIGINT (drain, then return) on the calling thread,
+    /// and, with `watch`, reloads when the config file or a file it names changes.
     /// Call `Server.prepareSignals()` before anything starts a thread.
-    public func runUntilStopped() {
+    public func runUntilStopped(watch configPath: String? = nil) {
         let sfd: Int32
         do {
             sfd = try Posix.signalFD([SIGHUP, SIGTERM, SIGINT])
@@ -84,18 +92,53 @@ public final class Server: @unchecked Sendable {
             logger.critical("signalfd failed: \(error)")
             return
         }
-        var info = signalfd_siginfo()
-        while true {
-            let n = Glibc.read(sfd, &info, MemoryLayout<signalfd_siginfo>.size)
-            if n != MemoryLayout<signalfd_siginfo>.size { continue }
-            let sig = Int32(info.ssi_signo)
-            if sig == SIGHUP {
-                reload()
-                continue
+        var watcher: ConfigWatcher?
+        if let configPath {
+            do {
+                watcher = try ConfigWatcher(files: [configPath] + snapshot.config.referencedFiles)
+                logger.info("watching \(configPath) and the files it names for changes")
+            } catch {
+                logger.error("cannot watch \(configPath): \(error); reload with SIGHUP instead")
             }
-            logger.notice("received \(sig == SIGTERM ? "SIGTERM" : "SIGINT"): draining (up to \(snapshot.config.drainTimeoutMillis) ms)")
-            drain(signalFD: sfd)
-            return
+        }
+        // A burst of file events (an editor's save, a Kubernetes swap) settles before a reload.
+        let settleMillis: Int64 = 300
+        var changeSeenAt: Int64?
+        var fds = [pollfd(fd: sfd, events: Int16(POLLIN), revents: 0)]
+        if let watcher { fds.append(pollfd(fd: watcher.fd, events: Int16(POLLIN), revents: 0)) }
+        while true {
+            var timeout: Int32 = -1
+            if let seen = changeSeenAt { timeout = Int32(max(0, seen + settleMillis - Posix.monotonicMillis())) }
+            _ = poll(&fds, nfds_t(fds.count), timeout)
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                var info = signalfd_siginfo()
+                if Glibc.read(sfd, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
+                    let sig = Int32(info.ssi_signo)
+                    if sig == SIGHUP {
+                        logger.notice("SIGHUP: reloading")
+                        reload()
+                    } else {
+                        logger.notice("received \(sig == SIGTERM ? "SIGTERM" : "SIGINT"): draining (up to \(snapshot.config.drainTimeoutMillis) ms)")
+                        drain(signalFD: sfd)
+                        return
+                    }
+                }
+            }
+            if let watcher, fds.count > 1, fds[1].revents & Int16(POLLIN) != 0, watcher.drainEvents() {
+                changeSeenAt = changeSeenAt ?? Posix.monotonicMillis()
+            }
+            if let seen = changeSeenAt, let watcher, let configPath, Posix.monotonicMillis() - seen >= settleMillis {
+                changeSeenAt = nil
+                let files = [configPath] + snapshot.config.referencedFiles
+                let changed = watcher.changedFiles(files)
+                if !changed.isEmpty {
+                    logger.notice("change detected in \(changed.joined(separator: ", ")): reloading")
+                    reload()
+                    let now = [configPath] + snapshot.config.referencedFiles
+                    watcher.watch(now)
+                    _ = watcher.changedFiles(now)
+                }
+            }
         }
     }
 
@@ -120,9 +163,13 @@ public final class Server: @unchecked Sendable {
         Posix.blockSignals([SIGHUP, SIGTERM, SIGINT])
     }
 
+    /// Builds the new snapshot (parse, validate, load every certificate, build every TLS
+    /// context), binds added listener addresses, and only then hands the snapshot to the
+    /// workers. Unchanged addresses keep their sockets (no connection is refused); removed ones
+    /// stop accepting while their connections go on. Any failure keeps the running config.
     private func reload() {
         guard let reloader else {
-            logger.notice("SIGHUP: no config file to reload")
+            logger.notice("reload: no config file to reload")
             return
         }
         do {
@@ -130,17 +177,35 @@ public final class Server: @unchecked Sendable {
             let old = snapshot
             let oldAddresses = Set(old.config.listeners.map(\.address))
             let newAddresses = Set(next.config.listeners.map(\.address))
-            if oldAddresses != newAddresses || old.config.workers != next.config.workers {
-                throw ConfigError(issues: [ConfigIssue(file: "", line: 0, path: "listeners", message: "changing listen addresses or workers needs a restart in this version")])
+            let added = next.config.listeners.map(\.address).filter { !oldAddresses.contains($0) }
+            let removed = oldAddresses.subtracting(newAddresses)
+            let fds = try Self.bind(added, workers: workers.count)
+            if next.config.workers != workers.count {
+                logger.warning("reload: workers \(next.config.workers) takes effect at the next restart; keeping \(workers.count)")
+            }
+            if next.config.admin?.address != old.config.admin?.address {
+                logger.warning("reload: a new admin address takes effect at the next restart")
             }
             snapshot = next
-            for w in workers {
+            for (i, w) in workers.enumerated() {
                 let box = WorkerBox(w)
-                let snap = next
-                w.loop.execute { box.worker.snapshot = snap }
+                let mine = fds[i]
+                w.loop.execute {
+                    let worker = box.worker
+                    worker.snapshot = next
+                    worker.closeListeners(at: removed)
+                    for (fd, address) in mine {
+                        do { try worker.adopt(listenerFD: fd, address: address) } catch {
+                            worker.logger.error("cannot start accepting on \(address): \(error)")
+                            Posix.close(fd)
+                        }
+                    }
+                }
             }
+            for l in next.config.listeners where added.contains(l.address) { logListener(l, workers: workers.count) }
+            for a in removed { logger.notice("listener on \(a) removed: no new connections; open ones go on") }
             metrics.reloads.withLock { $0.ok += 1 }
-            logger.notice("reloaded config (generation \(next.generation))")
+            logger.notice("reloaded config (generation \(next.generation)): \(next.config.listeners.count) listeners, \(next.config.backends.count) backends")
         } catch {
             metrics.reloads.withLock { $0.failed += 1 }
             logger.error("reload rejected, the running config stays: \(error)")

@@ -29,14 +29,20 @@ final class Worker {
         return b
     }
 
-    func adopt(listenerFD fd: Int32, name: String) throws {
-        let l = ListenerSocket(fd: fd, name: name, worker: self)
+    func adopt(listenerFD fd: Int32, address: SocketAddress) throws {
+        let l = ListenerSocket(fd: fd, address: address, worker: self)
         try loop.register(fd: fd, events: EventLoop.readEvents, handler: l)
         listeners.append(l)
     }
 
-    func accepted(fd: Int32, peer: SocketAddress, listenerName: String) {
-        guard let listener = snapshot.config.listeners.first(where: { $0.name == listenerName }) else {
+    /// Stops accepting on the listeners whose address is in `addresses` (their connections go on).
+    func closeListeners(at addresses: Set<SocketAddress>) {
+        for l in listeners where addresses.contains(l.address) { loop.closeDescriptor(l.fd) }
+        listeners.removeAll { addresses.contains($0.address) }
+    }
+
+    func accepted(fd: Int32, peer: SocketAddress, address: SocketAddress) {
+        guard let listener = snapshot.config.listeners.first(where: { $0.address == address }) else {
             Posix.close(fd)
             return
         }
@@ -57,12 +63,13 @@ final class Worker {
 /// loop's other work.
 final class ListenerSocket: EventHandler {
     let fd: Int32
-    let name: String
+    /// The address, which ties this socket to a listener of the current config across reloads.
+    let address: SocketAddress
     unowned let worker: Worker
 
-    init(fd: Int32, name: String, worker: Worker) {
+    init(fd: Int32, address: SocketAddress, worker: Worker) {
         self.fd = fd
-        self.name = name
+        self.address = address
         self.worker = worker
     }
 
@@ -71,14 +78,14 @@ final class ListenerSocket: EventHandler {
             do {
                 switch try Posix.accept(fd) {
                 case .processed(let (client, peer)):
-                    worker.accepted(fd: client, peer: peer, listenerName: name)
+                    worker.accepted(fd: client, peer: peer, address: address)
                 case .wouldBlock:
                     return
                 }
             } catch let e as IOError {
                 // EMFILE/ENFILE/ENOBUFS: out of descriptors or memory. Level-triggered, so back
                 // off instead of spinning on the same pending connection.
-                worker.logger.error("accept on listener '\(name)' failed: \(e)")
+                worker.logger.error("accept on \(address) failed: \(e)")
                 worker.loop.deregister(fd: fd)
                 worker.loop.schedule(afterMillis: 100) { [weak self] in
                     guard let self else { return }

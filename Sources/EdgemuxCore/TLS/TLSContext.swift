@@ -150,3 +150,37 @@ public final class TLSClientContext: @unchecked Sendable {
 
     deinit { SSL_CTX_free(context) }
 }
+
+extension TLSServerContext {
+    /// Loads a certificate chain and key the way a listener will, and says what is wrong with
+    /// them (nil: they load and belong together). For config validation.
+    public static func problem(cert: String, key: String) -> String? {
+        guard let ctx = SSL_CTX_new(TLS_server_method()) else { return "SSL_CTX_new failed" }
+        defer { SSL_CTX_free(ctx) }
+        ERR_clear_error()
+        guard SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 else {
+            return TLSError.fromQueue("not a PEM certificate chain").message
+        }
+        guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 else {
+            let why = TLSError.fromQueue("not a PEM private key").message
+            if why.contains("mismatch") { return "the key \(key) does not belong to the certificate \(cert)" }
+            return why
+        }
+        guard CEdgemux_SSL_CTX_check_private_key(ctx) == 1 else {
+            ERR_clear_error()
+            return "the key \(key) does not belong to the certificate \(cert)"
+        }
+        return nil
+    }
+
+    /// Says what is wrong with a CA bundle (nil: it loads).
+    public static func caProblem(_ path: String) -> String? {
+        guard let ctx = SSL_CTX_new(TLS_client_method()) else { return "SSL_CTX_new failed" }
+        defer { SSL_CTX_free(ctx) }
+        ERR_clear_error()
+        guard SSL_CTX_load_verify_locations(ctx, path, nil) == 1 else {
+            return TLSError.fromQueue("not a PEM CA bundle").message
+        }
+        return nil
+    }
+}

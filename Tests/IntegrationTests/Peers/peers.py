@@ -355,6 +355,28 @@ def serve_blackhole(args):
     time.sleep(args.max_seconds)
 
 
+# MARK: several requests on one kept-alive connection
+
+def keepalive_client(args):
+    """Sends --count GETs on one TLS connection, --gap seconds apart, printing each body."""
+    ctx = ssl.create_default_context(cafile=args.ca)
+    ctx.set_alpn_protocols(["http/1.1"])
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", args.port), timeout=10), server_hostname="localhost")
+    f = sock.makefile("rb")
+    for i in range(args.count):
+        if i:
+            time.sleep(args.gap)
+        sock.sendall(f"GET /keepalive/{i} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        length = 0
+        while True:
+            line = f.readline()
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+            if line in (b"\r\n", b""):
+                break
+        print(f.read(length).decode().strip(), flush=True)
+
+
 # MARK: a raw TLS client for misbehaving on purpose
 
 def raw_tls(args):
@@ -464,6 +486,11 @@ def main():
     hc.add_argument("--seed", type=int, default=4)
     hc.add_argument("--size", type=int, default=1 << 20)
     hc.add_argument("--timeout", type=float, default=30)
+    k = sub.add_parser("keepalive-client")
+    k.add_argument("--port", type=int, required=True)
+    k.add_argument("--ca", required=True)
+    k.add_argument("--count", type=int, default=2)
+    k.add_argument("--gap", type=float, default=1)
     r = sub.add_parser("raw-tls")
     r.add_argument("--port", type=int, required=True)
     r.add_argument("--ca")
@@ -499,6 +526,8 @@ def main():
         serve_tcp_sink(args)
     elif args.cmd == "halfclose-client":
         halfclose_client(args)
+    elif args.cmd == "keepalive-client":
+        keepalive_client(args)
     elif args.cmd == "raw-tls":
         raw_tls(args)
     elif args.cmd == "stray-ack-probe":
