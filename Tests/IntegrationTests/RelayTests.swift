@@ -73,6 +73,24 @@ extension Integration {
             #expect(load.stdout.contains("2000 succeeded, 0 failed"), "\(load.stdout)")
         }
 
+        @Test("a client that vanishes mid-transfer is a logged relay error; everyone else carries on")
+        func clientVanishes() throws {
+            let b = try StandardBackends()
+            let port = freePort()
+            let admin = freePort()
+            let e = try Edgemux(config: b.config(port: port, admin: admin), port: port)
+            for _ in 0..<3 {
+                let r = curl(["--http1.1", "--limit-rate", "2M", "--max-time", "1", "-o", "/dev/null", "https://localhost:\(port)/blob?size=67108864&seed=1"], port: port, timeout: 1)
+                #expect(r.status == 28, "curl gave up mid-transfer: \(r.stderr)")
+                #expect(curl(["--http2", "https://localhost:\(port)/hello"], port: port).stdout == "web-h2c\n")
+            }
+            usleep(500_000)
+            #expect(e.log.contains("client side failed during relay"), "\(e.log)")
+            let metrics = Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
+            #expect(metrics.contains("edgemux_connection_errors_total{side=\"client\"}"), "\(metrics)")
+            #expect(metrics.contains("edgemux_connections_active 0"), "\(metrics)")
+        }
+
         @Test("PROXY protocol v1 and v2: the balancer's client address is the one logged; a bad header closes")
         func proxyProtocol() throws {
             let (h1, h1Port) = try startPeer("http1")

@@ -25,23 +25,6 @@ final class ProxyConnection: EventHandler {
         case closed
     }
 
-    /// One direction of the relay.
-    struct Direction {
-        /// Bytes read from the source that the destination has not taken yet.
-        var pending: Chunk?
-        /// The source has ended (EOF or close_notify).
-        var sourceDone = false
-        /// The destination's write side has been shut after `sourceDone`.
-        var shutDown = false
-        /// Client-to-backend on HTTP/2: drops the ACK of edgemux's SETTINGS.
-        var filter: SettingsAckFilter?
-        var bytes = 0
-        /// Plaintext to plaintext: a pipe that splice(2) moves bytes through, kernel to kernel.
-        var pipe: (read: Int32, write: Int32)?
-        /// Bytes in `pipe` that the destination has not taken yet.
-        var pipeBytes = 0
-    }
-
     unowned let worker: Worker
     let loop: EventLoop
     let snapshot: Snapshot
@@ -67,8 +50,11 @@ final class ProxyConnection: EventHandler {
     var currentEndpoint: Endpoint?
     var backendConnected = false
     var failures: [String] = []
-    var toBackend = Direction()
-    var toClient = Direction()
+    /// Client-to-backend filter decided while sniffing (HTTP/2: drop the ACK of our SETTINGS).
+    var ackFilter: SettingsAckFilter?
+    /// edgemux's own bytes the client has not taken yet (its SETTINGS frame).
+    var clientPending: Chunk?
+    var relay: Relay?
     var answer: [UInt8] = []
     var answerOffset = 0
     var timer: TimerHandle?
@@ -185,7 +171,7 @@ final class ProxyConnection: EventHandler {
         case .awaitingRequest: readRequest()
         case .awaitingBackend:
             if let backend, fd == backend.fd { backendProgress(events: events) }
-        case .relaying: pumpAll()
+        case .relaying: relay?.pumpAll()
         case .flushingAnswer: flushAnswer()
         case .lingering: linger()
         case .closed: break
@@ -224,7 +210,7 @@ final class ProxyConnection: EventHandler {
             connectFailed("timed out after \(backendConfig?.connectTimeoutMillis ?? 0) ms")
         case .relaying:
             guard let route, route.idleTimeoutMillis > 0 else { return }
-            let idle = loop.now - lastActivity
+            let idle = loop.now - (relay?.lastActivity ?? lastActivity)
             if idle >= route.idleTimeoutMillis {
                 outcome = "idle_timeout"
                 worker.metrics.update { $0.timeouts["idle", default: 0] += 1 }
@@ -360,7 +346,7 @@ final class ProxyConnection: EventHandler {
                 if let r = droppedAck {
                     replay.removeSubrange(r)
                 } else {
-                    toBackend.filter = SettingsAckFilter()
+                    ackFilter = SettingsAckFilter()
                 }
                 sniffed = replay
                 if !tail.isEmpty { appendFiltered(tail) }
@@ -382,14 +368,14 @@ final class ProxyConnection: EventHandler {
 
     /// Appends bytes that follow the first header block to the replay, through the ACK filter.
     private func appendFiltered(_ bytes: [UInt8]) {
-        guard var filter = toBackend.filter else {
+        guard var filter = ackFilter else {
             sniffed += bytes
             return
         }
         var copy = bytes
         let n = copy.withUnsafeMutableBytes { filter.filter($0, count: $0.count) }
         sniffed += copy[0..<n]
-        toBackend.filter = filter.done ? nil : filter
+        ackFilter = filter.done ? nil : filter
     }
 
     /// Writes a few bytes of edgemux's own to the client before the relay starts; what the
@@ -402,9 +388,9 @@ final class ProxyConnection: EventHandler {
                 offset += n
             }
             if offset < buf.count {
-                let chunk = toClient.pending ?? worker.pool.take()
+                let chunk = clientPending ?? worker.pool.take()
                 chunk.append(UnsafeRawBufferPointer(rebasing: buf[offset...]))
-                toClient.pending = chunk
+                clientPending = chunk
             }
         }
     }
@@ -555,192 +541,29 @@ final class ProxyConnection: EventHandler {
     // MARK: relaying
 
     private func startRelay() {
-        guard backend != nil else { return }
+        guard let backend else { return }
         phase = .relaying
-        if !sniffed.isEmpty {
-            let chunk = sniffed.count <= BufferPool.chunkSize ? worker.pool.take() : Chunk(capacity: sniffed.count)
-            sniffed.withUnsafeBytes { chunk.append($0) }
-            toBackend.pending = chunk
-            sniffed = []
+        let replay = sniffed
+        sniffed = []
+        let pending = clientPending
+        clientPending = nil
+        relay = Relay(client: client, backend: backend, loop: loop, pool: worker.pool, replay: replay, filter: ackFilter, pendingToClient: pending) { [unowned self] end in
+            self.relayEnded(end)
         }
-        lastActivity = loop.now
+        ackFilter = nil
         armTimer(route?.idleTimeoutMillis ?? 0, phase: "idle")
-        pumpAll()
+        relay?.pumpAll()
     }
 
-    private func pumpAll() {
-        guard phase == .relaying, let backend else { return }
-        pump(&toBackend, from: client, to: backend, towardsClient: false)
-        guard phase == .relaying else { return }
-        pump(&toClient, from: backend, to: client, towardsClient: true)
-        guard phase == .relaying else { return }
-        if toBackend.shutDown && toClient.shutDown {
+    private func relayEnded(_ end: Relay.End) {
+        switch end {
+        case .completed:
             outcome = "completed"
-            close()
+        case .failed(let side, let why):
+            outcome = "\(side)_error"
+            worker.metrics.update { $0.closedWithError[side, default: 0] += 1 }
+            worker.logger.info("\(logPrefix): \(side) side failed during relay on route '\(route?.name ?? "?")': \(why)")
         }
-    }
-
-    /// Moves bytes from `src` to `dst` until one of them would block, the source ends, or the
-    /// round budget is spent (then the loop comes back to it: fairness between connections).
-    /// At most one chunk waits per direction, so memory per connection is bounded; a full
-    /// destination stops reads from the source until it drains (backpressure).
-    private func pump(_ d: inout Direction, from src: Transport, to dst: Transport, towardsClient: Bool) {
-        var rounds = 0
-        while true {
-            if let p = d.pending {
-                guard dst.writable else { return }
-                switch dst.write(from: p.readable) {
-                case .bytes(let n):
-                    p.consume(n)
-                    d.bytes += n
-                    if p.isEmpty {
-                        worker.pool.give(p)
-                        d.pending = nil
-                    }
-                    continue
-                case .wantRead, .wantWrite:
-                    return
-                case .eof:
-                    failRelay(towardsClient ? "client" : "backend", .failed("closed"))
-                    return
-                case .failed(let why):
-                    failRelay(towardsClient ? "client" : "backend", .failed(why))
-                    return
-                }
-            }
-            if src.isPlain && dst.isPlain && d.filter == nil {
-                splicePump(&d, from: src, to: dst, towardsClient: towardsClient)
-                return
-            }
-            guard mayRead(&d, from: src, to: dst, rounds: &rounds) else { return }
-            let scratch = worker.pool.scratch
-            var filled = d.filter != nil ? d.filter!.takeHeld(into: scratch) : 0
-            let held = filled
-            readLoop: while filled < scratch.count {
-                switch src.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[filled...])) {
-                case .bytes(let n):
-                    filled += n
-                    if src.isPlain { break readLoop }
-                case .wantRead, .wantWrite:
-                    break readLoop
-                case .eof:
-                    d.sourceDone = true
-                    break readLoop
-                case .failed(let why):
-                    failRelay(towardsClient ? "backend" : "client", .failed(why))
-                    return
-                }
-            }
-            if filled > held { lastActivity = loop.now }
-            var count = filled
-            if var f = d.filter {
-                count = f.filter(scratch, count: filled)
-                if d.sourceDone && !f.held.isEmpty {
-                    // The stream ends inside a frame header: pass the fragment on unchanged.
-                    let extra = f.takeHeld(into: UnsafeMutableRawBufferPointer(rebasing: scratch[count...]))
-                    count += extra
-                }
-                d.filter = f.done ? nil : f
-            }
-            var offset = 0
-            while offset < count, dst.writable {
-                switch dst.write(from: UnsafeRawBufferPointer(rebasing: scratch[offset..<count])) {
-                case .bytes(let n):
-                    offset += n
-                    d.bytes += n
-                case .wantRead, .wantWrite:
-                    break
-                case .eof:
-                    failRelay(towardsClient ? "client" : "backend", .failed("closed"))
-                    return
-                case .failed(let why):
-                    failRelay(towardsClient ? "client" : "backend", .failed(why))
-                    return
-                }
-            }
-            if offset < count {
-                let chunk = worker.pool.take()
-                chunk.append(UnsafeRawBufferPointer(rebasing: scratch[offset..<count]))
-                d.pending = chunk
-            }
-        }
-    }
-
-    /// With nothing left to write: passes an ended source on as a half-close, and says whether
-    /// to read from the source now (it may have bytes, and this round's budget is not spent; a
-    /// spent budget comes back on the loop's next turn, so one busy connection cannot starve the
-    /// others).
-    private func mayRead(_ d: inout Direction, from src: Transport, to dst: Transport, rounds: inout Int) -> Bool {
-        if d.sourceDone {
-            if !d.shutDown {
-                d.shutDown = true
-                dst.shutdownWrite()
-            }
-            return false
-        }
-        guard src.readable else { return false }
-        if rounds >= 16 {
-            loop.runSoon { [weak self] in self?.pumpAll() }
-            return false
-        }
-        rounds += 1
-        return true
-    }
-
-    /// The relay for two plaintext sockets: splice(2) through a pipe, no copy into user space.
-    /// The pipe holds at most one pipe-full (64 KiB), so backpressure works as with chunks.
-    private func splicePump(_ d: inout Direction, from src: Transport, to dst: Transport, towardsClient: Bool) {
-        if d.pipe == nil {
-            do { d.pipe = try Posix.pipe() } catch {
-                failRelay("internal", .failed("\(error)"))
-                return
-            }
-        }
-        guard let pipe = d.pipe else { return }
-        var rounds = 0
-        while true {
-            if d.pipeBytes > 0 {
-                guard dst.writable else { return }
-                do {
-                    switch try Posix.splice(from: pipe.read, to: dst.fd, count: d.pipeBytes) {
-                    case .processed(let n):
-                        d.pipeBytes -= n
-                        d.bytes += n
-                    case .wouldBlock:
-                        dst.writable = false
-                        return
-                    }
-                } catch {
-                    failRelay(towardsClient ? "client" : "backend", .failed("\(error)"))
-                    return
-                }
-                continue
-            }
-            guard mayRead(&d, from: src, to: dst, rounds: &rounds) else { return }
-            do {
-                switch try Posix.splice(from: src.fd, to: pipe.write, count: BufferPool.chunkSize) {
-                case .processed(0):
-                    d.sourceDone = true
-                case .processed(let n):
-                    d.pipeBytes += n
-                    lastActivity = loop.now
-                case .wouldBlock:
-                    src.readable = false  // the pipe is empty here, so it is the source that is
-                    return
-                }
-            } catch {
-                failRelay(towardsClient ? "backend" : "client", .failed("\(error)"))
-                return
-            }
-        }
-    }
-
-    private func failRelay(_ side: String, _ step: StreamStep) {
-        var why = "closed"
-        if case .failed(let w) = step { why = w }
-        outcome = "\(side)_error"
-        worker.metrics.update { $0.closedWithError[side, default: 0] += 1 }
-        worker.logger.info("\(logPrefix): \(side) side failed during relay on route '\(route?.name ?? "?")': \(why)")
         close()
     }
 
@@ -762,14 +585,14 @@ final class ProxyConnection: EventHandler {
 
     private func flushAnswer() {
         // Anything queued before (edgemux's SETTINGS) goes first.
-        if let p = toClient.pending {
+        if let p = clientPending {
             while !p.isEmpty, client.writable {
                 guard case .bytes(let n) = client.write(from: p.readable) else { break }
                 p.consume(n)
             }
             if !p.isEmpty { return }
             worker.pool.give(p)
-            toClient.pending = nil
+            clientPending = nil
         }
         while answerOffset < answer.count, client.writable {
             let step = answer.withUnsafeBytes { client.write(from: UnsafeRawBufferPointer(rebasing: $0[answerOffset...])) }
@@ -808,19 +631,9 @@ final class ProxyConnection: EventHandler {
         phase = .closed
         loop.cancel(timer)
         timer = nil
-        for p in [toBackend.pending, toClient.pending] {
-            if let p { worker.pool.give(p) }
-        }
-        toBackend.pending = nil
-        toClient.pending = nil
-        for pipe in [toBackend.pipe, toClient.pipe] {
-            if let pipe {
-                Posix.close(pipe.read)
-                Posix.close(pipe.write)
-            }
-        }
-        toBackend.pipe = nil
-        toClient.pipe = nil
+        if let p = clientPending { worker.pool.give(p) }
+        clientPending = nil
+        relay?.release()
         if let b = backend {
             b.tls = nil
             loop.closeDescriptor(b.fd)
@@ -828,7 +641,7 @@ final class ProxyConnection: EventHandler {
         }
         client.tls = nil
         loop.closeDescriptor(client.fd)
-        let inBytes = toBackend.bytes, outBytes = toClient.bytes
+        let inBytes = relay?.bytesFromClient ?? 0, outBytes = relay?.bytesToClient ?? 0
         worker.metrics.update {
             $0.bytesIn += inBytes
             $0.bytesOut += outBytes
@@ -854,8 +667,8 @@ extension ProxyConnection {
             ("route", opt(route?.name)),
             ("backend", opt(backendConfig?.name)),
             ("endpoint", opt(backendConnected ? currentEndpoint?.text : nil)),
-            ("bytes_from_client", .int(toBackend.bytes)),
-            ("bytes_to_client", .int(toClient.bytes)),
+            ("bytes_from_client", .int(relay?.bytesFromClient ?? 0)),
+            ("bytes_to_client", .int(relay?.bytesToClient ?? 0)),
             ("duration_ms", .int(ms)),
             ("outcome", .string(outcome)),
         ])
