@@ -16,6 +16,8 @@ public final class WorkerMetrics: Sendable {
         var bytesIn = 0
         var bytesOut = 0
         var closedWithError: [String: Int] = [:]
+        var tunnelDenied: [String: Int] = [:]
+        var tunnelFailures: [String: Int] = [:]
     }
 
     let values = Mutex(Values())
@@ -53,6 +55,8 @@ public final class Metrics: Sendable {
             total.backendUnavailable.merge(v.backendUnavailable, uniquingKeysWith: +)
             total.timeouts.merge(v.timeouts, uniquingKeysWith: +)
             total.closedWithError.merge(v.closedWithError, uniquingKeysWith: +)
+            total.tunnelDenied.merge(v.tunnelDenied, uniquingKeysWith: +)
+            total.tunnelFailures.merge(v.tunnelFailures, uniquingKeysWith: +)
         }
         var out = ""
         func counter(_ name: String, _ help: String, _ value: Int) {
@@ -74,6 +78,8 @@ public final class Metrics: Sendable {
         labelled("edgemux_backend_unavailable_total", "Connections answered 502 because no endpoint of the backend was reachable.", "backend", total.backendUnavailable)
         labelled("edgemux_timeouts_total", "Connections closed by a timeout, by phase.", "phase", total.timeouts)
         labelled("edgemux_connection_errors_total", "Relayed connections closed on an I/O error, by side.", "side", total.closedWithError)
+        labelled("edgemux_tunnel_refused_total", "Tunnel requests refused, by reason (allowlist, auth, SNI problems).", "reason", total.tunnelDenied)
+        labelled("edgemux_tunnel_failures_total", "Tunnel requests answered with an error status.", "status", total.tunnelFailures)
         counter("edgemux_client_bytes_received_total", "Bytes received from clients (after TLS).", total.bytesIn)
         counter("edgemux_client_bytes_sent_total", "Bytes sent to clients (before TLS).", total.bytesOut)
         let r = reloads.withLock { $0 }

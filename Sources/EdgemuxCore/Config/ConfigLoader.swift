@@ -289,8 +289,6 @@ struct NodeReader {
             } else {
                 fail(b, "backends", "expected a mapping of backend names to backends")
             }
-        } else {
-            fail(root, "backends", "missing: define at least one backend")
         }
 
         var listeners: [ListenerConfig] = []
@@ -319,7 +317,7 @@ struct NodeReader {
     }
 
     mutating func readListener(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> ListenerConfig? {
-        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes", "tunnel"]) else { return nil }
         let name = m["name"].flatMap { string($0, join(path, "name")) } ?? path
         var addr: SocketAddress?
         if let l = m["listen"] { addr = address(l, join(path, "listen")) } else { fail(node, join(path, "listen"), "missing: the address to listen on, e.g. 0.0.0.0:443") }
@@ -333,7 +331,13 @@ struct NodeReader {
             fail(m["max_request_head"], join(path, "max_request_head"), "expected between 1KiB and 1MiB")
         }
         var routes: [RouteConfig] = []
-        if let r = m["routes"], let seq = sequence(r, join(path, "routes")) {
+        var tunnel: TunnelConfig?
+        if let t = m["tunnel"] {
+            tunnel = readTunnel(t, join(path, "tunnel"))
+            if m["tls"] != nil { fail(m["tls"], join(path, "tls"), "a tunnel listener never terminates TLS (clients authenticate end to end): remove tls") }
+            if m["routes"] != nil { fail(m["routes"], join(path, "routes"), "a tunnel listener has no routes: its destinations come from CONNECT or the SNI map") }
+            if proxyProtocol { fail(m["proxy_protocol"], join(path, "proxy_protocol"), "PROXY protocol is for ingress listeners; a tunnel listener serves local clients") }
+        } else if let r = m["routes"], let seq = sequence(r, join(path, "routes")) {
             for (i, rn) in seq.enumerated() {
                 if let route = readRoute(rn, "\(path).routes[\(i)]", backends: backends, backendNames: backendNames) { routes.append(route) }
             }
@@ -343,10 +347,10 @@ struct NodeReader {
                 fail(seq[firstCatchAll + 1], "\(path).routes[\(firstCatchAll + 1)]", "unreachable: route '\(routes[firstCatchAll].name)' before it matches everything")
             }
         } else if m["routes"] == nil {
-            fail(node, join(path, "routes"), "missing: at least one route")
+            fail(node, join(path, "routes"), "missing: at least one route (or a tunnel)")
         }
         guard let addr else { return nil }
-        let listener = ListenerConfig(name: name, address: addr, proxyProtocol: proxyProtocol, tls: tls, handshakeTimeoutMillis: handshake, requestTimeoutMillis: request, maxRequestHeadBytes: maxHead, routes: routes)
+        let listener = ListenerConfig(name: name, address: addr, proxyProtocol: proxyProtocol, tls: tls, handshakeTimeoutMillis: handshake, requestTimeoutMillis: request, maxRequestHeadBytes: maxHead, routes: routes, tunnel: tunnel)
         checkProtocols(listener, node: node, path: path, routes: m["routes"], backends: backends)
         return listener
     }
@@ -384,6 +388,99 @@ struct NodeReader {
                      "route '\(route.name)' can receive \(p.rawValue) connections but backend '\(backend.name)' cannot speak \(p.rawValue): \(fix)")
             }
         }
+    }
+
+    mutating func readTunnel(_ node: Node, _ path: String) -> TunnelConfig? {
+        guard let m = mapping(node, path, allowed: ["mode", "allow", "auth_file", "parent", "parent_auth_file", "map", "connect_timeout", "idle_timeout"]) else { return nil }
+        var mode = TunnelConfig.Mode.connect
+        if let n = m["mode"], let s = string(n, join(path, "mode")) {
+            if let v = TunnelConfig.Mode(rawValue: s) { mode = v } else { fail(n, join(path, "mode"), "expected connect or sni, not '\(s)'") }
+        }
+        var rules: [Allowlist.Rule] = []
+        var wroteNetworkRule = false
+        if let a = m["allow"], let seq = sequence(a, join(path, "allow")) {
+            for (i, rn) in seq.enumerated() {
+                let rp = "\(path).allow[\(i)]"
+                guard let rm = mapping(rn, rp, allowed: ["host", "cidr", "ports"]) else { continue }
+                var ports: Set<UInt16> = [6443]
+                if let pn = rm["ports"], let ps = sequence(pn, join(rp, "ports")) {
+                    ports = []
+                    for (j, x) in ps.enumerated() {
+                        if let v = x.int, v >= 1, v <= 65535 { ports.insert(UInt16(v)) } else { fail(x, "\(rp).ports[\(j)]", "expected a port from 1 to 65535") }
+                    }
+                }
+                switch (rm["host"], rm["cidr"]) {
+                case (let h?, nil):
+                    if let s = string(h, join(rp, "host")) {
+                        let pattern = s.lowercased()
+                        if pattern.isEmpty || pattern.dropFirst(pattern.hasPrefix("*.") ? 2 : 0).contains("*") {
+                            fail(h, join(rp, "host"), "expected a name or *.suffix, not '\(s)'")
+                        } else {
+                            rules.append(Allowlist.Rule(target: .host(pattern), ports: ports))
+                        }
+                    }
+                case (nil, let c?):
+                    wroteNetworkRule = true
+                    if let s = string(c, join(rp, "cidr")) {
+                        if let cidr = CIDR(s) { rules.append(Allowlist.Rule(target: .network(cidr), ports: ports)) } else {
+                            fail(c, join(rp, "cidr"), "expected a network such as 10.10.0.0/16 or fd00::/8 (host bits zero), not '\(s)'")
+                        }
+                    }
+                default:
+                    fail(rn, rp, "each allow rule has either host or cidr")
+                }
+            }
+        } else if m["allow"] == nil {
+            fail(node, join(path, "allow"), "missing: a tunnel denies every destination not listed under allow")
+        }
+        let allow = Allowlist(rules: rules)
+        var parent: Endpoint?
+        if let p = m["parent"] { parent = endpoint(p, join(path, "parent")) }
+        if allow.hasHostRules && !wroteNetworkRule && parent == nil {
+            fail(m["allow"], join(path, "allow"), "host rules need cidr rules too: every address a name resolves to is checked against them (add the networks the names live in, or cidr: 0.0.0.0/0 to trust DNS)")
+        }
+        var tokens: Set<String>?
+        if let a = m["auth_file"], let file = readablePath(a, join(path, "auth_file")) {
+            if mode != .connect { fail(a, join(path, "auth_file"), "proxy authentication applies to connect mode only") }
+            tokens = []
+            for (n, line) in (ConfigLoader.readFile(file) ?? "").split(separator: "\n").enumerated() {
+                let entry = String(line).trimmedSpaces()
+                if entry.isEmpty || entry.hasPrefix("#") { continue }
+                guard entry.contains(":") else {
+                    fail(a, join(path, "auth_file"), "\(file) line \(n + 1): expected user:password")
+                    continue
+                }
+                tokens?.insert(Base64.encode(Array(entry.utf8)))
+            }
+            if tokens?.isEmpty == true { fail(a, join(path, "auth_file"), "\(file) lists no user:password") }
+        }
+        var parentAuth: String?
+        if let a = m["parent_auth_file"], let file = readablePath(a, join(path, "parent_auth_file")) {
+            let entry = (ConfigLoader.readFile(file) ?? "").split(separator: "\n").first.map { String($0).trimmedSpaces() } ?? ""
+            if entry.contains(":") { parentAuth = "Basic " + Base64.encode(Array(entry.utf8)) } else { fail(a, join(path, "parent_auth_file"), "expected one line user:password") }
+        }
+        var map: [TunnelConfig.Mapping] = []
+        if let mn = m["map"], let seq = sequence(mn, join(path, "map")) {
+            if mode != .sni { fail(mn, join(path, "map"), "the SNI map applies to sni mode only") }
+            for (i, en) in seq.enumerated() {
+                let ep = "\(path).map[\(i)]"
+                guard let em = mapping(en, ep, allowed: ["sni", "to"]), let sn = em["sni"], let tn = em["to"] else {
+                    fail(en, ep, "each mapping has sni and to")
+                    continue
+                }
+                guard let name = string(sn, join(ep, "sni")), let to = string(tn, join(ep, "to")) else { continue }
+                guard let (host, port) = SocketAddress.splitHostPort(to) else {
+                    fail(tn, join(ep, "to"), "expected host:port ({sni} for the name itself), not '\(to)'")
+                    continue
+                }
+                map.append(TunnelConfig.Mapping(pattern: name.lowercased(), host: host.lowercased(), port: port))
+            }
+        }
+        if mode == .sni && map.isEmpty { fail(node, join(path, "map"), "sni mode needs a map from server names to host:port") }
+        let connect = m["connect_timeout"].flatMap { duration($0, join(path, "connect_timeout")) } ?? 10_000
+        if connect == 0 { fail(m["connect_timeout"], join(path, "connect_timeout"), "a connect timeout of 0 would wait forever") }
+        let idle = m["idle_timeout"].flatMap { duration($0, join(path, "idle_timeout")) } ?? 0
+        return TunnelConfig(mode: mode, allow: allow, basicTokens: tokens, parent: parent, parentAuthorization: parentAuth, map: map, connectTimeoutMillis: connect, idleTimeoutMillis: idle)
     }
 
     mutating func readListenerTLS(_ node: Node, _ path: String) -> ListenerTLSConfig? {

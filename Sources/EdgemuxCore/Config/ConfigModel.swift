@@ -45,8 +45,49 @@ public struct ListenerConfig: Sendable {
     public let requestTimeoutMillis: Int64
     /// The largest first request head (HTTP/1.1) or HTTP/2 connection start read for routing.
     public let maxRequestHeadBytes: Int
-    /// The routes, first match wins.
+    /// The routes, first match wins (ingress listeners).
     public let routes: [RouteConfig]
+    /// An egress tunnel instead of routes: CONNECT or SNI passthrough, TLS never terminated.
+    public let tunnel: TunnelConfig?
+}
+
+/// An egress tunnel listener (the platform's outbound calls to cluster API servers).
+public struct TunnelConfig: Sendable {
+    public enum Mode: String, Sendable {
+        /// HTTP/1.1 CONNECT host:port (HTTPS_PROXY, kubeconfig proxy-url).
+        case connect
+        /// TLS ClientHello passthrough, the destination chosen by SNI through `map`.
+        case sni
+    }
+
+    /// One SNI mapping: an exact name or `*.suffix`, to `host:port` (`{sni}` stands for the name).
+    public struct Mapping: Sendable {
+        public let pattern: String
+        public let host: String
+        public let port: UInt16
+    }
+
+    public let mode: Mode
+    /// Where tunnels may go; everything else is refused.
+    public let allow: Allowlist
+    /// Accepted `Proxy-Authorization: Basic` tokens (nil: no authentication).
+    public let basicTokens: Set<String>?
+    /// An upstream CONNECT proxy to reach destinations through.
+    public let parent: Endpoint?
+    /// `Proxy-Authorization` value for the parent.
+    public let parentAuthorization: String?
+    /// SNI mode: name → destination.
+    public let map: [Mapping]
+    /// How long a connect to a destination (or the parent's answer) may take.
+    public let connectTimeoutMillis: Int64
+    /// Close a tunnel idle this long both ways; 0: never (the default: kubectl watch, exec).
+    public let idleTimeoutMillis: Int64
+
+    /// The destination for an SNI name, if mapped.
+    public func destination(forSNI name: String) -> (host: String, port: UInt16)? {
+        guard let m = map.first(where: { Router.nameMatches(pattern: $0.pattern, name: name) }) else { return nil }
+        return (m.host == "{sni}" ? name : m.host, m.port)
+    }
 }
 
 /// TLS termination on a listener.

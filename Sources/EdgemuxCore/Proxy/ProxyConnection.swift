@@ -5,7 +5,7 @@ import Logging
 /// One client connection, from accept to close: TLS handshake, sniffing the first request,
 /// routing, connecting to a backend endpoint, then relaying both ways. Owned by one worker's loop
 /// for its whole life; each phase is named for what it waits for.
-final class ProxyConnection: EventHandler {
+final class ProxyConnection: EventHandler, ClientConnection {
     enum Phase: Equatable {
         /// Waiting for the PROXY protocol header an L4 balancer sends first.
         case awaitingProxyHeader

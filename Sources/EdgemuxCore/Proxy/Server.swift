@@ -61,6 +61,11 @@ public final class Server: @unchecked Sendable {
     }
 
     private func logListener(_ l: ListenerConfig, workers: Int) {
+        if let t = l.tunnel {
+            let parent = t.parent.map { ", via parent \($0)" } ?? ""
+            logger.info("listener '\(l.name)' on \(l.address) (tunnel \(t.mode.rawValue), \(t.allow.rules.count) allow rules\(parent), \(workers) workers)")
+            return
+        }
         let mode = l.tls.map { "TLS \($0.alpn.joined(separator: ","))" } ?? "plaintext"
         logger.info("listener '\(l.name)' on \(l.address) (\(mode), \(l.routes.count) routes, \(workers) workers)")
     }

@@ -11,7 +11,7 @@ final class Worker {
     /// The config new connections get; open connections keep the one they started with.
     var snapshot: Snapshot
     var listeners: [ListenerSocket] = []
-    var connections: [ObjectIdentifier: ProxyConnection] = [:]
+    var connections: [ObjectIdentifier: ClientConnection] = [:]
     var balancers: [String: BackendBalancer] = [:]
     var draining = false
 
@@ -47,16 +47,28 @@ final class Worker {
             return
         }
         metrics.update { $0.accepted += 1; $0.active += 1 }
-        let conn = ProxyConnection(worker: self, snapshot: snapshot, listener: listener, fd: fd, peer: peer)
+        let conn: ClientConnection
+        if let tunnel = listener.tunnel {
+            conn = TunnelConnection(worker: self, snapshot: snapshot, listener: listener, tunnel: tunnel, fd: fd, peer: peer)
+        } else {
+            conn = ProxyConnection(worker: self, snapshot: snapshot, listener: listener, fd: fd, peer: peer)
+        }
         connections[ObjectIdentifier(conn)] = conn
         conn.start()
     }
 
-    func finished(_ conn: ProxyConnection) {
+    func finished(_ conn: ClientConnection) {
         if connections.removeValue(forKey: ObjectIdentifier(conn)) != nil {
             metrics.update { $0.active -= 1 }
         }
     }
+}
+
+/// A client connection owned by a worker: ingress (`ProxyConnection`) or egress (`TunnelConnection`).
+protocol ClientConnection: AnyObject {
+    func start()
+    /// Closes both sides at once.
+    func close()
 }
 
 /// A listening socket of one worker. Accepts in batches so one busy listener cannot starve the

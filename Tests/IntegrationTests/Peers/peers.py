@@ -293,10 +293,25 @@ def serve_tcp_sink(args):
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
+def connect_through(sock, target):
+    """Sends CONNECT target to the proxy on sock and reads its answer; raises unless 200."""
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        if not chunk:
+            raise SystemExit(f"proxy closed: {head!r}")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise SystemExit(f"proxy refused: {head!r}")
+
+
 def halfclose_client(args):
     sock = socket.create_connection(("127.0.0.1", args.port), timeout=args.timeout)
     if args.proxy_header:
         sock.sendall(eval(args.proxy_header))
+    if args.connect:
+        connect_through(sock, args.connect)
     if args.ca:
         ctx = ssl.create_default_context(cafile=args.ca)
         ctx.set_alpn_protocols(["http/1.1"])
@@ -375,6 +390,72 @@ def keepalive_client(args):
             if line in (b"\r\n", b""):
                 break
         print(f.read(length).decode().strip(), flush=True)
+
+
+# MARK: a TLS client whose ClientHello is cut into many records and segments
+
+def fragmented_hello(args):
+    """A real TLS handshake (Python's ssl over memory BIOs) whose ClientHello is re-framed into
+    TLS records of --record-size bytes and written in pieces of --piece bytes with pauses, as a
+    ClientHello with large (post-quantum) key shares arrives. Then one HTTP/1.1 request."""
+    ctx = ssl.create_default_context(cafile=args.ca)
+    if args.cert:
+        ctx.load_cert_chain(args.cert, args.key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=args.servername)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    first = outgoing.read()
+    handshake = b""
+    i = 0
+    while i < len(first):
+        length = int.from_bytes(first[i + 3:i + 5], "big")
+        handshake += first[i + 5:i + 5 + length]
+        i += 5 + length
+    records = b""
+    for j in range(0, len(handshake), args.record_size):
+        piece = handshake[j:j + args.record_size]
+        records += b"\x16\x03\x01" + len(piece).to_bytes(2, "big") + piece
+    sock = socket.create_connection(("127.0.0.1", args.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for j in range(0, len(records), args.piece):
+        sock.sendall(records[j:j + args.piece])
+        time.sleep(0.01)
+
+    def pump():
+        data = outgoing.read()
+        if data:
+            sock.sendall(data)
+
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pump()
+            data = sock.recv(65536)
+            if not data:
+                raise SystemExit("closed during the handshake")
+            incoming.write(data)
+    pump()
+    tls.write(f"GET /fragmented HTTP/1.1\r\nHost: {args.servername}\r\nConnection: close\r\n\r\n".encode())
+    pump()
+    body = b""
+    while True:
+        try:
+            body += tls.read(65536)
+        except ssl.SSLWantReadError:
+            data = sock.recv(65536)
+            if not data:
+                break
+            incoming.write(data)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            break
+    print(f"records {len(handshake) // args.record_size + 1} hello {len(handshake)}")
+    print(body.decode(errors="replace").split("\r\n\r\n", 1)[-1].strip())
 
 
 # MARK: a raw TLS client for misbehaving on purpose
@@ -483,6 +564,7 @@ def main():
     hc.add_argument("--mode", default="sink-then-reply")
     hc.add_argument("--ca")
     hc.add_argument("--proxy-header")
+    hc.add_argument("--connect", help="CONNECT this host:port through the proxy first")
     hc.add_argument("--seed", type=int, default=4)
     hc.add_argument("--size", type=int, default=1 << 20)
     hc.add_argument("--timeout", type=float, default=30)
@@ -491,6 +573,14 @@ def main():
     k.add_argument("--ca", required=True)
     k.add_argument("--count", type=int, default=2)
     k.add_argument("--gap", type=float, default=1)
+    fh = sub.add_parser("fragmented-hello")
+    fh.add_argument("--port", type=int, required=True)
+    fh.add_argument("--ca", required=True)
+    fh.add_argument("--cert")
+    fh.add_argument("--key")
+    fh.add_argument("--servername", default="localhost")
+    fh.add_argument("--record-size", type=int, default=64)
+    fh.add_argument("--piece", type=int, default=7)
     r = sub.add_parser("raw-tls")
     r.add_argument("--port", type=int, required=True)
     r.add_argument("--ca")
@@ -528,6 +618,8 @@ def main():
         halfclose_client(args)
     elif args.cmd == "keepalive-client":
         keepalive_client(args)
+    elif args.cmd == "fragmented-hello":
+        fragmented_hello(args)
     elif args.cmd == "raw-tls":
         raw_tls(args)
     elif args.cmd == "stray-ack-probe":
