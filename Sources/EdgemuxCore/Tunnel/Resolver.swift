@@ -1,3 +1,4 @@
+import CEdgemux
 import Foundation
 import Glibc
 import Synchronization
