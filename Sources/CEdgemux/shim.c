@@ -40,6 +40,8 @@ long CEdgemux_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode) {
     return SSL_CTX_set_session_cache_mode(ctx, mode);
 }
 
+void CEdgemux_SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes) { SSL_CTX_set_read_ahead(ctx, yes); }
+
 int CEdgemux_SSL_CTX_set_tlsext_ticket_keys(SSL_CTX *ctx, const unsigned char *keys, long len) {
     return (int)SSL_CTX_set_tlsext_ticket_keys(ctx, (void *)keys, len);
 }

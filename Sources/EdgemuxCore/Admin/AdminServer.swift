@@ -20,6 +20,7 @@ final class AdminServer: EventHandler {
         self.metrics = metrics
         self.logger = logger
         self.ready = ready
+        super.init()
         let box = AdminBox(self)
         loop.execute {
             do {
@@ -31,7 +32,7 @@ final class AdminServer: EventHandler {
         logger.info("admin listener on \(address): /metrics /healthz /readyz")
     }
 
-    func handleEvent(fd: Int32, events: UInt32) {
+    override func handleEvent(fd: Int32, events: UInt32) {
         if fd == self.fd {
             while case .processed(let (c, _))? = try? Posix.accept(fd) {
                 if clients.count > 64 {

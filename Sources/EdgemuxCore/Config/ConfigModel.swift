@@ -29,8 +29,9 @@ public struct AdminConfig: Sendable {
     public let address: SocketAddress
 }
 
-/// One listening address and what happens to the connections it accepts.
-public struct ListenerConfig: Sendable {
+/// One listening address and what happens to the connections it accepts. A class, so that each
+/// connection holds a reference to its listener's settings rather than a copy of them.
+public final class ListenerConfig: Sendable {
     /// A name for logs and metrics.
     public let name: String
     /// The address every worker binds (SO_REUSEPORT).
@@ -49,6 +50,18 @@ public struct ListenerConfig: Sendable {
     public let routes: [RouteConfig]
     /// An egress tunnel instead of routes: CONNECT or SNI passthrough, TLS never terminated.
     public let tunnel: TunnelConfig?
+
+    public init(name: String, address: SocketAddress, proxyProtocol: Bool, tls: ListenerTLSConfig?, handshakeTimeoutMillis: Int64, requestTimeoutMillis: Int64, maxRequestHeadBytes: Int, routes: [RouteConfig], tunnel: TunnelConfig?) {
+        self.name = name
+        self.address = address
+        self.proxyProtocol = proxyProtocol
+        self.tls = tls
+        self.handshakeTimeoutMillis = handshakeTimeoutMillis
+        self.requestTimeoutMillis = requestTimeoutMillis
+        self.maxRequestHeadBytes = maxRequestHeadBytes
+        self.routes = routes
+        self.tunnel = tunnel
+    }
 }
 
 /// An egress tunnel listener (the platform's outbound calls to cluster API servers).
@@ -101,13 +114,20 @@ public struct ListenerTLSConfig: Sendable {
 }
 
 /// One routing rule.
-public struct RouteConfig: Sendable {
+public final class RouteConfig: Sendable {
     public let name: String
     public let match: RouteMatch
     /// The backend's name.
     public let backend: String
     /// Close a relayed connection idle this long in both directions; 0: never.
     public let idleTimeoutMillis: Int64
+
+    public init(name: String, match: RouteMatch, backend: String, idleTimeoutMillis: Int64) {
+        self.name = name
+        self.match = match
+        self.backend = backend
+        self.idleTimeoutMillis = idleTimeoutMillis
+    }
 }
 
 /// The conditions of a route; all given ones must hold. An empty match is a catch-all.
@@ -146,7 +166,7 @@ public enum BackendProtocol: String, Sendable {
 }
 
 /// One backend: endpoints per client protocol.
-public struct BackendConfig: Sendable {
+public final class BackendConfig: Sendable {
     public let name: String
     public let proto: BackendProtocol
     /// The endpoints that serve each client protocol (round robin).
@@ -160,6 +180,15 @@ public struct BackendConfig: Sendable {
 
     /// The client protocols this backend can carry.
     public var protocols: Set<ClientProtocol> { Set(endpoints.filter { !$0.value.isEmpty }.keys) }
+
+    public init(name: String, proto: BackendProtocol, endpoints: [ClientProtocol: [Endpoint]], tls: BackendTLSConfig?, connectTimeoutMillis: Int64, idleTimeoutMillis: Int64?) {
+        self.name = name
+        self.proto = proto
+        self.endpoints = endpoints
+        self.tls = tls
+        self.connectTimeoutMillis = connectTimeoutMillis
+        self.idleTimeoutMillis = idleTimeoutMillis
+    }
 }
 
 /// A backend address as written, with what it resolved to at load time.

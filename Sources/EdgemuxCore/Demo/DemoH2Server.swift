@@ -17,12 +17,13 @@ final class DemoH2Server: EventHandler {
         self.loop = loop
         self.role = role
         fd = try ListenerSocket.bind(SocketAddress.parse(ip: "127.0.0.1", port: 0)!, backlog: 512)
+        super.init()
         try loop.register(fd: fd, events: EventLoop.readEvents, handler: self)
     }
 
     var port: UInt16 { Posix.localPort(fd) }
 
-    func handleEvent(fd: Int32, events: UInt32) {
+    override func handleEvent(fd: Int32, events: UInt32) {
         if fd == self.fd {
             while case .processed(let (c, _))? = try? Posix.accept(fd) {
                 guard let s = DemoH2Session(fd: c, role: role) else {

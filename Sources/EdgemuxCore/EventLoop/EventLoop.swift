@@ -2,10 +2,14 @@ import CEdgemux
 import Glibc
 import Synchronization
 
-/// Something that owns file descriptors registered with an `EventLoop`.
-public protocol EventHandler: AnyObject {
+/// Something that owns file descriptors registered with an `EventLoop` (a base class, not a
+/// protocol: the loop keeps one plain reference per descriptor, 8 bytes, and dispatches through
+/// the class's vtable).
+class EventHandler {
     /// Called on the loop's thread with the epoll event bits for `fd`.
-    func handleEvent(fd: Int32, events: UInt32)
+    func handleEvent(fd: Int32, events: UInt32) {}
+    /// Called on the loop's thread when a timer scheduled with `schedule(afterMillis:for:)` fires.
+    func timerFired() {}
 }
 
 /// Identifies a scheduled timer so it can be cancelled.
@@ -29,9 +33,15 @@ public final class EventLoop: @unchecked Sendable {
 
     let epfd: Int32
     let wakeFD: Int32
-    private var handlers: [Int32: EventHandler] = [:]
+    /// Indexed by descriptor: a lookup per event without hashing, 8 bytes per descriptor.
+    private var handlers: [EventHandler?] = []
     private var timerHeap: [(deadline: Int64, id: UInt64)] = []
-    private var timerCallbacks: [UInt64: () -> Void] = [:]
+    private enum TimerAction {
+        case closure(() -> Void)
+        /// A handler's `timerFired()`: no closure context to allocate per connection timer.
+        case handler(EventHandler)
+    }
+    private var timerCallbacks: [UInt64: TimerAction] = [:]
     private var nextTimerID: UInt64 = 1
     private var soon: [() -> Void] = []
     private let inbox = Mutex<[@Sendable () -> Void]>([])
@@ -56,9 +66,11 @@ public final class EventLoop: @unchecked Sendable {
 
     // MARK: registration
 
-    public func register(fd: Int32, events: UInt32, handler: EventHandler) throws {
+    func register(fd: Int32, events: UInt32, handler: EventHandler) throws {
         try Posix.epollControl(epfd, op: EPOLL_CTL_ADD, fd: fd, events: events)
-        handlers[fd] = handler
+        let i = Int(fd)
+        if i >= handlers.count { handlers.append(contentsOf: repeatElement(nil, count: max(i + 1 - handlers.count, handlers.count))) }
+        handlers[i] = handler
     }
 
     public func modify(fd: Int32, events: UInt32) throws {
@@ -67,14 +79,23 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Forgets `fd` and closes it (closing removes it from the epoll set).
     public func closeDescriptor(_ fd: Int32) {
-        handlers[fd] = nil
+        if Int(fd) < handlers.count { handlers[Int(fd)] = nil }
         Posix.close(fd)
     }
 
     /// Forgets `fd` without closing it.
     public func deregister(fd: Int32) {
-        if handlers.removeValue(forKey: fd) != nil {
-            _ = try? Posix.epollControl(epfd, op: EPOLL_CTL_DEL, fd: fd, events: 0)
+        guard Int(fd) < handlers.count, handlers[Int(fd)] != nil else { return }
+        handlers[Int(fd)] = nil
+        _ = try? Posix.epollControl(epfd, op: EPOLL_CTL_DEL, fd: fd, events: 0)
+    }
+
+    /// Every registered handler, once each (a copy: closing them while iterating is fine).
+    func registeredHandlers() -> [EventHandler] {
+        var seen = Set<ObjectIdentifier>()
+        return handlers.compactMap { h in
+            guard let h, seen.insert(ObjectIdentifier(h)).inserted else { return nil }
+            return h
         }
     }
 
@@ -83,9 +104,18 @@ public final class EventLoop: @unchecked Sendable {
     /// Runs `callback` on this loop after `millis` milliseconds.
     @discardableResult
     public func schedule(afterMillis millis: Int64, _ callback: @escaping () -> Void) -> TimerHandle {
+        add(.closure(callback), afterMillis: millis)
+    }
+
+    /// Calls `handler.timerFired()` on this loop after `millis` milliseconds (until cancelled).
+    func schedule(afterMillis millis: Int64, for handler: EventHandler) -> TimerHandle {
+        add(.handler(handler), afterMillis: millis)
+    }
+
+    private func add(_ action: TimerAction, afterMillis millis: Int64) -> TimerHandle {
         let id = nextTimerID
         nextTimerID += 1
-        timerCallbacks[id] = callback
+        timerCallbacks[id] = action
         heapPush((now + max(0, millis), id))
         return TimerHandle(id: id)
     }
@@ -141,7 +171,7 @@ public final class EventLoop: @unchecked Sendable {
                     drainInbox()
                     continue
                 }
-                handlers[fd]?.handleEvent(fd: fd, events: ev.events)
+                if Int(fd) < handlers.count, let h = handlers[Int(fd)] { h.handleEvent(fd: fd, events: ev.events) }
             }
             runSoonQueue()
             fireTimers()
@@ -177,7 +207,11 @@ public final class EventLoop: @unchecked Sendable {
     private func fireTimers() {
         while let top = timerHeap.first, top.deadline <= now {
             heapPop()
-            if let cb = timerCallbacks.removeValue(forKey: top.id) { cb() }
+            switch timerCallbacks.removeValue(forKey: top.id) {
+            case .closure(let cb)?: cb()
+            case .handler(let h)?: h.timerFired()
+            case nil: break
+            }
         }
     }
 

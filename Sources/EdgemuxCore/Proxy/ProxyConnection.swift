@@ -42,21 +42,46 @@ final class ProxyConnection: EventHandler, ClientConnection {
     var sniffed: [UInt8] = []
     var h2Sniffer: HTTP2Sniffer?
     var sentSettings = false
-    var request = RequestInfo()
-    var route: RouteConfig?
-    var backendConfig: BackendConfig?
-    var plan: [Endpoint] = []
-    var attempt = 0
-    var currentEndpoint: Endpoint?
-    var backendConnected = false
-    var failures: [String] = []
-    /// Client-to-backend filter decided while sniffing (HTTP/2: drop the ACK of our SETTINGS).
-    var ackFilter: SettingsAckFilter?
     /// edgemux's own bytes the client has not taken yet (its SETTINGS frame).
     var clientPending: Chunk?
     var relay: Relay?
-    var answer: [UInt8] = []
-    var answerOffset = 0
+
+    /// What exists only once a first request is under way: allocated then, so that a
+    /// connection idling before its first request (thousands of them, on a busy port) carries
+    /// none of it.
+    final class Exchange {
+        var request = RequestInfo()
+        var route: RouteConfig?
+        var backendConfig: BackendConfig?
+        var plan: [Endpoint] = []
+        var attempt = 0
+        var currentEndpoint: Endpoint?
+        var backendConnected = false
+        var failures: [String] = []
+        /// Client-to-backend filter decided while sniffing (HTTP/2: drop the ACK of our SETTINGS).
+        var ackFilter: SettingsAckFilter?
+        var answer: [UInt8] = []
+        var answerOffset = 0
+    }
+
+    private var exchangeStorage: Exchange?
+    var exchange: Exchange {
+        if let e = exchangeStorage { return e }
+        let e = Exchange()
+        exchangeStorage = e
+        return e
+    }
+    var request: RequestInfo { get { exchange.request } set { exchange.request = newValue } }
+    var route: RouteConfig? { get { exchangeStorage?.route } set { exchange.route = newValue } }
+    var backendConfig: BackendConfig? { get { exchangeStorage?.backendConfig } set { exchange.backendConfig = newValue } }
+    var plan: [Endpoint] { get { exchange.plan } set { exchange.plan = newValue } }
+    var attempt: Int { get { exchange.attempt } set { exchange.attempt = newValue } }
+    var currentEndpoint: Endpoint? { get { exchangeStorage?.currentEndpoint } set { exchange.currentEndpoint = newValue } }
+    var backendConnected: Bool { get { exchangeStorage?.backendConnected ?? false } set { exchange.backendConnected = newValue } }
+    var failures: [String] { get { exchange.failures } set { exchange.failures = newValue } }
+    var ackFilter: SettingsAckFilter? { get { exchangeStorage?.ackFilter } set { exchange.ackFilter = newValue } }
+    var answer: [UInt8] { get { exchange.answer } set { exchange.answer = newValue } }
+    var answerOffset: Int { get { exchange.answerOffset } set { exchange.answerOffset = newValue } }
     var timer: TimerHandle?
     var lastActivity: Int64
     let startedAt: Int64
@@ -79,9 +104,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
     // MARK: start
 
     func start() {
-        let fd = client.fd
-        try? Posix.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
-        try? Posix.setOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE, value: 1)
+        let fd = client.fd  // TCP_NODELAY and SO_KEEPALIVE come from the listening socket
         do {
             try loop.register(fd: fd, events: EventLoop.relayEvents, handler: self)
         } catch {
@@ -157,7 +180,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         }
     }
 
-    func handleEvent(fd: Int32, events: UInt32) {
+    override func handleEvent(fd: Int32, events: UInt32) {
         if fd == client.fd {
             client.note(events: events)
         } else if let backend, fd == backend.fd {
@@ -184,10 +207,10 @@ final class ProxyConnection: EventHandler, ClientConnection {
         loop.cancel(timer)
         timer = nil
         guard millis > 0 else { return }
-        timer = loop.schedule(afterMillis: millis) { [weak self] in self?.timerFired(name) }
+        timer = loop.schedule(afterMillis: millis, for: self)
     }
 
-    private func timerFired(_ name: String) {
+    override func timerFired() {
         timer = nil
         switch phase {
         case .awaitingProxyHeader, .awaitingHandshake:

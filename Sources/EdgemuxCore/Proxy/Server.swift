@@ -243,7 +243,7 @@ public final class Server: @unchecked Sendable {
         for w in workers {
             let box = WorkerBox(w)
             w.loop.execute {
-                for c in Array(box.worker.connections.values) { c.close() }
+                box.worker.closeAllConnections()
             }
             w.loop.stop()
         }

@@ -15,6 +15,8 @@ final class Transport {
     var readWantsWrite = false
     /// The write side was shut (FIN / close_notify sent).
     var writeShut = false
+    /// The peer's FIN (or an error) has been signalled: reads go on until they see it.
+    var hangupSeen = false
 
     init(fd: Int32, tls: TLSStream? = nil) {
         self.fd = fd
@@ -25,6 +27,7 @@ final class Transport {
     func note(events: UInt32) {
         let inBits = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
         let outBits = EPOLLOUT.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
+        if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { hangupSeen = true }
         if events & inBits != 0 {
             readable = true
             if writeWantsRead { writable = true; writeWantsRead = false }
@@ -43,7 +46,12 @@ final class Transport {
             do {
                 switch try Posix.read(fd, into: buffer) {
                 case .processed(0): step = .eof
-                case .processed(let n): step = .bytes(n)
+                case .processed(let n):
+                    step = .bytes(n)
+                    // A short read emptied the socket: with edge triggering, bytes that arrive
+                    // later raise a new event, so the EAGAIN read that would confirm it is
+                    // skipped. Not once the peer's FIN is signalled: it raises no new event.
+                    if n < buffer.count && !hangupSeen { readable = false }
                 case .wouldBlock: step = .wantRead
                 }
             } catch {

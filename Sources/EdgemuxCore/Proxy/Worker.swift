@@ -11,7 +11,10 @@ final class Worker {
     /// The config new connections get; open connections keep the one they started with.
     var snapshot: Snapshot
     var listeners: [ListenerSocket] = []
-    var connections: [ObjectIdentifier: ClientConnection] = [:]
+    /// Open client connections. The loop's descriptor table holds the only references to them
+    /// (a connection lives exactly as long as its client socket is registered), so there is no
+    /// second table to keep in step.
+    private(set) var openConnections = 0
     var balancers: [String: BackendBalancer] = [:]
     var draining = false
 
@@ -53,13 +56,20 @@ final class Worker {
         } else {
             conn = ProxyConnection(worker: self, snapshot: snapshot, listener: listener, fd: fd, peer: peer)
         }
-        connections[ObjectIdentifier(conn)] = conn
+        openConnections += 1
         conn.start()
     }
 
+    /// A connection's last act (called exactly once per connection).
     func finished(_ conn: ClientConnection) {
-        if connections.removeValue(forKey: ObjectIdentifier(conn)) != nil {
-            metrics.update { $0.active -= 1 }
+        openConnections -= 1
+        metrics.update { $0.active -= 1 }
+    }
+
+    /// Closes every open connection at once (the end of a drain).
+    func closeAllConnections() {
+        for h in loop.registeredHandlers() {
+            (h as? ClientConnection)?.close()
         }
     }
 }
@@ -85,7 +95,7 @@ final class ListenerSocket: EventHandler {
         self.worker = worker
     }
 
-    func handleEvent(fd: Int32, events: UInt32) {
+    override func handleEvent(fd: Int32, events: UInt32) {
         for _ in 0..<64 {
             do {
                 switch try Posix.accept(fd) {
@@ -116,6 +126,9 @@ final class ListenerSocket: EventHandler {
         do {
             try Posix.setOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: 1)
             try Posix.setOption(fd, level: SOL_SOCKET, name: SO_REUSEPORT, value: 1)
+            // Accepted sockets inherit these (Linux): no setsockopt per connection.
+            try Posix.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
+            try Posix.setOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE, value: 1)
             if address.family == AF_INET6 {
                 try Posix.setOption(fd, level: Int32(IPPROTO_IPV6), name: IPV6_V6ONLY, value: 1)
             }

@@ -5,15 +5,29 @@ import Glibc
 public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     /// AF_INET or AF_INET6.
     public let family: Int32
-    /// The address bytes (4 or 16) in network order.
-    public let ip: [UInt8]
     /// The port in host order.
     public let port: UInt16
+    /// The address bytes, inline (no heap allocation per address: every connection has one).
+    private let high: UInt64
+    private let low: UInt64
 
     public init(family: Int32, ip: [UInt8], port: UInt16) {
         self.family = family
-        self.ip = ip
         self.port = port
+        var h: UInt64 = 0, l: UInt64 = 0
+        for (i, b) in ip.prefix(16).enumerated() {
+            if i < 8 { h |= UInt64(b) << (56 - 8 * UInt64(i)) } else { l |= UInt64(b) << (56 - 8 * UInt64(i - 8)) }
+        }
+        high = h
+        low = l
+    }
+
+    /// The address bytes (4 or 16) in network order.
+    public var ip: [UInt8] {
+        let count = family == AF_INET6 ? 16 : 4
+        return (0..<count).map { i in
+            i < 8 ? UInt8(truncatingIfNeeded: high >> (56 - 8 * UInt64(i))) : UInt8(truncatingIfNeeded: low >> (56 - 8 * UInt64(i - 8)))
+        }
     }
 
     init(storage: sockaddr_storage) {

@@ -68,7 +68,11 @@ public final class TLSServerContext: @unchecked Sendable {
                 // One ticket per full handshake: the second one costs an encryption and a record
                 // that no client here uses (DESIGN: performance budget).
                 SSL_CTX_set_num_tickets(ctx, 1)
-                _ = CEdgemux_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_SERVER))
+                // Resumption by stateless tickets only (TLS 1.2 and 1.3): no session cache to
+                // lock, fill and sweep, and no memory held per past client.
+                _ = CEdgemux_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_OFF))
+                // One read(2) per record batch instead of one for the header and one for the body.
+                CEdgemux_SSL_CTX_set_read_ahead(ctx, 1)
                 let sid: [UInt8] = Array("edgemux".utf8)
                 _ = SSL_CTX_set_session_id_context(ctx, sid, UInt32(sid.count))
                 if ticketKeys.count == 80 {

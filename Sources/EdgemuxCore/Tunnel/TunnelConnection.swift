@@ -63,9 +63,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
     var targetText: String { target.map { "\($0.host.contains(":") ? "[\($0.host)]" : $0.host):\($0.port)" } ?? "?" }
 
     func start() {
-        let fd = client.fd
-        try? Posix.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
-        try? Posix.setOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE, value: 1)
+        let fd = client.fd  // TCP_NODELAY and SO_KEEPALIVE come from the listening socket
         do {
             try loop.register(fd: fd, events: EventLoop.relayEvents, handler: self)
         } catch {
@@ -79,7 +77,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
         readRequest()
     }
 
-    func handleEvent(fd: Int32, events: UInt32) {
+    override func handleEvent(fd: Int32, events: UInt32) {
         if fd == client.fd {
             client.note(events: events)
         } else if let d = destination, fd == d.fd {
@@ -105,10 +103,10 @@ final class TunnelConnection: EventHandler, ClientConnection {
         loop.cancel(timer)
         timer = nil
         guard millis > 0 else { return }
-        timer = loop.schedule(afterMillis: millis) { [weak self] in self?.timerFired() }
+        timer = loop.schedule(afterMillis: millis, for: self)
     }
 
-    private func timerFired() {
+    override func timerFired() {
         timer = nil
         switch phase {
         case .awaitingRequest:

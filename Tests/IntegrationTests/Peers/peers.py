@@ -134,7 +134,8 @@ def serve_grpc(args):
         count, interval = (int(x) for x in request.decode().split(","))
         for i in range(count):
             yield f"tick {i}".encode()
-            time.sleep(interval / 1000)
+            if interval:
+                time.sleep(interval / 1000)
 
     def upload(request_iterator, context):
         h = hashlib.sha256()
