@@ -5,6 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include "CEdgemux.h"
 
@@ -179,4 +181,161 @@ int CEdgemux_SSL_set_peer_name(SSL *ssl, const char *name, int verify) {
     if (!verify) return 1;
     if (is_ip) return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name);
     return SSL_set1_host(ssl, name);
+}
+
+// MARK: - socket BIO
+
+#define EDGEMUX_GATHER_CAP (64 * 1024)
+
+typedef struct {
+    int fd;
+    int drained;
+    int corked;
+    unsigned char *gather;  // allocated while it holds bytes
+    size_t gathered;
+    size_t sent;            // bytes of `gather` already sent
+} edgemux_sock;
+
+static BIO_METHOD *edgemux_sock_method;
+static pthread_once_t edgemux_sock_once = PTHREAD_ONCE_INIT;
+
+static int sock_read(BIO *b, char *buf, int len) {
+    edgemux_sock *st = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    ssize_t n;
+    do {
+        n = recv(st->fd, buf, (size_t)len, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        st->drained = n < len;
+        return (int)n;
+    }
+    st->drained = 1;
+    if (n == 0) return 0;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_read(b);
+    return -1;
+}
+
+// Sends what is gathered; 1 all sent, 0 would block, -1 error.
+static int sock_flush_gather(edgemux_sock *st) {
+    while (st->sent < st->gathered) {
+        ssize_t n = send(st->fd, st->gather + st->sent, st->gathered - st->sent, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            return -1;
+        }
+        st->sent += (size_t)n;
+    }
+    free(st->gather);
+    st->gather = NULL;
+    st->gathered = st->sent = 0;
+    return 1;
+}
+
+static int sock_write(BIO *b, const char *buf, int len) {
+    edgemux_sock *st = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (st->gathered > 0) {
+        int r = sock_flush_gather(st);
+        if (r < 0) return -1;
+        if (r == 0) {
+            // Still full: take more only while it fits the gather buffer.
+            if (!st->corked || st->gathered + (size_t)len > EDGEMUX_GATHER_CAP) {
+                BIO_set_retry_write(b);
+                return -1;
+            }
+        }
+    }
+    if (st->corked) {
+        if (st->gather == NULL) {
+            st->gather = malloc(EDGEMUX_GATHER_CAP);
+            if (st->gather == NULL) return -1;
+        }
+        if (st->gathered + (size_t)len > EDGEMUX_GATHER_CAP) {
+            int r = sock_flush_gather(st);
+            if (r < 0) return -1;
+            if (r == 0) {
+                BIO_set_retry_write(b);
+                return -1;
+            }
+            st->gather = malloc(EDGEMUX_GATHER_CAP);
+            if (st->gather == NULL) return -1;
+        }
+        memcpy(st->gather + st->gathered, buf, (size_t)len);
+        st->gathered += (size_t)len;
+        return len;
+    }
+    ssize_t n;
+    do {
+        n = send(st->fd, buf, (size_t)len, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n >= 0) return (int)n;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_write(b);
+    return -1;
+}
+
+static long sock_ctrl(BIO *b, int cmd, long num, void *ptr) {
+    (void)num;
+    (void)ptr;
+    edgemux_sock *st = BIO_get_data(b);
+    switch (cmd) {
+    case BIO_CTRL_FLUSH: {
+        int r = sock_flush_gather(st);
+        if (r == 0) BIO_set_retry_write(b);
+        return r > 0 ? 1 : 0;
+    }
+    case BIO_CTRL_WPENDING: return (long)(st->gathered - st->sent);
+    case BIO_CTRL_PENDING: return 0;
+    case BIO_CTRL_DUP: return 1;
+    default: return 0;
+    }
+}
+
+static int sock_create(BIO *b) {
+    edgemux_sock *st = calloc(1, sizeof *st);
+    if (st == NULL) return 0;
+    st->fd = -1;
+    BIO_set_data(b, st);
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static int sock_destroy(BIO *b) {
+    edgemux_sock *st = BIO_get_data(b);
+    if (st != NULL) {
+        free(st->gather);
+        free(st);
+    }
+    BIO_set_data(b, NULL);
+    return 1;
+}
+
+static void sock_method_init(void) {
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "edgemux socket");
+    BIO_meth_set_read(m, sock_read);
+    BIO_meth_set_write(m, sock_write);
+    BIO_meth_set_ctrl(m, sock_ctrl);
+    BIO_meth_set_create(m, sock_create);
+    BIO_meth_set_destroy(m, sock_destroy);
+    edgemux_sock_method = m;
+}
+
+BIO *CEdgemux_BIO_new_socket(int fd) {
+    pthread_once(&edgemux_sock_once, sock_method_init);
+    BIO *b = BIO_new(edgemux_sock_method);
+    if (b == NULL) return NULL;
+    ((edgemux_sock *)BIO_get_data(b))->fd = fd;
+    return b;
+}
+
+int CEdgemux_BIO_socket_drained(BIO *bio) { return ((edgemux_sock *)BIO_get_data(bio))->drained; }
+
+void CEdgemux_BIO_socket_cork(BIO *bio, int cork) { ((edgemux_sock *)BIO_get_data(bio))->corked = cork; }
+
+int CEdgemux_BIO_socket_flush(BIO *bio) { return sock_flush_gather(BIO_get_data(bio)); }
+
+size_t CEdgemux_BIO_socket_pending(BIO *bio) {
+    edgemux_sock *st = BIO_get_data(bio);
+    return st->gathered - st->sent;
 }

@@ -80,6 +80,23 @@ typedef struct CEdgemux_sni_table {
 } CEdgemux_sni_table;
 void CEdgemux_SSL_CTX_set_sni_table(SSL_CTX *ctx, CEdgemux_sni_table *table);
 
+// MARK: - The socket BIO of every edgemux TLS connection
+
+/// A BIO on a non-blocking socket that, unlike OpenSSL's own, (1) remembers whether its last read
+/// emptied the socket (a short read or EAGAIN), so an edge-triggered loop can skip the read that
+/// would only confirm EAGAIN, and (2) while corked, gathers the records of one SSL_write burst
+/// into a single send(2) (up to 64 KiB) instead of one per 16 KiB record. Writes use
+/// MSG_NOSIGNAL. The gather buffer exists only while it holds bytes.
+BIO *CEdgemux_BIO_new_socket(int fd);
+/// 1 if the last read left the socket empty (short read, EAGAIN or EOF).
+int CEdgemux_BIO_socket_drained(BIO *bio);
+/// Gather writes until uncorked (1) or send them as they come (0).
+void CEdgemux_BIO_socket_cork(BIO *bio, int cork);
+/// Sends gathered bytes: 1 all sent, 0 the socket is full (wait for EPOLLOUT), -1 error (errno).
+int CEdgemux_BIO_socket_flush(BIO *bio);
+/// Bytes gathered and not yet sent.
+size_t CEdgemux_BIO_socket_pending(BIO *bio);
+
 /// The negotiated ALPN protocol as a C string copy in `out` (empty when none).
 void CEdgemux_SSL_get_alpn(const SSL *ssl, char *out, size_t cap);
 /// The first queued OpenSSL error as text in `out` (empty when none); clears the queue.

@@ -628,6 +628,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             }
         }
         guard answerOffset >= answer.count else { return }
+        if client.hasBufferedOutput, case .wantWrite = client.flushBuffered() { return }
         client.shutdownWrite()
         phase = .lingering
         armTimer(2_000, phase: "linger")

@@ -119,6 +119,16 @@ final class Relay {
     private func pump(_ d: inout Direction, from src: Transport, to dst: Transport, towardsClient: Bool) {
         var rounds = 0
         while true {
+            if dst.hasBufferedOutput {
+                guard dst.writable else { return }
+                switch dst.flushBuffered() {
+                case .bytes: break
+                case .failed(let why):
+                    failRelay(towardsClient ? "client" : "backend", .failed(why))
+                    return
+                default: return
+                }
+            }
             if let p = d.pending {
                 guard dst.writable else { return }
                 switch dst.write(from: p.readable) {
@@ -152,7 +162,9 @@ final class Relay {
                 switch src.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[filled...])) {
                 case .bytes(let n):
                     filled += n
-                    if src.isPlain { break readLoop }
+                    // A plain read takes all it can at once; TLS returns a record at a time,
+                    // until the socket is known to be empty.
+                    if src.isPlain || !src.readable { break readLoop }
                 case .wantRead, .wantWrite:
                     break readLoop
                 case .eof:

@@ -42,6 +42,7 @@ final class Transport {
         let step: StreamStep
         if let tls {
             step = tls.read(into: buffer)
+            if case .bytes = step, !hangupSeen, tls.drained { readable = false }
         } else {
             do {
                 switch try Posix.read(fd, into: buffer) {
@@ -83,9 +84,24 @@ final class Transport {
         switch step {
         case .wantWrite: writable = false
         case .wantRead: writable = false; writeWantsRead = true
-        default: break
+        default: if tls?.hasBufferedOutput == true { writable = false }
         }
         return step
+    }
+
+    /// TLS records gathered but not yet sent (the socket was full).
+    var hasBufferedOutput: Bool { tls?.hasBufferedOutput ?? false }
+
+    /// Sends gathered TLS records; false while some remain (then wait for EPOLLOUT).
+    func flushBuffered() -> StreamStep {
+        guard let tls else { return .bytes(0) }
+        do {
+            if try tls.flushBuffered() { return .bytes(0) }
+            writable = false
+            return .wantWrite
+        } catch {
+            return .failed("\(error)")
+        }
     }
 
     /// Half-close: close_notify for TLS, then FIN.

@@ -19,20 +19,32 @@ public enum StreamStep: Equatable {
 /// It owns its `SSL*`; the socket belongs to the caller.
 final class TLSStream {
     let ssl: OpaquePointer
+    /// edgemux's socket BIO (see CEdgemux_BIO_new_socket), owned by `ssl`.
+    let bio: OpaquePointer
 
     /// A server-side stream on an accepted socket.
     init(server context: TLSServerContext, fd: Int32) throws {
         guard let ssl = SSL_new(context.defaultContext) else { throw TLSError.fromQueue("SSL_new") }
+        guard let bio = CEdgemux_BIO_new_socket(fd) else {
+            SSL_free(ssl)
+            throw TLSError.fromQueue("BIO_new")
+        }
         self.ssl = ssl
-        SSL_set_fd(ssl, fd)
+        self.bio = bio
+        SSL_set_bio(ssl, bio, bio)
         SSL_set_accept_state(ssl)
     }
 
     /// A client-side stream towards a backend, offering `alpn` (nil: none).
     init(client context: TLSClientContext, fd: Int32, alpn: String?) throws {
         guard let ssl = SSL_new(context.context) else { throw TLSError.fromQueue("SSL_new") }
+        guard let bio = CEdgemux_BIO_new_socket(fd) else {
+            SSL_free(ssl)
+            throw TLSError.fromQueue("BIO_new")
+        }
         self.ssl = ssl
-        SSL_set_fd(ssl, fd)
+        self.bio = bio
+        SSL_set_bio(ssl, bio, bio)
         SSL_set_connect_state(ssl)
         if let name = context.serverName, CEdgemux_SSL_set_peer_name(ssl, name, context.verify ? 1 : 0) != 1 {
             SSL_free(ssl)
@@ -63,12 +75,57 @@ final class TLSStream {
         return classify(r, during: "read")
     }
 
+    /// Did the last read leave nothing behind, in the socket or in OpenSSL's buffer? Then, with
+    /// edge triggering, the read that would only confirm it can be skipped.
+    var drained: Bool {
+        CEdgemux_BIO_socket_drained(bio) == 1 && SSL_has_pending(ssl) == 0 && SSL_pending(ssl) == 0
+    }
+
+    /// Encrypts as much of `buffer` as the socket takes, gathering the records into as few
+    /// send(2) calls as possible (one per 64 KiB instead of one per 16 KiB record). Bytes OpenSSL
+    /// has taken count as written even while some still wait in the BIO (`hasBufferedOutput`).
     func write(from buffer: UnsafeRawBufferPointer) -> StreamStep {
-        ERR_clear_error()
-        var n = 0
-        let r = SSL_write_ex(ssl, buffer.baseAddress, buffer.count, &n)
-        if r == 1 { return .bytes(n) }
-        return classify(r, during: "write")
+        if CEdgemux_BIO_socket_pending(bio) > 0 {
+            switch CEdgemux_BIO_socket_flush(bio) {
+            case 1: break
+            case 0: return .wantWrite
+            default: return .failed("TLS write: \(String(cString: strerror(errno)))")
+            }
+        }
+        CEdgemux_BIO_socket_cork(bio, 1)
+        var total = 0
+        var last: StreamStep = .wantWrite
+        while total < buffer.count {
+            ERR_clear_error()
+            var n = 0
+            let r = SSL_write_ex(ssl, buffer.baseAddress! + total, buffer.count - total, &n)
+            if r == 1 {
+                total += n
+                continue
+            }
+            last = classify(r, during: "write")
+            break
+        }
+        CEdgemux_BIO_socket_cork(bio, 0)
+        switch CEdgemux_BIO_socket_flush(bio) {
+        case -1: return .failed("TLS write: \(String(cString: strerror(errno)))")
+        default: break
+        }
+        if total > 0 { return .bytes(total) }
+        return last
+    }
+
+    /// Bytes encrypted and gathered but not yet sent.
+    var hasBufferedOutput: Bool { CEdgemux_BIO_socket_pending(bio) > 0 }
+
+    /// Sends gathered bytes: true when none are left, false when the socket is full; throws
+    /// on a socket error.
+    func flushBuffered() throws -> Bool {
+        switch CEdgemux_BIO_socket_flush(bio) {
+        case 1: return true
+        case 0: return false
+        default: throw IOError(errnoCode: errno, reason: "send")
+        }
     }
 
     /// Sends close_notify (once); does not wait for the peer's.

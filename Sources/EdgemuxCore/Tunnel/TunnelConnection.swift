@@ -479,6 +479,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
             }
         }
         guard answerOffset >= answer.count else { return }
+        if client.hasBufferedOutput, case .wantWrite = client.flushBuffered() { return }
         client.shutdownWrite()
         phase = .lingering
         armTimer(2_000)
