@@ -185,7 +185,8 @@ int CEdgemux_SSL_set_peer_name(SSL *ssl, const char *name, int verify) {
 
 // MARK: - socket BIO
 
-#define EDGEMUX_GATHER_CAP (64 * 1024)
+// Four full TLS records (16 KiB of plaintext plus header and tag each) fit.
+#define EDGEMUX_GATHER_CAP (4 * (16384 + 256))
 
 typedef struct {
     int fd;
@@ -236,35 +237,29 @@ static int sock_flush_gather(edgemux_sock *st) {
 static int sock_write(BIO *b, const char *buf, int len) {
     edgemux_sock *st = BIO_get_data(b);
     BIO_clear_retry_flags(b);
-    if (st->gathered > 0) {
-        int r = sock_flush_gather(st);
-        if (r < 0) return -1;
-        if (r == 0) {
-            // Still full: take more only while it fits the gather buffer.
-            if (!st->corked || st->gathered + (size_t)len > EDGEMUX_GATHER_CAP) {
-                BIO_set_retry_write(b);
-                return -1;
-            }
-        }
-    }
     if (st->corked) {
-        if (st->gather == NULL) {
-            st->gather = malloc(EDGEMUX_GATHER_CAP);
-            if (st->gather == NULL) return -1;
-        }
         if (st->gathered + (size_t)len > EDGEMUX_GATHER_CAP) {
             int r = sock_flush_gather(st);
-            if (r < 0) return -1;
-            if (r == 0) {
-                BIO_set_retry_write(b);
+            if (r <= 0) {
+                if (r == 0) BIO_set_retry_write(b);
                 return -1;
             }
+        }
+        if (st->gather == NULL) {
             st->gather = malloc(EDGEMUX_GATHER_CAP);
             if (st->gather == NULL) return -1;
         }
         memcpy(st->gather + st->gathered, buf, (size_t)len);
         st->gathered += (size_t)len;
         return len;
+    }
+    if (st->gathered > 0) {
+        // Earlier records go first.
+        int r = sock_flush_gather(st);
+        if (r <= 0) {
+            if (r == 0) BIO_set_retry_write(b);
+            return -1;
+        }
     }
     ssize_t n;
     do {

@@ -479,7 +479,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func backendProgress(events: UInt32) {
         guard let backend else { return }
         if !backendConnected {
-            let err = Posix.socketError(backend.fd)
+            // EPOLLOUT alone means the connect succeeded; only an error event needs SO_ERROR.
+            let err = events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 ? Posix.socketError(backend.fd) : 0
             if err != 0 {
                 connectFailed(String(cString: strerror(err)))
                 return

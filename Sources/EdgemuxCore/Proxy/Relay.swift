@@ -21,6 +21,8 @@ final class Relay {
         /// Client-to-backend on HTTP/2: drops the ACK of edgemux's SETTINGS.
         var filter: SettingsAckFilter?
         var bytes = 0
+        /// Which way this direction runs.
+        var isTowardsClient = false
         /// Plaintext to plaintext: a pipe that splice(2) moves bytes through, kernel to kernel.
         var pipe: (read: Int32, write: Int32)?
         /// Bytes in `pipe` that the destination has not taken yet.
@@ -67,6 +69,7 @@ final class Relay {
         }
         toBackend.filter = filter
         toClient.pending = pendingToClient
+        toClient.isTowardsClient = true
     }
 
     /// Bytes the client sent / received through the relay.
@@ -218,7 +221,11 @@ final class Relay {
         if d.sourceDone {
             if !d.shutDown {
                 d.shutDown = true
-                dst.shutdownWrite()
+                // When the other direction has ended too, the connection closes right after
+                // this: a plain socket's close sends the FIN anyway. TLS still gets its
+                // close_notify.
+                let otherDone = d.isTowardsClient ? toBackend.shutDown : toClient.shutDown
+                if !(otherDone && dst.isPlain) { dst.shutdownWrite() }
             }
             return false
         }

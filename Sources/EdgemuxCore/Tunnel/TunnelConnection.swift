@@ -324,7 +324,8 @@ final class TunnelConnection: EventHandler, ClientConnection {
 
     private func destinationProgress(_ events: UInt32) {
         guard let d = destination, !connected else { return }
-        let err = Posix.socketError(d.fd)
+        // EPOLLOUT alone means the connect succeeded; only an error event needs SO_ERROR.
+            let err = events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 ? Posix.socketError(d.fd) : 0
         if err != 0 {
             lastFailureWasTimeout = false
             destinationFailed(String(cString: strerror(err)))
