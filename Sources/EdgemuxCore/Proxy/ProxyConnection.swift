@@ -456,7 +456,11 @@ final class ProxyConnection: EventHandler, ClientConnection {
             do {
                 let fd = try Posix.socket(domain: endpoint.address.family, type: Int32(SOCK_STREAM.rawValue))
                 try? Posix.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
-                try? Posix.setOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE, value: 1)
+                // TCP keepalive (first probe after 2 h by default) matters only where no idle
+                // timeout closes the connection sooner: long-lived routes such as gRPC.
+                if route.map({ $0.idleTimeoutMillis == 0 || $0.idleTimeoutMillis >= 7_200_000 }) ?? true {
+                    try? Posix.setOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE, value: 1)
+                }
                 let transport = Transport(fd: fd)
                 do {
                     _ = try Posix.connect(fd, to: endpoint.address)

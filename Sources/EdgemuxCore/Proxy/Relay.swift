@@ -47,6 +47,8 @@ final class Relay {
     /// The loop time of the last byte read from either side (idle timeouts).
     private(set) var lastActivity: Int64
     private var ended = false
+    /// Never splice (benchmarks of the copying path).
+    var forceCopyPath = false
     /// Set by a pump that hit the end; acted on by `pumpAll` once the pump has returned.
     private var ending: End?
     private let onEnd: (End) -> Void
@@ -153,7 +155,7 @@ final class Relay {
                     return
                 }
             }
-            if src.isPlain && dst.isPlain && d.filter == nil {
+            if src.isPlain && dst.isPlain && d.filter == nil && !forceCopyPath {
                 splicePump(&d, from: src, to: dst, towardsClient: towardsClient)
                 return
             }
