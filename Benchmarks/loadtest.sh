@@ -10,7 +10,9 @@
 # It reuses ../shared/bench/peers (tlsconn.c, idle_conns.py, the backend config): set PEERS to
 # point elsewhere. For the side-by-side with HAProxy, nginx and nghttpx, see the README.
 #
-# usage: Benchmarks/loadtest.sh [--quick]        env: WORK (default /tmp/edgemux-loadtest), PORT (8446)
+# usage: Benchmarks/loadtest.sh [--quick]
+#   env: WORK (default /tmp/edgemux-loadtest), PORT (8446), WORKERS (1; with 2, edgemux is not
+#   pinned and shares both CPUs with the load: for the scaling figure, read the per-core column)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -34,8 +36,10 @@ C="env OPENSSL_CONF=$WORK/run/client-openssl.cnf taskset -c 0"
 
 swift build -c release --product edgemux >/dev/null
 BIN="$(swift build -c release --show-bin-path)/edgemux"
+WORKERS=${WORKERS:-1}
+PIN="taskset -c 1"; [[ $WORKERS -gt 1 ]] && PIN=""
 cat > "$WORK/run/edgemux.yaml" <<YAML
-workers: 1
+workers: $WORKERS
 listeners:
   - name: bench
     listen: 127.0.0.1:$PORT
@@ -65,7 +69,7 @@ taskset -c 0 /usr/bin/python3 "$ROOT/Tests/IntegrationTests/Peers/peers.py" grpc
 EDGEMUX=
 start_edgemux() {
   [[ -n "$EDGEMUX" ]] && { kill "$EDGEMUX"; wait "$EDGEMUX" 2>/dev/null || true; }
-  taskset -c 1 "$BIN" run --config "$WORK/run/edgemux.yaml" --log-level warning > "$WORK/run/edgemux.log" 2>&1 &
+  $PIN "$BIN" run --config "$WORK/run/edgemux.yaml" --log-level warning > "$WORK/run/edgemux.log" 2>&1 &
   EDGEMUX=$!; PIDS+=($EDGEMUX)
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return; sleep 0.05; done
   echo "edgemux did not start: $(cat "$WORK/run/edgemux.log")" >&2; exit 1
@@ -112,7 +116,7 @@ for alpn in http/1.1 h2; do
 done
 
 echo
-echo "## edgemux load test ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs; edgemux 1 worker on CPU 1, load and backend on CPU 0)"
+echo "## edgemux load test ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs; edgemux $WORKERS worker(s)$([[ -n $PIN ]] && echo " on CPU 1"), load and backend on CPU 0)"
 echo
 echo "| measurement | value | edgemux CPU % | per edgemux core |"
 echo "|---|---:|---:|---:|"

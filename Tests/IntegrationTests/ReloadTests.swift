@@ -165,6 +165,18 @@ extension Integration {
             #expect(received != nil && received! < size, "cut at the drain timeout: \(long.log)")
         }
 
+        @Test("a second edgemux on an address already served refuses to start instead of sharing it")
+        func addressInUse() throws {
+            let f = try ReloadFixture()
+            let e = try Edgemux(config: f.config(web: "A"), port: f.port)
+            let scratch = Scratch("second")
+            try f.config(web: "B").write(toFile: scratch.file("b.yaml"), atomically: true, encoding: .utf8)
+            let second = Command.run(Paths.edgemux, ["run", "--config", scratch.file("b.yaml")], timeout: 10)
+            #expect(second.status == 1 && !second.timedOut, "\(second.stderr)")
+            #expect(second.stderr.contains("another process is listening there"), "\(second.stderr)")
+            #expect(f.get().hasPrefix("A GET"), "the first one still serves everything: \(e.log)")
+        }
+
         @Test("--watch reloads on a config edit and on a Kubernetes-style certificate symlink swap")
         func watch() throws {
             let f = try ReloadFixture()

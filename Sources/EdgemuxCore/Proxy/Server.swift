@@ -72,6 +72,19 @@ public final class Server: @unchecked Sendable {
 
     /// One SO_REUSEPORT socket per address per worker; all or nothing.
     static func bind(_ addresses: [SocketAddress], workers: Int) throws -> [[(Int32, SocketAddress)]] {
+        // SO_REUSEPORT would let this process share a port with another one (a second edgemux
+        // left running, say) and split the connections between them without a word. A plain
+        // bind first tells whether anyone else holds the address.
+        for a in addresses {
+            let probe = try Posix.socket(domain: a.family, type: Int32(SOCK_STREAM.rawValue))
+            defer { Posix.close(probe) }
+            try? Posix.setOption(probe, level: SOL_SOCKET, name: SO_REUSEADDR, value: 1)
+            do {
+                try Posix.bind(probe, address: a)
+            } catch let e as IOError where e.errnoCode == EADDRINUSE {
+                throw IOError(errnoCode: EADDRINUSE, reason: "bind(\(a)): another process is listening there")
+            }
+        }
         var fds: [[(Int32, SocketAddress)]] = Array(repeating: [], count: workers)
         do {
             for w in 0..<workers {
