@@ -60,8 +60,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         var failures: [String] = []
         /// Client-to-backend filter decided while sniffing (HTTP/2: drop the ACK of our SETTINGS).
         var ackFilter: SettingsAckFilter?
-        var answer: [UInt8] = []
-        var answerOffset = 0
+        var finalAnswer: FinalAnswer?
     }
 
     private var exchangeStorage: Exchange?
@@ -80,8 +79,6 @@ final class ProxyConnection: EventHandler, ClientConnection {
     var backendConnected: Bool { get { exchangeStorage?.backendConnected ?? false } set { exchange.backendConnected = newValue } }
     var failures: [String] { get { exchange.failures } set { exchange.failures = newValue } }
     var ackFilter: SettingsAckFilter? { get { exchangeStorage?.ackFilter } set { exchange.ackFilter = newValue } }
-    var answer: [UInt8] { get { exchange.answer } set { exchange.answer = newValue } }
-    var answerOffset: Int { get { exchange.answerOffset } set { exchange.answerOffset = newValue } }
     var timer: TimerHandle?
     var lastActivity: Int64
     let startedAt: Int64
@@ -117,7 +114,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         client.readable = true
         if listener.proxyProtocol {
             phase = .awaitingProxyHeader
-            armTimer(listener.handshakeTimeoutMillis, phase: "handshake")
+            armTimer(listener.handshakeTimeoutMillis)
             readProxyHeader()
         } else {
             startTLSOrRequest()
@@ -171,7 +168,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 close()
                 return
             }
-            if phase != .awaitingProxyHeader { armTimer(listener.handshakeTimeoutMillis, phase: "handshake") }
+            if phase != .awaitingProxyHeader { armTimer(listener.handshakeTimeoutMillis) }
             phase = .awaitingHandshake
             continueHandshake()
         } else {
@@ -195,15 +192,14 @@ final class ProxyConnection: EventHandler, ClientConnection {
         case .awaitingBackend:
             if let backend, fd == backend.fd { backendProgress(events: events) }
         case .relaying: relay?.pumpAll()
-        case .flushingAnswer: flushAnswer()
-        case .lingering: linger()
+        case .flushingAnswer, .lingering: continueAnswer()
         case .closed: break
         }
     }
 
     // MARK: timers
 
-    private func armTimer(_ millis: Int64, phase name: String) {
+    private func armTimer(_ millis: Int64) {
         loop.cancel(timer)
         timer = nil
         guard millis > 0 else { return }
@@ -240,7 +236,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 worker.logger.info("\(logPrefix): idle for \(idle) ms on route '\(route.name)'; closed")
                 close()
             } else {
-                armTimer(route.idleTimeoutMillis - idle, phase: "idle")
+                armTimer(route.idleTimeoutMillis - idle)
             }
         case .flushingAnswer, .lingering:
             close()
@@ -281,7 +277,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
 
     private func enterAwaitingRequest() {
         phase = .awaitingRequest
-        armTimer(listener.requestTimeoutMillis, phase: "request")
+        armTimer(listener.requestTimeoutMillis)
         if proto == .h2 { h2Sniffer = HTTP2Sniffer(cap: listener.maxRequestHeadBytes) }
         readRequest()
     }
@@ -471,7 +467,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 }
                 transport.writable = false
                 backend = transport
-                armTimer(backendConfig.connectTimeoutMillis, phase: "connect")
+                armTimer(backendConfig.connectTimeoutMillis)
                 return
             } catch {
                 noteEndpointFailure(endpoint, "\(error)")
@@ -579,7 +575,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             self.relayEnded(end)
         }
         ackFilter = nil
-        armTimer(route?.idleTimeoutMillis ?? 0, phase: "idle")
+        armTimer(route?.idleTimeoutMillis ?? 0)
         relay?.pumpAll()
     }
 
@@ -604,52 +600,30 @@ final class ProxyConnection: EventHandler, ClientConnection {
             loop.closeDescriptor(b.fd)
             backend = nil
         }
-        answer = bytes
-        answerOffset = 0
-        phase = .flushingAnswer
-        armTimer(5_000, phase: "answer")
-        flushAnswer()
-    }
-
-    private func flushAnswer() {
         // Anything queued before (edgemux's SETTINGS) goes first.
+        var all: [UInt8] = []
         if let p = clientPending {
-            while !p.isEmpty, client.writable {
-                guard case .bytes(let n) = client.write(from: p.readable) else { break }
-                p.consume(n)
-            }
-            if !p.isEmpty { return }
+            all = Array(p.readable)
             worker.pool.give(p)
             clientPending = nil
         }
-        while answerOffset < answer.count, client.writable {
-            let step = answer.withUnsafeBytes { client.write(from: UnsafeRawBufferPointer(rebasing: $0[answerOffset...])) }
-            switch step {
-            case .bytes(let n): answerOffset += n
-            case .wantRead, .wantWrite: return
-            case .eof, .failed:
-                close()
-                return
-            }
-        }
-        guard answerOffset >= answer.count else { return }
-        if client.hasBufferedOutput, case .wantWrite = client.flushBuffered() { return }
-        client.shutdownWrite()
-        phase = .lingering
-        armTimer(2_000, phase: "linger")
-        linger()
+        exchange.finalAnswer = FinalAnswer(all + bytes)
+        phase = .flushingAnswer
+        armTimer(5_000)
+        continueAnswer()
     }
 
-    private func linger() {
-        let scratch = worker.pool.scratch
-        while client.readable {
-            switch client.read(into: scratch) {
-            case .bytes: continue
-            case .wantRead, .wantWrite: return
-            case .eof, .failed:
-                close()
-                return
+    private func continueAnswer() {
+        switch exchange.finalAnswer?.advance(client: client, scratch: worker.pool.scratch) {
+        case .writing?:
+            break
+        case .lingering?:
+            if phase != .lingering {
+                phase = .lingering
+                armTimer(2_000)
             }
+        case .finished?, nil:
+            close()
         }
     }
 

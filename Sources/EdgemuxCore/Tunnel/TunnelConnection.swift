@@ -43,8 +43,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
     var parentReply: [UInt8] = []
     var relay: Relay?
     var timer: TimerHandle?
-    var answer: [UInt8] = []
-    var answerOffset = 0
+    var finalAnswer: FinalAnswer?
     var outcome = "closed"
     let startedAt: Int64
 
@@ -91,8 +90,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
         case .awaitingDestination: if fd == destination?.fd { destinationProgress(events) }
         case .awaitingParent: if fd == destination?.fd { readParentReply() }
         case .relaying: relay?.pumpAll()
-        case .answering: flushAnswer()
-        case .lingering: linger()
+        case .answering, .lingering: continueAnswer()
         case .closed: break
         }
     }
@@ -461,42 +459,23 @@ final class TunnelConnection: EventHandler, ClientConnection {
             loop.closeDescriptor(d.fd)
             destination = nil
         }
-        answer = bytes
-        answerOffset = 0
+        finalAnswer = FinalAnswer(bytes)
         phase = .answering
         armTimer(5_000)
-        flushAnswer()
+        continueAnswer()
     }
 
-    private func flushAnswer() {
-        while answerOffset < answer.count, client.writable {
-            let step = answer.withUnsafeBytes { client.write(from: UnsafeRawBufferPointer(rebasing: $0[answerOffset...])) }
-            switch step {
-            case .bytes(let n): answerOffset += n
-            case .wantRead, .wantWrite: return
-            case .eof, .failed:
-                close()
-                return
+    private func continueAnswer() {
+        switch finalAnswer?.advance(client: client, scratch: worker.pool.scratch) {
+        case .writing?:
+            break
+        case .lingering?:
+            if phase != .lingering {
+                phase = .lingering
+                armTimer(2_000)
             }
-        }
-        guard answerOffset >= answer.count else { return }
-        if client.hasBufferedOutput, case .wantWrite = client.flushBuffered() { return }
-        client.shutdownWrite()
-        phase = .lingering
-        armTimer(2_000)
-        linger()
-    }
-
-    private func linger() {
-        let scratch = worker.pool.scratch
-        while client.readable {
-            switch client.read(into: scratch) {
-            case .bytes: continue
-            case .wantRead, .wantWrite: return
-            case .eof, .failed:
-                close()
-                return
-            }
+        case .finished?, nil:
+            close()
         }
     }
 
