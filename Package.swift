@@ -45,7 +45,9 @@ let package = Package(
         ),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["EdgemuxCore", "edgemux"]
+            dependencies: ["EdgemuxCore", "edgemux"],
+            // The Python peers run from the source tree (Debian's /usr/bin/python3), not as resources.
+            exclude: ["Peers"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -127,10 +127,17 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         var buf = [CChar](repeating: 0, count: 64)
         var bytes = ip
         _ = inet_ntop(family, &bytes, &buf, 64)
-        return String(cString: buf)
+        return String(cChars: buf)
     }
 
     public var description: String {
         family == AF_INET6 ? "[\(ipString)]:\(port)" : "\(ipString):\(port)"
+    }
+}
+
+extension String {
+    /// The NUL-terminated text a C function wrote into `buffer`.
+    init(cChars buffer: [CChar]) {
+        self.init(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

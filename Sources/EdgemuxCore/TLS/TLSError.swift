@@ -10,7 +10,7 @@ public struct TLSError: Error, CustomStringConvertible, Sendable {
     static func fromQueue(_ what: String) -> TLSError {
         var buf = [CChar](repeating: 0, count: 256)
         CEdgemux_ERR_text(&buf, buf.count)
-        let detail = String(cString: buf)
+        let detail = String(cChars: buf)
         return TLSError(detail.isEmpty ? what : "\(what): \(detail)")
     }
 }

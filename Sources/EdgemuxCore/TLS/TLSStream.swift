@@ -141,7 +141,7 @@ final class TLSStream {
     var negotiatedALPN: String {
         var buf = [CChar](repeating: 0, count: 64)
         CEdgemux_SSL_get_alpn(ssl, &buf, buf.count)
-        return String(cString: buf)
+        return String(cChars: buf)
     }
 
     /// The SNI the client sent, if any.
