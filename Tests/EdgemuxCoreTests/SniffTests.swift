@@ -178,6 +178,7 @@ struct HTTP1HeadParserTests {
     @Test func absoluteFormAndIPv6Host() {
         if case .done(let info, _) = parse("GET http://Example.com:80/a/b HTTP/1.1\r\nHost: other\r\n\r\n") {
             #expect(info.path == "/a/b")
+            #expect(info.host == "example.com")
         } else { Issue.record("not done") }
         if case .done(let info, _) = parse("GET / HTTP/1.1\r\nHost: [::1]:8443\r\n\r\n") {
             #expect(info.host == "[::1]")

@@ -40,12 +40,14 @@ public struct HTTP1HeadParser {
         var lineStart = start
         var first = true
         var sawHost = false
+        var absoluteForm = false
         while lineStart < end - 2 {
             var lineEnd = lineStart
             while lineEnd < end, !(bytes[lineEnd] == 13 && bytes[lineEnd + 1] == 10) { lineEnd += 1 }
             let line = UnsafeRawBufferPointer(rebasing: bytes[lineStart..<lineEnd])
             if first {
                 if let e = parseRequestLine(line, into: &info) { return .error(e) }
+                absoluteForm = !info.host.isEmpty
                 first = false
             } else {
                 if line.first == 32 || line.first == 9 {
@@ -69,7 +71,8 @@ public struct HTTP1HeadParser {
                 case "host":
                     if sawHost { return .error(.malformedHead("more than one Host header")) }
                     sawHost = true
-                    info.host = Self.hostWithoutPort(value)
+                    // RFC 9112 3.2.2: an absolute-form target's authority wins over Host.
+                    if !absoluteForm { info.host = Self.hostWithoutPort(value) }
                 case "content-type": info.contentType = value
                 case "upgrade": info.upgrade = value.lowercased()
                 default: break
