@@ -30,6 +30,7 @@ public final class Resolver: Sendable {
     static let positiveTTL: Int64 = 30_000
     static let negativeTTL: Int64 = 5_000
     static let maxCached = 4096
+    static let maxQueued = 1024
 
     /// The process's resolver (one thread, shared by every worker).
     public static let shared = Resolver()
@@ -39,6 +40,8 @@ public final class Resolver: Sendable {
         let now = Posix.monotonicMillis()
         let cached: Answer? = state.withLock { s in
             if let hit = s.cache[name], hit.expires > now { return hit.answer }
+            // A resolver that hangs must not grow the queue without bound.
+            if s.queue.count >= Self.maxQueued { return .failed("resolver busy (\(Self.maxQueued) lookups waiting)") }
             s.queue.append(Request(name: name, port: port, deliver: { answer in loop.execute { done(answer) } }))
             if !s.started {
                 s.started = true
