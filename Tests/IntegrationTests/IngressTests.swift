@@ -187,6 +187,12 @@ extension Integration {
             let h2 = curl(["--http2", "-w", " %{http_code}", "https://localhost:\(port2)/x"], port: port2)
             #expect(h2.stdout.hasSuffix(" 502"), "\(h2.stdout) \(h2.stderr)")
             #expect(down.log.contains("backend 'web' unavailable"), "\(down.log)")
+            // gRPC to a backend that is down: a real gRPC status (UNAVAILABLE), not a bare 502.
+            let port4 = freePort()
+            let grpcDown = try Edgemux(config: b.config(port: port4).replacingOccurrences(of: "endpoints: [\"127.0.0.1:\(b.grpcPort)\"]", with: "endpoints: [\"127.0.0.1:\(dead)\"]"), port: port4)
+            let unavailable = Command.run(Paths.python, [Paths.peers, "grpc-client", "--target", "localhost:\(port4)", "--ca", TestCerts.ca, "--mode", "expect-unavailable", "--timeout", "10"], timeout: 30)
+            #expect(unavailable.stdout.contains("status UNAVAILABLE details edgemux: backend 'grpc' is unavailable"), "\(unavailable.stdout) \(unavailable.stderr) \(grpcDown.log)")
+            #expect(!unavailable.stderr.contains("Error parsing metadata"), "\(unavailable.stderr)")
             #expect(down.log.contains("127.0.0.1:\(dead) (Connection refused)"), "\(down.log)")
         }
     }

@@ -53,4 +53,53 @@ enum ErrorAnswers {
         out += goaway(lastStream: stream, error: .noError, debug: message)
         return out
     }
+
+    /// The gRPC form of the same answer, for a request whose content-type is application/grpc:
+    /// a trailers-only response (`:status 200`, `content-type: application/grpc`, `grpc-status`,
+    /// `grpc-message`), which gRPC clients turn into a status code, as Envoy answers "no healthy
+    /// upstream". 502/503/504 map to UNAVAILABLE (14, a client may retry), 404 to UNIMPLEMENTED
+    /// (12), anything else to INTERNAL (13).
+    static func grpc(stream: UInt32, status: Int, message: String) -> [UInt8] {
+        let code: Int
+        switch status {
+        case 502, 503, 504: code = 14
+        case 404: code = 12
+        default: code = 13
+        }
+        func literal(_ name: String, _ value: [UInt8]) -> [UInt8] {
+            // Literal without indexing, new name (RFC 7541 6.2.2); both lengths stay below 127.
+            [0x00, UInt8(name.utf8.count)] + Array(name.utf8) + [UInt8(value.count)] + value
+        }
+        var block: [UInt8] = [0x88]  // :status 200, static index 8
+        let ct = Array("application/grpc".utf8)
+        block += [0x0f, 31 - 15, UInt8(ct.count)] + ct
+        block += literal("grpc-status", Array(String(code).utf8))
+        block += literal("grpc-message", percentEncoded("edgemux: \(message)", limit: 120))
+        var out = H2.settingsAck
+        out += frameHeader(length: block.count, type: H2.headers, flags: H2.flagEndHeaders | H2.flagEndStream, stream: stream) + block
+        out += goaway(lastStream: stream, error: .noError, debug: message)
+        return out
+    }
+
+    /// grpc-message's percent-encoding (gRPC over HTTP/2 spec): printable ASCII but '%' as is.
+    static func percentEncoded(_ text: String, limit: Int) -> [UInt8] {
+        var out: [UInt8] = []
+        for b in text.utf8 {
+            if out.count >= limit { break }
+            if b >= 0x20 && b <= 0x7e && b != UInt8(ascii: "%") {
+                out.append(b)
+            } else {
+                out += Array(String(format2hex: b).utf8)
+            }
+        }
+        return out
+    }
+}
+
+extension String {
+    /// "%XX" for a byte.
+    init(format2hex b: UInt8) {
+        let digits = Array("0123456789ABCDEF".utf8)
+        self = String(decoding: [UInt8(ascii: "%"), digits[Int(b >> 4)], digits[Int(b & 0xf)]], as: UTF8.self)
+    }
 }

@@ -556,7 +556,11 @@ final class ProxyConnection: EventHandler, ClientConnection {
     /// Ends the connection with an HTTP answer in the client's protocol.
     private func answerError(status: Int, message: String) {
         if proto == .h2, let stream = h2Sniffer?.headersStream, stream != 0 {
-            sendAnswer(ErrorAnswers.h2(stream: stream, status: status, message: message))
+            if request.contentType.lowercased().hasPrefix("application/grpc") {
+                sendAnswer(ErrorAnswers.grpc(stream: stream, status: status, message: message))
+            } else {
+                sendAnswer(ErrorAnswers.h2(stream: stream, status: status, message: message))
+            }
         } else {
             sendAnswer(ErrorAnswers.http1(status: status, message: message))
         }

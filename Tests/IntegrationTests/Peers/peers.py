@@ -176,6 +176,13 @@ def grpc_client(args):
     else:
         channel = grpc.insecure_channel(args.target, options=opts)
     timeout = args.timeout
+    if args.mode == "expect-unavailable":
+        try:
+            channel.unary_unary("/test.Svc/Unary")(b"x", timeout=timeout)
+            print("unexpected success")
+        except grpc.RpcError as e:
+            print(f"status {e.code().name} details {e.details()}")
+        return
     if args.mode == "unary":
         f = channel.unary_unary("/test.Svc/Unary")
         for i in range(args.count):
