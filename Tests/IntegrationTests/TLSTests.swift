@@ -81,6 +81,60 @@ extension Integration {
             #expect(refused.status != 0, "TLS 1.2 refused when min_version is 1.3: \(refused.stdout) \(strict.log)")
         }
 
+        @Test("a tls backend speaking HTTP/2: ALPN passes the client's h2 on, verified against the CA")
+        func tlsBackendALPN() throws {
+            let www = Scratch("tls-www")
+            try "h2-over-tls\n".write(toFile: www.file("hello"), atomically: true, encoding: .utf8)
+            let backendPort = freePort()
+            // nghttpd over TLS offers only h2 in ALPN.
+            let nghttpd = try Background("nghttpd-tls", "/usr/sbin/nghttpd", ["-d", www.path, "\(backendPort)", TestCerts.key, TestCerts.cert])
+            defer { nghttpd.stop() }
+            #expect(waitForPort(backendPort))
+            let port = freePort()
+            let e = try Edgemux(config: """
+                workers: 1
+                listeners:
+                  - name: public
+                    listen: 127.0.0.1:\(port)
+                    tls:
+                      certificates:
+                        - { cert: \(TestCerts.cert), key: \(TestCerts.key) }
+                      alpn: [h2, http/1.1]
+                    routes:
+                      - { name: web, backend: secure }
+                backends:
+                  secure:
+                    protocol: tls
+                    endpoints: ["127.0.0.1:\(backendPort)"]
+                    tls: { ca: \(TestCerts.ca), server_name: localhost }
+                """, port: port)
+            let h2 = curl(["--http2", "-w", " %{http_version}", "https://localhost:\(port)/hello"], port: port)
+            #expect(h2.stdout == "h2-over-tls\n 2", "\(h2.stdout) \(h2.stderr) \(e.log)")
+            let load = Command.run("/usr/bin/h2load", ["-n", "500", "-c", "2", "-m", "5", "https://127.0.0.1:\(port)/hello"], timeout: 60)
+            #expect(load.stdout.contains("500 succeeded, 0 failed"), "\(load.stdout)")
+            e.stop()
+            // The same backend reached under a name its certificate does not carry: refused (502).
+            let port2 = freePort()
+            let wrong = try Edgemux(config: """
+                workers: 1
+                listeners:
+                  - name: public
+                    listen: 127.0.0.1:\(port2)
+                    tls:
+                      certificates:
+                        - { cert: \(TestCerts.cert), key: \(TestCerts.key) }
+                    routes:
+                      - { name: web, backend: secure }
+                backends:
+                  secure:
+                    protocol: tls
+                    endpoints: ["127.0.0.1:\(backendPort)"]
+                    tls: { ca: \(TestCerts.ca), server_name: other.test }
+                """, port: port2)
+            let refused = curl(["--http2", "-w", " %{http_code}", "https://localhost:\(port2)/hello"], port: port2)
+            #expect(refused.stdout.hasSuffix(" 502"), "\(refused.stdout) \(refused.stderr) \(wrong.log)")
+        }
+
         @Test("a tls backend: CA verification, SNI, ALPN, and a client certificate")
         func tlsBackend() throws {
             let (h1, h1Port) = try startPeer("http1", ["--cert", TestCerts.cert, "--key", TestCerts.key, "--client-ca", TestCerts.ca, "--name", "tls-backend"])
