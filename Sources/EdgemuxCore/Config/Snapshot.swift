@@ -2,8 +2,11 @@
 /// before it is used (a failure leaves nothing half-built), shared read-only by every worker.
 public final class Snapshot: Sendable {
     public let config: EdgemuxConfig
-    /// Server TLS per listener name (absent: plaintext listener).
-    let serverTLS: [String: TLSServerContext]
+    /// Server TLS per listener name, one context per worker (absent: plaintext listener). Each
+    /// worker creates its connections from its own SSL_CTX, so no reference count or lock inside
+    /// OpenSSL's context is shared between cores; the ticket keys are the same in all, so a
+    /// ticket from one worker resumes on any.
+    let serverTLS: [String: [TLSServerContext]]
     /// Client TLS per backend name (`protocol: tls` backends only).
     let clientTLS: [String: TLSClientContext]
     let routers: [String: Router]
@@ -12,16 +15,24 @@ public final class Snapshot: Sendable {
     /// The access log, opened (nil: off).
     let accessLog: AccessLog?
 
+    /// The server TLS context worker `worker` uses for `listener` (nil: plaintext).
+    func serverContext(listener: String, worker: Int) -> TLSServerContext? {
+        guard let all = serverTLS[listener], !all.isEmpty else { return nil }
+        return all[worker % all.count]
+    }
+
     public init(config: EdgemuxConfig, generation: Int, ticketKeys: [UInt8]) throws {
         var issues: [ConfigIssue] = []
-        var server: [String: TLSServerContext] = [:]
+        var server: [String: [TLSServerContext]] = [:]
         var client: [String: TLSClientContext] = [:]
         var routers: [String: Router] = [:]
         for l in config.listeners {
             routers[l.name] = Router(routes: l.routes)
             guard let tls = l.tls else { continue }
             do {
-                server[l.name] = try TLSServerContext(certificates: tls.certificates, alpn: tls.alpn, minVersion: tls.minVersion, ticketKeys: ticketKeys)
+                server[l.name] = try (0..<max(1, config.workers)).map { _ in
+                    try TLSServerContext(certificates: tls.certificates, alpn: tls.alpn, minVersion: tls.minVersion, ticketKeys: ticketKeys)
+                }
             } catch {
                 issues.append(ConfigIssue(file: "", line: 0, path: "listeners.\(l.name).tls", message: "\(error)"))
             }

@@ -160,7 +160,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
     }
 
     private func startTLSOrRequest() {
-        if let ctx = snapshot.serverTLS[listener.name] {
+        if let ctx = snapshot.serverContext(listener: listener.name, worker: loop.index) {
             do {
                 client.tls = try TLSStream(server: ctx, fd: client.fd)
             } catch {
