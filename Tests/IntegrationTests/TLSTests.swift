@@ -95,7 +95,7 @@ extension Integration {
             defer { nghttpd.stop() }
             #expect(waitForPort(backendPort))
             let port = freePort()
-            let e = try Edgemux(config: """
+            let yaml = """
                 workers: 1
                 listeners:
                   - name: public
@@ -110,8 +110,17 @@ extension Integration {
                   secure:
                     protocol: tls
                     endpoints: ["127.0.0.1:\(backendPort)"]
-                    tls: { ca: \(TestCerts.ca), server_name: localhost }
-                """, port: port)
+                    tls: { ca: \(TestCerts.ca), server_name: localhost, alpn: [h2] }
+                """
+            // Declared h2-only, the backend cannot take the listener's HTTP/1.1 clients: check says so.
+            let scratch = Scratch("alpn")
+            try yaml.write(toFile: scratch.file("e.yaml"), atomically: true, encoding: .utf8)
+            let check = Command.run(Paths.edgemux, ["check", "--config", scratch.file("e.yaml")])
+            #expect(check.status == 1 && check.stderr.contains("route 'web' can receive http/1.1 connections but backend 'secure' cannot speak http/1.1"), "\(check.stderr)")
+            // The fix check suggests: HTTP/2 to this backend, HTTP/1.1 elsewhere.
+            let fixed = yaml.replacingOccurrences(of: "      - { name: web, backend: secure }", with: "      - { name: web, match: { alpn: h2 }, backend: secure }\n      - { name: rest, backend: fallback }")
+                + "\n  fallback:\n    endpoints: [\"127.0.0.1:1\"]\n"
+            let e = try Edgemux(config: fixed, port: port)
             let h2 = curl(["--http2", "-w", " %{http_version}", "https://localhost:\(port)/hello"], port: port)
             #expect(h2.stdout == "h2-over-tls\n 2", "\(h2.stdout) \(h2.stderr) \(e.log)")
             let load = Command.run("/usr/bin/h2load", ["-n", "500", "-c", "2", "-m", "5", "https://127.0.0.1:\(port)/hello"], timeout: 60)

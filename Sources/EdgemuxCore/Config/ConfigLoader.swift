@@ -602,7 +602,7 @@ struct NodeReader {
         var tls: BackendTLSConfig?
         if let t = m["tls"] {
             if proto != .tls { fail(t, join(path, "tls"), "only a backend with protocol: tls takes tls settings") }
-            if let tm = mapping(t, join(path, "tls"), allowed: ["ca", "server_name", "cert", "key", "verify"]) {
+            if let tm = mapping(t, join(path, "tls"), allowed: ["ca", "server_name", "cert", "key", "verify", "alpn"]) {
                 let tp = join(path, "tls")
                 var ca = tm["ca"].flatMap { readablePath($0, join(tp, "ca")) }
                 if let path = ca, let problem = TLSServerContext.caProblem(path) {
@@ -626,6 +626,15 @@ struct NodeReader {
                 }
                 let verify = tm["verify"].flatMap { bool($0, join(tp, "verify")) } ?? true
                 tls = BackendTLSConfig(caPath: ca, serverName: sn, clientCertificate: client, verify: verify)
+                if let an = tm["alpn"], let seq = sequence(an, join(tp, "alpn")) {
+                    var list: [ClientProtocol] = []
+                    for (i, pn) in seq.enumerated() {
+                        guard let v = string(pn, "\(tp).alpn[\(i)]") else { continue }
+                        if let p = ClientProtocol(rawValue: v) { list.append(p) } else { fail(pn, "\(tp).alpn[\(i)]", "expected h2 or http/1.1, not '\(v)'") }
+                    }
+                    if seq.isEmpty { fail(an, join(tp, "alpn"), "list at least one of h2, http/1.1") }
+                    tls?.alpn = list
+                }
             }
         } else if proto == .tls {
             tls = BackendTLSConfig(caPath: nil, serverName: nil, clientCertificate: nil, verify: true)
@@ -633,6 +642,9 @@ struct NodeReader {
         let connect = m["connect_timeout"].flatMap { duration($0, join(path, "connect_timeout")) } ?? ConfigLoader.defaultConnectTimeout
         if connect == 0 { fail(m["connect_timeout"], join(path, "connect_timeout"), "a connect timeout of 0 would wait forever on a dead endpoint") }
         let idle = m["idle_timeout"].flatMap { duration($0, join(path, "idle_timeout")) }
+        if proto == .tls, let offered = tls?.alpn {
+            for p in ClientProtocol.allCases where !offered.contains(p) { endpoints[p] = nil }
+        }
         return BackendConfig(name: name, proto: proto ?? (endpoints[.h2] != nil && endpoints[.http1] == nil ? .h2c : .http1), endpoints: endpoints, tls: tls, connectTimeoutMillis: connect, idleTimeoutMillis: idle)
     }
 }

@@ -208,4 +208,7 @@ public struct BackendTLSConfig: Sendable {
     public let clientCertificate: CertificatePair?
     /// Verify the backend's certificate (default true).
     public let verify: Bool
+    /// The protocols the backend speaks over TLS (ALPN offers the client's one of these);
+    /// default both. A client protocol not listed cannot be routed here (`check` says so).
+    public var alpn: [ClientProtocol] = [.h2, .http1]
 }
