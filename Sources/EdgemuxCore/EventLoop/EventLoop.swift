@@ -36,13 +36,16 @@ public final class EventLoop: @unchecked Sendable {
     /// Indexed by descriptor: a lookup per event without hashing, 8 bytes per descriptor.
     private var handlers: [EventHandler?] = []
     private var timerHeap: [(deadline: Int64, id: UInt64)] = []
-    private enum TimerAction {
-        case closure(() -> Void)
-        /// A handler's `timerFired()`: no closure context to allocate per connection timer.
-        case handler(EventHandler)
-    }
-    private var timerCallbacks: [UInt64: TimerAction] = [:]
+    /// Pending handler timers (a handler's `timerFired()`: no closure context per connection
+    /// timer, and 16 bytes a slot, since every connection has one armed).
+    private var handlerTimers: [UInt64: EventHandler] = [:]
+    /// Pending closure timers (rare: retries, admin housekeeping).
+    private var closureTimers: [UInt64: () -> Void] = [:]
     private var nextTimerID: UInt64 = 1
+    /// Heap entries whose timer was cancelled. They would otherwise stay until their deadline
+    /// (5 minutes for an idle timeout), so under connection churn the heap would hold minutes of
+    /// dead entries; past half the heap it is rebuilt from the live ones.
+    private var staleTimers = 0
     private var soon: [() -> Void] = []
     private let inbox = Mutex<[@Sendable () -> Void]>([])
     private var stopping = false
@@ -104,24 +107,42 @@ public final class EventLoop: @unchecked Sendable {
     /// Runs `callback` on this loop after `millis` milliseconds.
     @discardableResult
     public func schedule(afterMillis millis: Int64, _ callback: @escaping () -> Void) -> TimerHandle {
-        add(.closure(callback), afterMillis: millis)
+        let handle = add(afterMillis: millis)
+        closureTimers[handle.id] = callback
+        return handle
     }
 
     /// Calls `handler.timerFired()` on this loop after `millis` milliseconds (until cancelled).
     func schedule(afterMillis millis: Int64, for handler: EventHandler) -> TimerHandle {
-        add(.handler(handler), afterMillis: millis)
+        let handle = add(afterMillis: millis)
+        handlerTimers[handle.id] = handler
+        return handle
     }
 
-    private func add(_ action: TimerAction, afterMillis millis: Int64) -> TimerHandle {
+    private func add(afterMillis millis: Int64) -> TimerHandle {
         let id = nextTimerID
         nextTimerID += 1
-        timerCallbacks[id] = action
         heapPush((now + max(0, millis), id))
         return TimerHandle(id: id)
     }
 
     public func cancel(_ timer: TimerHandle?) {
-        if let timer { timerCallbacks[timer.id] = nil }
+        guard let timer else { return }
+        if handlerTimers.removeValue(forKey: timer.id) != nil || closureTimers.removeValue(forKey: timer.id) != nil {
+            staleTimers += 1
+            if staleTimers > 1024 && staleTimers * 2 > timerHeap.count { compactTimers() }
+        }
+    }
+
+    /// Entries in the timer heap, live or cancelled (for tests of its bound).
+    var pendingTimerEntries: Int { timerHeap.count }
+
+    /// Drops cancelled entries and rebuilds the heap (O(n), amortized over the cancellations).
+    private func compactTimers() {
+        var live = timerHeap.filter { handlerTimers[$0.id] != nil || closureTimers[$0.id] != nil }
+        live.sort { $0.deadline < $1.deadline }  // a sorted array is a valid min-heap
+        timerHeap = live
+        staleTimers = 0
     }
 
     /// Runs `work` on this loop after the current batch of events (same thread only).
@@ -198,8 +219,9 @@ public final class EventLoop: @unchecked Sendable {
 
     private func nextDeadline() -> Int64? {
         while let top = timerHeap.first {
-            if timerCallbacks[top.id] != nil { return top.deadline }
+            if handlerTimers[top.id] != nil || closureTimers[top.id] != nil { return top.deadline }
             heapPop()
+            staleTimers = max(0, staleTimers - 1)
         }
         return nil
     }
@@ -207,10 +229,12 @@ public final class EventLoop: @unchecked Sendable {
     private func fireTimers() {
         while let top = timerHeap.first, top.deadline <= now {
             heapPop()
-            switch timerCallbacks.removeValue(forKey: top.id) {
-            case .closure(let cb)?: cb()
-            case .handler(let h)?: h.timerFired()
-            case nil: break
+            if let h = handlerTimers.removeValue(forKey: top.id) {
+                h.timerFired()
+            } else if let cb = closureTimers.removeValue(forKey: top.id) {
+                cb()
+            } else {
+                staleTimers = max(0, staleTimers - 1)
             }
         }
     }

@@ -38,7 +38,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
     var proto: ClientProtocol = .http1
     /// ALPN gave no protocol: HTTP/2 with prior knowledge is still possible.
     var protocolUndecided = false
-    var serverName: String?
+    /// The SNI the client sent (read from OpenSSL when needed, not stored twice).
+    var serverName: String? { client.tls?.serverName }
     var sniffed: [UInt8] = []
     var h2Sniffer: HTTP2Sniffer?
     var sentSettings = false
@@ -61,6 +62,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         /// Client-to-backend filter decided while sniffing (HTTP/2: drop the ACK of our SETTINGS).
         var ackFilter: SettingsAckFilter?
         var finalAnswer: FinalAnswer?
+        var outcome = "closed"
     }
 
     private var exchangeStorage: Exchange?
@@ -80,10 +82,9 @@ final class ProxyConnection: EventHandler, ClientConnection {
     var failures: [String] { get { exchange.failures } set { exchange.failures = newValue } }
     var ackFilter: SettingsAckFilter? { get { exchangeStorage?.ackFilter } set { exchange.ackFilter = newValue } }
     var timer: TimerHandle?
-    var lastActivity: Int64
     let startedAt: Int64
-    /// How the connection ended, for the access log.
-    var outcome = "closed"
+    /// How the connection ended, for the access log (kept with the exchange: set on the way out).
+    var outcome: String { get { exchangeStorage?.outcome ?? "closed" } set { exchange.outcome = newValue } }
 
     init(worker: Worker, snapshot: Snapshot, listener: ListenerConfig, fd: Int32, peer: SocketAddress) {
         self.worker = worker
@@ -92,7 +93,6 @@ final class ProxyConnection: EventHandler, ClientConnection {
         self.listener = listener
         self.peer = peer
         self.client = Transport(fd: fd)
-        self.lastActivity = worker.loop.now
         self.startedAt = worker.loop.now
     }
 
@@ -229,7 +229,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             connectFailed("timed out after \(backendConfig?.connectTimeoutMillis ?? 0) ms")
         case .relaying:
             guard let route, route.idleTimeoutMillis > 0 else { return }
-            let idle = loop.now - (relay?.lastActivity ?? lastActivity)
+            let idle = loop.now - (relay?.lastActivity ?? startedAt)
             if idle >= route.idleTimeoutMillis {
                 outcome = "idle_timeout"
                 worker.metrics.update { $0.timeouts["idle", default: 0] += 1 }
@@ -252,7 +252,6 @@ final class ProxyConnection: EventHandler, ClientConnection {
         switch tls.handshake() {
         case .bytes:
             let alpn = tls.negotiatedALPN
-            serverName = tls.serverName
             if alpn == "h2" {
                 proto = .h2
             } else {
@@ -285,13 +284,11 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func readRequest() {
         let scratch = worker.pool.scratch
         let cap = listener.maxRequestHeadBytes
-        var got = false
         while client.readable && sniffed.count <= cap {
             let room = min(scratch.count, cap + 1 - sniffed.count)
             switch client.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[0..<room])) {
             case .bytes(let n):
                 sniffed.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
-                got = true
             case .wantRead, .wantWrite:
                 break
             case .eof:
@@ -306,7 +303,6 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 return
             }
         }
-        if got { lastActivity = loop.now }
         guard !sniffed.isEmpty else { return }
         parseRequest()
     }

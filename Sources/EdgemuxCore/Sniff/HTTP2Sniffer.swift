@@ -60,17 +60,28 @@ public struct HTTP2Sniffer {
     }
 
     /// Total bytes the sniffer will look at before giving up.
-    public let cap: Int
+    /// (Stored narrow, as the other positions: a sniffer sits in every connection awaiting its
+    /// first request, thousands of them.)
+    private let cap32: Int32
+    public var cap: Int { Int(cap32) }
     /// True once the 24-byte client preface has arrived (edgemux must then send its SETTINGS).
     public private(set) var prefaceReceived = false
-    private var offset = 0
+    private var offset32: Int32 = 0
+    private var offset: Int {
+        get { Int(offset32) }
+        set { offset32 = Int32(newValue) }
+    }
     private var sawClientSettings = false
-    private var droppedAck: Range<Int>?
+    /// Where the ACK of edgemux's SETTINGS starts, -1 until one is seen.
+    private var droppedAckStart: Int32 = -1
+    private var droppedAck: Range<Int>? {
+        droppedAckStart < 0 ? nil : Int(droppedAckStart)..<(Int(droppedAckStart) + H2.frameHeaderLength)
+    }
     private var headerBlock: [UInt8] = []
     /// The stream of the first HEADERS (0 until one arrives).
     public private(set) var headersStream: UInt32 = 0
 
-    public init(cap: Int) { self.cap = cap }
+    public init(cap: Int) { self.cap32 = Int32(clamping: cap) }
 
     /// True if `bytes` so far could still be the start of an HTTP/2 preface.
     public static func couldBePreface(_ bytes: UnsafeRawBufferPointer) -> Bool {
@@ -108,7 +119,7 @@ public struct HTTP2Sniffer {
             case H2.settings:
                 if h.flags & H2.flagAck != 0 {
                     guard h.length == 0 else { return .error(.protocolError("SETTINGS ACK with a payload")) }
-                    if droppedAck == nil { droppedAck = offset..<end }
+                    if droppedAckStart < 0 { droppedAckStart = offset32 }
                 } else {
                     guard h.stream == 0, h.length % 6 == 0 else { return .error(.protocolError("malformed SETTINGS")) }
                     sawClientSettings = true
