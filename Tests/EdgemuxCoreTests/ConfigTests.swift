@@ -1,4 +1,5 @@
 import Testing
+import Glibc
 
 @testable import EdgemuxCore
 
@@ -84,6 +85,16 @@ struct ConfigTests {
         #expect(found.allSatisfy { $0.message.contains("cannot read '/nonexistent/") && $0.line == 9 })
     }
 
+    @Test func ticketKeyFiles() throws {
+        let dir = "/tmp/edgemux-unit-\(getpid())"
+        _ = mkdir(dir, 0o700)
+        defer { _ = unlink("\(dir)/short"); _ = unlink("\(dir)/raw"); _ = rmdir(dir) }
+        FileManagerShim.write("\(dir)/short", [UInt8](repeating: 1, count: 10))
+        FileManagerShim.write("\(dir)/raw", [UInt8](repeating: 2, count: 80))
+        #expect(NodeReader.ticketKeysForTest("\(dir)/raw") == [UInt8](repeating: 2, count: 80))
+        #expect(NodeReader.ticketKeysForTest("\(dir)/short") == nil)
+    }
+
     @Test func durationsAndSizes() {
         #expect(ConfigLoader.parseDuration("30s") == 30_000)
         #expect(ConfigLoader.parseDuration("250ms") == 250)
@@ -119,4 +130,16 @@ struct RouterTests {
         r.host = "example.com"
         #expect(router.select(protocol: .http1, sni: nil, request: r)?.name == "web")
     }
+}
+
+enum FileManagerShim {
+    static func write(_ path: String, _ bytes: [UInt8]) {
+        let f = fopen(path, "w")
+        _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, f) }
+        fclose(f)
+    }
+}
+
+extension NodeReader {
+    static func ticketKeysForTest(_ file: String) -> [UInt8]? { ticketKeys(fromFile: file) }
 }

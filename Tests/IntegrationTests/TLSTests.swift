@@ -85,6 +85,28 @@ extension Integration {
             #expect(refused.status != 0, "TLS 1.2 refused when min_version is 1.3: \(refused.stdout) \(strict.log)")
         }
 
+        @Test("ticket_keys: a session from one instance resumes on another that reads the same key file")
+        func sharedTicketKeys() throws {
+            let (h1, h1Port) = try startPeer("http1")
+            defer { h1.stop() }
+            let scratch = Scratch("tickets")
+            let keyFile = scratch.file("ticket.key")
+            #expect(Command.run("/bin/sh", ["-c", "openssl rand 80 | base64 -w0 > \(keyFile)"]).status == 0)
+            func instance(_ port: UInt16, keys: Bool) throws -> Edgemux {
+                let yaml = config(port: port, http1Port: h1Port).replacingOccurrences(of: "min_version:", with: (keys ? "ticket_keys: \(keyFile)\n      " : "") + "min_version:")
+                return try Edgemux(config: yaml, port: port)
+            }
+            let request = "GET /t HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            let (pa, pb, pc) = (freePort(), freePort(), freePort())
+            let a = try instance(pa, keys: true), b = try instance(pb, keys: true), c = try instance(pc, keys: false)
+            let first = sClient(pa, ["-servername", "localhost", "-alpn", "http/1.1", "-ign_eof", "-tls1_3", "-sess_out", scratch.file("s")], stdin: request)
+            #expect(first.stdout.contains("New,"), "\(first.stdout) \(a.log)")
+            let onB = sClient(pb, ["-servername", "localhost", "-alpn", "http/1.1", "-ign_eof", "-tls1_3", "-sess_in", scratch.file("s")], stdin: request)
+            #expect(onB.stdout.contains("Reused,"), "same key file: \(onB.stdout) \(b.log)")
+            let onC = sClient(pc, ["-servername", "localhost", "-alpn", "http/1.1", "-ign_eof", "-tls1_3", "-sess_in", scratch.file("s")], stdin: request)
+            #expect(onC.stdout.contains("New,"), "own random keys: \(onC.stdout) \(c.log)")
+        }
+
         @Test("a tls backend speaking HTTP/2: ALPN passes the client's h2 on, verified against the CA")
         func tlsBackendALPN() throws {
             let www = Scratch("tls-www")

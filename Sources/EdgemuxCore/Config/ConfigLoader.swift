@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Yams
 
@@ -355,6 +356,18 @@ struct NodeReader {
         return listener
     }
 
+    /// 80 bytes of ticket keys (16 name, 32 HMAC, 32 AES), raw as nginx's or in base64 as HAProxy's.
+    static func ticketKeys(fromFile file: String) -> [UInt8]? {
+        guard let f = fopen(file, "r") else { return nil }
+        defer { fclose(f) }
+        var raw = [UInt8](repeating: 0, count: 512)
+        let n = fread(&raw, 1, raw.count, f)
+        if n == 80 { return Array(raw[0..<80]) }
+        let text = String(decoding: raw[0..<n], as: UTF8.self).split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
+        guard let decoded = Data(base64Encoded: text.trimmedSpaces()), decoded.count == 80 else { return nil }
+        return Array(decoded)
+    }
+
     /// A route must not receive connections in a protocol its backend cannot speak: edgemux relays
     /// bytes, so the backend must speak what the client chose (DESIGN: "the client's protocol
     /// decides the backend's").
@@ -484,7 +497,7 @@ struct NodeReader {
     }
 
     mutating func readListenerTLS(_ node: Node, _ path: String) -> ListenerTLSConfig? {
-        guard let m = mapping(node, path, allowed: ["certificates", "alpn", "min_version"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["certificates", "alpn", "min_version", "ticket_keys"]) else { return nil }
         var certs: [CertificatePair] = []
         if let c = m["certificates"], let seq = sequence(c, join(path, "certificates")) {
             for (i, cn) in seq.enumerated() {
@@ -525,7 +538,16 @@ struct NodeReader {
         if let v = m["min_version"], let s = string(v, join(path, "min_version")) {
             if s == "1.2" || s == "1.3" { minVersion = s } else { fail(v, join(path, "min_version"), "expected \"1.2\" or \"1.3\"") }
         }
-        return ListenerTLSConfig(certificates: certs, alpn: alpn, minVersion: minVersion)
+        var config = ListenerTLSConfig(certificates: certs, alpn: alpn, minVersion: minVersion)
+        if let kn = m["ticket_keys"], let file = readablePath(kn, join(path, "ticket_keys")) {
+            if let keys = Self.ticketKeys(fromFile: file) {
+                config.ticketKeys = keys
+                config.ticketKeyPath = file
+            } else {
+                fail(kn, join(path, "ticket_keys"), "\(file) must hold 80 bytes, raw or base64 (make one with: openssl rand 80 > \(file))")
+            }
+        }
+        return config
     }
 
     mutating func readRoute(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> RouteConfig? {

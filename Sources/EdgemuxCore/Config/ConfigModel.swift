@@ -111,6 +111,11 @@ public struct ListenerTLSConfig: Sendable {
     public let alpn: [String]
     /// "1.2" or "1.3".
     public let minVersion: String
+    /// Session ticket keys from a file (80 bytes), shared by every instance and restart that
+    /// reads the same file; nil: random keys per process.
+    public var ticketKeys: [UInt8]? = nil
+    /// Where `ticketKeys` came from (watched with `--watch`).
+    public var ticketKeyPath: String? = nil
 }
 
 /// One routing rule.

@@ -85,6 +85,7 @@ extension EdgemuxConfig {
         var files: [String] = []
         for l in listeners {
             for c in l.tls?.certificates ?? [] { files += [c.certPath, c.keyPath] }
+            if let keys = l.tls?.ticketKeyPath { files.append(keys) }
         }
         for b in backends.values {
             if let ca = b.tls?.caPath { files.append(ca) }
