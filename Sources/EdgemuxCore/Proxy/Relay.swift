@@ -81,8 +81,8 @@ final class Relay {
     /// Makes all the progress the sockets allow, in both directions.
     func pumpAll() {
         guard !ended else { return }
-        pump(&toBackend, from: client, to: backend, towardsClient: false)
-        if ending == nil { pump(&toClient, from: backend, to: client, towardsClient: true) }
+        pump(&toBackend, from: client, to: backend)
+        if ending == nil { pump(&toClient, from: backend, to: client) }
         if ending == nil && toBackend.shutDown && toClient.shutDown { ending = .completed }
         // onEnd runs here, outside the pumps' exclusive access to the directions: the owner
         // releases the relay from it.
@@ -111,6 +111,8 @@ final class Relay {
         toClient.pipe = nil
     }
 
+    /// Records how the relay ends (acted on by `pumpAll`); any step but `.failed` means the side
+    /// closed where it could not.
     private func failRelay(_ side: String, _ step: StreamStep) {
         var why = "closed"
         if case .failed(let w) = step { why = w }
@@ -121,22 +123,25 @@ final class Relay {
     /// round budget is spent (then the loop comes back to it: fairness between connections).
     /// At most one chunk waits per direction, so memory per connection is bounded; a full
     /// destination stops reads from the source until it drains (backpressure).
-    private func pump(_ d: inout Direction, from src: Transport, to dst: Transport, towardsClient: Bool) {
+    private func pump(_ d: inout Direction, from src: Transport, to dst: Transport) {
+        let (srcSide, dstSide) = d.isTowardsClient ? ("backend", "client") : ("client", "backend")
         var rounds = 0
         while true {
             if dst.hasBufferedOutput {
                 guard dst.writable else { return }
-                switch dst.flushBuffered() {
+                let step = dst.flushBuffered()
+                switch step {
                 case .bytes: break
-                case .failed(let why):
-                    failRelay(towardsClient ? "client" : "backend", .failed(why))
+                case .failed:
+                    failRelay(dstSide, step)
                     return
                 default: return
                 }
             }
             if let p = d.pending {
                 guard dst.writable else { return }
-                switch dst.write(from: p.readable) {
+                let step = dst.write(from: p.readable)
+                switch step {
                 case .bytes(let n):
                     p.consume(n)
                     d.bytes += n
@@ -147,16 +152,13 @@ final class Relay {
                     continue
                 case .wantRead, .wantWrite:
                     return
-                case .eof:
-                    failRelay(towardsClient ? "client" : "backend", .failed("closed"))
-                    return
-                case .failed(let why):
-                    failRelay(towardsClient ? "client" : "backend", .failed(why))
+                case .eof, .failed:
+                    failRelay(dstSide, step)
                     return
                 }
             }
             if src.isPlain && dst.isPlain && d.filter == nil && !forceCopyPath {
-                splicePump(&d, from: src, to: dst, towardsClient: towardsClient)
+                splicePump(&d, from: src, to: dst)
                 return
             }
             guard mayRead(&d, from: src, to: dst, rounds: &rounds) else { return }
@@ -164,7 +166,8 @@ final class Relay {
             var filled = d.filter != nil ? d.filter!.takeHeld(into: scratch) : 0
             let held = filled
             readLoop: while filled < scratch.count {
-                switch src.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[filled...])) {
+                let step = src.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[filled...]))
+                switch step {
                 case .bytes(let n):
                     filled += n
                     // A plain read takes all it can at once; TLS returns a record at a time,
@@ -175,8 +178,8 @@ final class Relay {
                 case .eof:
                     d.sourceDone = true
                     break readLoop
-                case .failed(let why):
-                    failRelay(towardsClient ? "backend" : "client", .failed(why))
+                case .failed:
+                    failRelay(srcSide, step)
                     return
                 }
             }
@@ -193,17 +196,15 @@ final class Relay {
             }
             var offset = 0
             while offset < count, dst.writable {
-                switch dst.write(from: UnsafeRawBufferPointer(rebasing: scratch[offset..<count])) {
+                let step = dst.write(from: UnsafeRawBufferPointer(rebasing: scratch[offset..<count]))
+                switch step {
                 case .bytes(let n):
                     offset += n
                     d.bytes += n
                 case .wantRead, .wantWrite:
                     break
-                case .eof:
-                    failRelay(towardsClient ? "client" : "backend", .failed("closed"))
-                    return
-                case .failed(let why):
-                    failRelay(towardsClient ? "client" : "backend", .failed(why))
+                case .eof, .failed:
+                    failRelay(dstSide, step)
                     return
                 }
             }
@@ -242,7 +243,8 @@ final class Relay {
 
     /// The relay for two plaintext sockets: splice(2) through a pipe, no copy into user space.
     /// The pipe holds at most one pipe-full (64 KiB), so backpressure works as with chunks.
-    private func splicePump(_ d: inout Direction, from src: Transport, to dst: Transport, towardsClient: Bool) {
+    private func splicePump(_ d: inout Direction, from src: Transport, to dst: Transport) {
+        let (srcSide, dstSide) = d.isTowardsClient ? ("backend", "client") : ("client", "backend")
         if d.pipe == nil {
             do { d.pipe = try Posix.pipe() } catch {
                 failRelay("internal", .failed("\(error)"))
@@ -264,7 +266,7 @@ final class Relay {
                         return
                     }
                 } catch {
-                    failRelay(towardsClient ? "client" : "backend", .failed("\(error)"))
+                    failRelay(dstSide, .failed("\(error)"))
                     return
                 }
                 continue
@@ -282,10 +284,9 @@ final class Relay {
                     return
                 }
             } catch {
-                failRelay(towardsClient ? "backend" : "client", .failed("\(error)"))
+                failRelay(srcSide, .failed("\(error)"))
                 return
             }
         }
     }
-
 }
