@@ -446,23 +446,10 @@ final class ProxyConnection: EventHandler, ClientConnection {
             currentEndpoint = endpoint
             backendConnected = false
             do {
-                let fd = try Posix.socket(domain: endpoint.address.family, type: Int32(SOCK_STREAM.rawValue))
-                try? Posix.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
                 // TCP keepalive (first probe after 2 h by default) matters only where no idle
                 // timeout closes the connection sooner: long-lived routes such as gRPC.
-                if route.map({ $0.idleTimeoutMillis == 0 || $0.idleTimeoutMillis >= 7_200_000 }) ?? true {
-                    try? Posix.setOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE, value: 1)
-                }
-                let transport = Transport(fd: fd)
-                do {
-                    _ = try Posix.connect(fd, to: endpoint.address)
-                    try loop.register(fd: fd, events: EventLoop.relayEvents, handler: self)
-                } catch {
-                    Posix.close(fd)
-                    throw error
-                }
-                transport.writable = false
-                backend = transport
+                let keepalive = route.map { $0.idleTimeoutMillis == 0 || $0.idleTimeoutMillis >= 7_200_000 } ?? true
+                backend = try Transport.connecting(to: endpoint.address, keepalive: keepalive, loop: loop, handler: self)
                 armTimer(backendConfig.connectTimeoutMillis)
                 return
             } catch {
@@ -475,13 +462,13 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func backendProgress(events: UInt32) {
         guard let backend else { return }
         if !backendConnected {
-            // EPOLLOUT alone means the connect succeeded; only an error event needs SO_ERROR.
-            let err = events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 ? Posix.socketError(backend.fd) : 0
-            if err != 0 {
-                connectFailed(String(cString: strerror(err)))
+            switch backend.connectProgress(events: events) {
+            case .pending: return
+            case .failed(let why):
+                connectFailed(why)
                 return
+            case .connected: break
             }
-            guard events & EPOLLOUT.rawValue != 0 else { return }
             backendConnected = true
             if backendConfig?.proto == .tls {
                 guard let ctx = snapshot.clientTLS[backendConfig!.name] else {
@@ -523,7 +510,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
     }
 
     private func noteEndpointFailure(_ endpoint: Endpoint, _ why: String) {
-        failures.append("\(endpoint) (\(why))")
+        exchange.failures.append("\(endpoint) (\(why))")  // in place: the forwarding property would copy
         worker.metrics.update { $0.backendConnectFailures["\(backendConfig?.name ?? "?")/\(endpoint)", default: 0] += 1 }
         worker.balancer(for: backendConfig?.name ?? "").markFailed(endpoint, now: loop.now)
         worker.logger.warning("\(logPrefix): backend '\(backendConfig?.name ?? "?")' endpoint \(endpoint): \(why); trying the next endpoint")
@@ -532,11 +519,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func connectFailed(_ why: String) {
         loop.cancel(timer)
         timer = nil
-        if let b = backend {
-            b.tls = nil
-            loop.closeDescriptor(b.fd)
-            backend = nil
-        }
+        backend?.close(on: loop)
+        backend = nil
         if let e = currentEndpoint { noteEndpointFailure(e, why) }
         connectNext()
     }
@@ -595,11 +579,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
 
     /// Sends `bytes` as edgemux's own final answer, then half-closes and lingers.
     private func sendAnswer(_ bytes: [UInt8]) {
-        if let b = backend {
-            b.tls = nil
-            loop.closeDescriptor(b.fd)
-            backend = nil
-        }
+        backend?.close(on: loop)
+        backend = nil
         // Anything queued before (edgemux's SETTINGS) goes first.
         var all: [UInt8] = []
         if let p = clientPending {
@@ -637,13 +618,9 @@ final class ProxyConnection: EventHandler, ClientConnection {
         if let p = clientPending { worker.pool.give(p) }
         clientPending = nil
         relay?.release()
-        if let b = backend {
-            b.tls = nil
-            loop.closeDescriptor(b.fd)
-            backend = nil
-        }
-        client.tls = nil
-        loop.closeDescriptor(client.fd)
+        backend?.close(on: loop)
+        backend = nil
+        client.close(on: loop)
         let inBytes = relay?.bytesFromClient ?? 0, outBytes = relay?.bytesToClient ?? 0
         worker.metrics.update {
             $0.bytesIn += inBytes

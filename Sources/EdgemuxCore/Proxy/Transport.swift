@@ -2,7 +2,7 @@ import CEdgemux
 import Glibc
 
 /// One side of a proxied connection: a non-blocking socket, TLS or plain, with its edge-triggered
-/// readiness. The socket is closed by `close()` (through the loop), the TLS object with it.
+/// readiness. The socket is closed by `close(on:)` (through the loop), the TLS object with it.
 final class Transport {
     let fd: Int32
     var tls: TLSStream?
@@ -21,6 +21,45 @@ final class Transport {
     init(fd: Int32, tls: TLSStream? = nil) {
         self.fd = fd
         self.tls = tls
+    }
+
+    /// A new socket with a non-blocking connect to `address` under way, registered with `loop`
+    /// for `handler`; wait for its first event and ask `connectProgress(events:)`.
+    static func connecting(to address: SocketAddress, keepalive: Bool, loop: EventLoop, handler: EventHandler) throws -> Transport {
+        let fd = try Posix.socket(domain: address.family, type: Int32(SOCK_STREAM.rawValue))
+        try? Posix.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
+        if keepalive { try? Posix.setOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE, value: 1) }
+        do {
+            _ = try Posix.connect(fd, to: address)
+            try loop.register(fd: fd, events: EventLoop.relayEvents, handler: handler)
+        } catch {
+            Posix.close(fd)
+            throw error
+        }
+        let t = Transport(fd: fd)
+        t.writable = false
+        return t
+    }
+
+    enum ConnectProgress {
+        case pending
+        case connected
+        /// The connect failed; the text says why.
+        case failed(String)
+    }
+
+    /// What an event on a connecting socket says. EPOLLOUT alone means the connect succeeded;
+    /// only an error event needs SO_ERROR.
+    func connectProgress(events: UInt32) -> ConnectProgress {
+        let err = events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 ? Posix.socketError(fd) : 0
+        if err != 0 { return .failed(String(cString: strerror(err))) }
+        return events & EPOLLOUT.rawValue != 0 ? .connected : .pending
+    }
+
+    /// Closes the socket through the loop (which forgets it) and frees the TLS state.
+    func close(on loop: EventLoop) {
+        tls = nil
+        loop.closeDescriptor(fd)
     }
 
     /// Applies epoll event bits to the readiness flags.
@@ -92,7 +131,8 @@ final class Transport {
     /// TLS records gathered but not yet sent (the socket was full).
     var hasBufferedOutput: Bool { tls?.hasBufferedOutput ?? false }
 
-    /// Sends gathered TLS records; false while some remain (then wait for EPOLLOUT).
+    /// Sends gathered TLS records: `.bytes(0)` when none remain, `.wantWrite` while some do (then
+    /// wait for EPOLLOUT), `.failed` on a socket error.
     func flushBuffered() -> StreamStep {
         guard let tls else { return .bytes(0) }
         do {

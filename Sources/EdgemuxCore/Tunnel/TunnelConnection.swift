@@ -293,19 +293,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
             current = address
             connected = false
             do {
-                let fd = try Posix.socket(domain: address.family, type: Int32(SOCK_STREAM.rawValue))
-                try? Posix.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
-                try? Posix.setOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE, value: 1)
-                do {
-                    _ = try Posix.connect(fd, to: address)
-                    try loop.register(fd: fd, events: EventLoop.relayEvents, handler: self)
-                } catch {
-                    Posix.close(fd)
-                    throw error
-                }
-                let t = Transport(fd: fd)
-                t.writable = false
-                destination = t
+                destination = try Transport.connecting(to: address, keepalive: true, loop: loop, handler: self)
                 armTimer(tunnel.connectTimeoutMillis)
                 return
             } catch let e as IOError {
@@ -322,14 +310,14 @@ final class TunnelConnection: EventHandler, ClientConnection {
 
     private func destinationProgress(_ events: UInt32) {
         guard let d = destination, !connected else { return }
-        // EPOLLOUT alone means the connect succeeded; only an error event needs SO_ERROR.
-            let err = events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 ? Posix.socketError(d.fd) : 0
-        if err != 0 {
+        switch d.connectProgress(events: events) {
+        case .pending: return
+        case .failed(let why):
             lastFailureWasTimeout = false
-            destinationFailed(String(cString: strerror(err)))
+            destinationFailed(why)
             return
+        case .connected: break
         }
-        guard events & EPOLLOUT.rawValue != 0 else { return }
         connected = true
         if tunnel.parent != nil {
             sendParentConnect()
@@ -341,10 +329,8 @@ final class TunnelConnection: EventHandler, ClientConnection {
     private func destinationFailed(_ why: String) {
         loop.cancel(timer)
         timer = nil
-        if let d = destination {
-            loop.closeDescriptor(d.fd)
-            destination = nil
-        }
+        destination?.close(on: loop)
+        destination = nil
         lastFailure = why
         worker.metrics.update { $0.backendConnectFailures["tunnel/\(current?.description ?? "?")", default: 0] += 1 }
         worker.logger.warning("\(logPrefix): \(current?.description ?? "?") for \(targetText): \(why)")
@@ -455,10 +441,8 @@ final class TunnelConnection: EventHandler, ClientConnection {
     }
 
     private func sendAnswer(_ bytes: [UInt8]) {
-        if let d = destination {
-            loop.closeDescriptor(d.fd)
-            destination = nil
-        }
+        destination?.close(on: loop)
+        destination = nil
         finalAnswer = FinalAnswer(bytes)
         phase = .answering
         armTimer(5_000)
@@ -485,11 +469,9 @@ final class TunnelConnection: EventHandler, ClientConnection {
         loop.cancel(timer)
         timer = nil
         relay?.release()
-        if let d = destination {
-            loop.closeDescriptor(d.fd)
-            destination = nil
-        }
-        loop.closeDescriptor(client.fd)
+        destination?.close(on: loop)
+        destination = nil
+        client.close(on: loop)
         let inBytes = relay?.bytesFromClient ?? 0, outBytes = relay?.bytesToClient ?? 0
         worker.metrics.update {
             $0.bytesIn += inBytes
