@@ -81,10 +81,18 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     public static func resolve(_ text: String) -> [SocketAddress] {
         guard let (host, port) = splitHostPort(text) else { return [] }
         if let literal = parse(ip: host, port: port) { return [literal] }
+        guard case .success(let list) = lookUp(host: host, port: port) else { return [] }
+        return list
+    }
+
+    /// getaddrinfo for TCP: the distinct addresses of `host`, with `port`, or why there are none.
+    /// Blocks: call it off the event loops (config load, the resolver thread).
+    static func lookUp(host: String, port: UInt16) -> Result<[SocketAddress], LookUpError> {
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var result: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, nil, &hints, &result) == 0, let first = result else { return [] }
+        let rc = getaddrinfo(host, nil, &hints, &result)
+        guard rc == 0, let first = result else { return .failure(LookUpError(message: String(cString: gai_strerror(rc)))) }
         defer { freeaddrinfo(first) }
         var out: [SocketAddress] = []
         var cursor: UnsafeMutablePointer<addrinfo>? = first
@@ -100,7 +108,12 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
             }
             cursor = ai.pointee.ai_next
         }
-        return out
+        return out.isEmpty ? .failure(LookUpError(message: "no addresses")) : .success(out)
+    }
+
+    /// Why a name has no addresses (getaddrinfo's words).
+    struct LookUpError: Error {
+        let message: String
     }
 
     func withSockAddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {

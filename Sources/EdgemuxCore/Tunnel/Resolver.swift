@@ -82,26 +82,10 @@ public final class Resolver: Sendable {
     }
 
     private func lookUp(_ name: String) -> Answer {
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var result: UnsafeMutablePointer<addrinfo>?
-        let rc = getaddrinfo(name, nil, &hints, &result)
-        guard rc == 0, let first = result else {
-            return .failed(String(cString: gai_strerror(rc)))
+        switch SocketAddress.lookUp(host: name, port: 0) {
+        case .success(let list): return .addresses(list)
+        case .failure(let e): return .failed(e.message)
         }
-        defer { freeaddrinfo(first) }
-        var out: [SocketAddress] = []
-        var cursor: UnsafeMutablePointer<addrinfo>? = first
-        while let ai = cursor {
-            if let sa = ai.pointee.ai_addr {
-                var storage = sockaddr_storage()
-                withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: sa, count: Int(ai.pointee.ai_addrlen))) }
-                let a = SocketAddress(storage: storage)
-                if !out.contains(a) { out.append(a) }
-            }
-            cursor = ai.pointee.ai_next
-        }
-        return out.isEmpty ? .failed("no addresses") : .addresses(out)
     }
 
     private static func withPort(_ answer: Answer, _ port: UInt16) -> Answer {
