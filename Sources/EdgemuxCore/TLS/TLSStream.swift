@@ -22,9 +22,10 @@ final class TLSStream {
     /// edgemux's socket BIO (see CEdgemux_BIO_new_socket), owned by `ssl`.
     let bio: OpaquePointer
 
-    /// A server-side stream on an accepted socket.
-    init(server context: TLSServerContext, fd: Int32) throws {
-        guard let ssl = SSL_new(context.defaultContext) else { throw TLSError.fromQueue("SSL_new") }
+    /// An `SSL*` on `fd` through edgemux's socket BIO. Once this returns, `deinit` frees both,
+    /// so the convenience initializers may throw after it without freeing anything themselves.
+    private init(context: OpaquePointer, fd: Int32) throws {
+        guard let ssl = SSL_new(context) else { throw TLSError.fromQueue("SSL_new") }
         guard let bio = CEdgemux_BIO_new_socket(fd) else {
             SSL_free(ssl)
             throw TLSError.fromQueue("BIO_new")
@@ -32,22 +33,19 @@ final class TLSStream {
         self.ssl = ssl
         self.bio = bio
         SSL_set_bio(ssl, bio, bio)
+    }
+
+    /// A server-side stream on an accepted socket.
+    convenience init(server context: TLSServerContext, fd: Int32) throws {
+        try self.init(context: context.defaultContext, fd: fd)
         SSL_set_accept_state(ssl)
     }
 
     /// A client-side stream towards a backend, offering `alpn` (nil: none).
-    init(client context: TLSClientContext, fd: Int32, alpn: String?) throws {
-        guard let ssl = SSL_new(context.context) else { throw TLSError.fromQueue("SSL_new") }
-        guard let bio = CEdgemux_BIO_new_socket(fd) else {
-            SSL_free(ssl)
-            throw TLSError.fromQueue("BIO_new")
-        }
-        self.ssl = ssl
-        self.bio = bio
-        SSL_set_bio(ssl, bio, bio)
+    convenience init(client context: TLSClientContext, fd: Int32, alpn: String?) throws {
+        try self.init(context: context.context, fd: fd)
         SSL_set_connect_state(ssl)
         if let name = context.serverName, CEdgemux_SSL_set_peer_name(ssl, name, context.verify ? 1 : 0) != 1 {
-            SSL_free(ssl)
             throw TLSError.fromQueue("cannot set the backend server name '\(name)'")
         }
         if let alpn {
