@@ -143,3 +143,19 @@ enum FileManagerShim {
 extension NodeReader {
     static func ticketKeysForTest(_ file: String) -> [UInt8]? { ticketKeys(fromFile: file) }
 }
+
+@Suite("TLS contexts")
+struct TLSContextTests {
+    @Test func aBackendContextThatCannotLoadItsFilesFailsCleanly() {
+        // A file that is not PEM: the error path must free the context exactly once (a double
+        // free would crash this test process).
+        for _ in 0..<3 {
+            #expect(throws: TLSError.self) {
+                _ = try TLSClientContext(caPath: "/etc/hostname", serverName: "x", clientCertificate: nil, verify: true)
+            }
+            #expect(throws: TLSError.self) {
+                _ = try TLSClientContext(caPath: nil, serverName: "x", clientCertificate: CertificatePair(cert: "/etc/hostname", key: "/etc/hostname"), verify: true)
+            }
+        }
+    }
+}

@@ -124,6 +124,8 @@ public final class TLSClientContext: @unchecked Sendable {
 
     public init(caPath: String?, serverName: String?, clientCertificate: CertificatePair?, verify: Bool) throws {
         guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw TLSError.fromQueue("SSL_CTX_new") }
+        // Every stored property is set from here on, so a throw below runs deinit, which frees
+        // the context: no SSL_CTX_free on the error paths (it would free it twice).
         context = ctx
         self.serverName = serverName
         self.verify = verify
@@ -133,7 +135,6 @@ public final class TLSClientContext: @unchecked Sendable {
         ERR_clear_error()
         if let caPath {
             guard SSL_CTX_load_verify_locations(ctx, caPath, nil) == 1 else {
-                SSL_CTX_free(ctx)
                 throw TLSError.fromQueue("cannot load CA file \(caPath)")
             }
         } else {
@@ -145,9 +146,7 @@ public final class TLSClientContext: @unchecked Sendable {
                   SSL_CTX_use_PrivateKey_file(ctx, pair.keyPath, SSL_FILETYPE_PEM) == 1,
                   CEdgemux_SSL_CTX_check_private_key(ctx) == 1
             else {
-                let e = TLSError.fromQueue("cannot load client certificate \(pair.certPath) / \(pair.keyPath)")
-                SSL_CTX_free(ctx)
-                throw e
+                throw TLSError.fromQueue("cannot load client certificate \(pair.certPath) / \(pair.keyPath)")
             }
         }
     }
