@@ -238,7 +238,6 @@ public final class Server: @unchecked Sendable {
             let box = WorkerBox(w)
             w.loop.execute {
                 let worker = box.worker
-                worker.draining = true
                 for l in worker.listeners { worker.loop.closeDescriptor(l.fd) }
                 worker.listeners = []
             }

@@ -11,12 +11,7 @@ final class Worker {
     /// The config new connections get; open connections keep the one they started with.
     var snapshot: Snapshot
     var listeners: [ListenerSocket] = []
-    /// Open client connections. The loop's descriptor table holds the only references to them
-    /// (a connection lives exactly as long as its client socket is registered), so there is no
-    /// second table to keep in step.
-    private(set) var openConnections = 0
     var balancers: [String: BackendBalancer] = [:]
-    var draining = false
 
     init(loop: EventLoop, snapshot: Snapshot, metrics: WorkerMetrics, logger: Logger) {
         self.loop = loop
@@ -56,13 +51,13 @@ final class Worker {
         } else {
             conn = ProxyConnection(worker: self, snapshot: snapshot, listener: listener, fd: fd, peer: peer)
         }
-        openConnections += 1
+        // From here the loop's descriptor table holds the only reference to the connection: it
+        // lives exactly as long as its client socket is registered.
         conn.start()
     }
 
     /// A connection's last act (called exactly once per connection).
     func finished(_ conn: ClientConnection) {
-        openConnections -= 1
         metrics.update { $0.active -= 1 }
     }
 

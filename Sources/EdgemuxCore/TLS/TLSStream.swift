@@ -148,9 +148,7 @@ final class TLSStream {
         return String(cString: p)
     }
 
-    var versionName: String { String(cString: SSL_get_version(ssl)) }
 
-    var sessionReused: Bool { SSL_session_reused(ssl) == 1 }
 
     private func classify(_ r: Int32, during what: String) -> StreamStep {
         let code = SSL_get_error(ssl, r)

@@ -100,5 +100,4 @@ public struct Allowlist: Sendable {
     }
 
     var hasHostRules: Bool { rules.contains { if case .host = $0.target { return true } else { return false } } }
-    var hasNetworkRules: Bool { rules.contains { if case .network = $0.target { return true } else { return false } } }
 }
