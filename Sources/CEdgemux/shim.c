@@ -192,13 +192,27 @@ typedef struct {
     int fd;
     int drained;
     int corked;
-    unsigned char *gather;  // allocated while it holds bytes
+    int owned;              // `gather` is this connection's own allocation (else the thread's)
+    unsigned char *gather;  // set only while it holds bytes
     size_t gathered;
     size_t sent;            // bytes of `gather` already sent
 } edgemux_sock;
 
 static BIO_METHOD *edgemux_sock_method;
 static pthread_once_t edgemux_sock_once = PTHREAD_ONCE_INIT;
+
+// A burst is gathered into the thread's buffer and sent at once when uncorked; a connection
+// owns memory only for what its socket could not take (a copy of the remainder). So a relay in
+// steady state allocates nothing per chunk, and an idle connection holds no gather buffer. Only
+// one connection per thread gathers at a time: corking spans one write burst.
+static __thread unsigned char *edgemux_gather_scratch;
+
+static void sock_drop_gather(edgemux_sock *st) {
+    if (st->owned) free(st->gather);
+    st->gather = NULL;
+    st->owned = 0;
+    st->gathered = st->sent = 0;
+}
 
 static int sock_read(BIO *b, char *buf, int len) {
     edgemux_sock *st = BIO_get_data(b);
@@ -217,49 +231,59 @@ static int sock_read(BIO *b, char *buf, int len) {
     return -1;
 }
 
-// Sends what is gathered; 1 all sent, 0 would block, -1 error.
+// Sends what is gathered; 1 all sent, 0 would block (the rest is then the connection's own),
+// -1 error (the rest is dropped: the connection is failing).
 static int sock_flush_gather(edgemux_sock *st) {
     while (st->sent < st->gathered) {
         ssize_t n = send(st->fd, st->gather + st->sent, st->gathered - st->sent, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR) continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (!st->owned) {
+                    size_t rest = st->gathered - st->sent;
+                    unsigned char *copy = malloc(rest);
+                    if (copy == NULL) {
+                        sock_drop_gather(st);
+                        return -1;
+                    }
+                    memcpy(copy, st->gather + st->sent, rest);
+                    st->gather = copy;
+                    st->owned = 1;
+                    st->gathered = rest;
+                    st->sent = 0;
+                }
+                return 0;
+            }
+            sock_drop_gather(st);
             return -1;
         }
         st->sent += (size_t)n;
     }
-    free(st->gather);
-    st->gather = NULL;
-    st->gathered = st->sent = 0;
+    sock_drop_gather(st);
     return 1;
 }
 
 static int sock_write(BIO *b, const char *buf, int len) {
     edgemux_sock *st = BIO_get_data(b);
     BIO_clear_retry_flags(b);
-    if (st->corked) {
-        if (st->gathered + (size_t)len > EDGEMUX_GATHER_CAP) {
-            int r = sock_flush_gather(st);
-            if (r <= 0) {
-                if (r == 0) BIO_set_retry_write(b);
-                return -1;
-            }
-        }
-        if (st->gather == NULL) {
-            st->gather = malloc(EDGEMUX_GATHER_CAP);
-            if (st->gather == NULL) return -1;
-        }
-        memcpy(st->gather + st->gathered, buf, (size_t)len);
-        st->gathered += (size_t)len;
-        return len;
-    }
-    if (st->gathered > 0) {
-        // Earlier records go first.
+    if (st->gathered > 0 && (st->owned || !st->corked || st->gathered + (size_t)len > EDGEMUX_GATHER_CAP)) {
+        // Earlier bytes go first: a remainder the socket did not take, or a full gather buffer.
         int r = sock_flush_gather(st);
         if (r <= 0) {
             if (r == 0) BIO_set_retry_write(b);
             return -1;
         }
+    }
+    if (st->corked && (size_t)len <= EDGEMUX_GATHER_CAP) {
+        if (st->gather == NULL) {
+            if (edgemux_gather_scratch == NULL) edgemux_gather_scratch = malloc(EDGEMUX_GATHER_CAP);
+            if (edgemux_gather_scratch == NULL) return -1;
+            st->gather = edgemux_gather_scratch;
+            st->owned = 0;
+        }
+        memcpy(st->gather + st->gathered, buf, (size_t)len);
+        st->gathered += (size_t)len;
+        return len;
     }
     ssize_t n;
     do {
@@ -299,7 +323,7 @@ static int sock_create(BIO *b) {
 static int sock_destroy(BIO *b) {
     edgemux_sock *st = BIO_get_data(b);
     if (st != NULL) {
-        free(st->gather);
+        sock_drop_gather(st);
         free(st);
     }
     BIO_set_data(b, NULL);

@@ -86,7 +86,8 @@ void CEdgemux_SSL_CTX_set_sni_table(SSL_CTX *ctx, CEdgemux_sni_table *table);
 /// emptied the socket (a short read or EAGAIN), so an edge-triggered loop can skip the read that
 /// would only confirm EAGAIN, and (2) while corked, gathers the records of one SSL_write burst
 /// into a single send(2) (up to 64 KiB) instead of one per 16 KiB record. Writes use
-/// MSG_NOSIGNAL. The gather buffer exists only while it holds bytes.
+/// MSG_NOSIGNAL. Bursts gather in a per-thread buffer; a connection holds memory only for what
+/// its socket could not take.
 BIO *CEdgemux_BIO_new_socket(int fd);
 /// 1 if the last read left the socket empty (short read, EAGAIN or EOF).
 int CEdgemux_BIO_socket_drained(BIO *bio);
