@@ -47,6 +47,9 @@ public final class EventLoop: @unchecked Sendable {
     /// dead entries; past half the heap it is rebuilt from the live ones.
     private var staleTimers = 0
     private var soon: [() -> Void] = []
+    /// The other half of a double buffer for `soon`: work queued while the queue runs lands in the
+    /// other array, and neither is reallocated from one turn to the next.
+    private var soonRunning: [() -> Void] = []
     private let inbox = Mutex<[@Sendable () -> Void]>([])
     private var stopping = false
     /// CLOCK_MONOTONIC milliseconds, refreshed after every wait: cheap "now" for timeouts.
@@ -212,9 +215,9 @@ public final class EventLoop: @unchecked Sendable {
 
     private func runSoonQueue() {
         guard !soon.isEmpty else { return }
-        let work = soon
-        soon.removeAll(keepingCapacity: true)
-        for w in work { w() }
+        swap(&soon, &soonRunning)
+        for w in soonRunning { w() }
+        soonRunning.removeAll(keepingCapacity: true)
     }
 
     private func nextDeadline() -> Int64? {
