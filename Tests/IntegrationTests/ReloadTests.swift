@@ -56,7 +56,10 @@ extension Integration {
             let configs = [f.config(web: "A"), f.config(web: "B")]
             let e = try Edgemux(config: configs[0], port: f.port)
             let h2 = try Background("h2load", "/usr/bin/h2load", ["-c", "8", "-m", "4", "-D", "11", "https://127.0.0.1:\(f.port)/hello"])
-            let churn = try Background("h2load-h1", "/usr/bin/h2load", ["--h1", "-H", "Connection: close", "-c", "4", "-D", "11", "https://127.0.0.1:\(f.port)/who"])
+            // Bounded by count, not -D: h2load 1.52 hangs at the end of a -D run when responses say
+            // "Connection: close" (nghttp2 issue 2250, fixed after 1.52; nginx shows it too), and
+            // edgemux's pooled one-request exchanges say it.
+            let churn = try Background("h2load-h1", "/usr/bin/h2load", ["--h1", "-H", "Connection: close", "-c", "4", "-n", "4000", "https://127.0.0.1:\(f.port)/who"])
             usleep(500_000)
             for i in 0..<20 {
                 try reload(e, to: configs[(i + 1) % 2])

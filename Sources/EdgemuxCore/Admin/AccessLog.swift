@@ -33,6 +33,7 @@ public final class AccessLog: @unchecked Sendable {
             case .string(let s): line += AccessLog.quote(s)
             case .int(let n): line += String(n)
             case .null: line += "null"
+            case .bool(let b): line += b ? "true" : "false"
             }
         }
         line += "}\n"
@@ -43,6 +44,7 @@ public final class AccessLog: @unchecked Sendable {
     enum JSONValue {
         case string(String)
         case int(Int)
+        case bool(Bool)
         case null
     }
 

@@ -18,6 +18,10 @@ public final class WorkerMetrics: Sendable {
         var closedWithError: [String: Int] = [:]
         var tunnelDenied: [String: Int] = [:]
         var tunnelFailures: [String: Int] = [:]
+        var upstreamReused = 0
+        var upstreamRetries = 0
+        var upstreamIdle = 0
+        var badResponses: [String: Int] = [:]
     }
 
     let values = Mutex(Values())
@@ -57,6 +61,10 @@ public final class Metrics: Sendable {
             total.closedWithError.merge(v.closedWithError, uniquingKeysWith: +)
             total.tunnelDenied.merge(v.tunnelDenied, uniquingKeysWith: +)
             total.tunnelFailures.merge(v.tunnelFailures, uniquingKeysWith: +)
+            total.upstreamReused += v.upstreamReused
+            total.upstreamRetries += v.upstreamRetries
+            total.upstreamIdle += v.upstreamIdle
+            total.badResponses.merge(v.badResponses, uniquingKeysWith: +)
         }
         var out = ""
         func counter(_ name: String, _ help: String, _ value: Int) {
@@ -80,6 +88,10 @@ public final class Metrics: Sendable {
         labelled("edgemux_connection_errors_total", "Relayed connections closed on an I/O error, by side.", "side", total.closedWithError)
         labelled("edgemux_tunnel_refused_total", "Tunnel requests refused, by reason (allowlist, auth, SNI problems).", "reason", total.tunnelDenied)
         labelled("edgemux_tunnel_failures_total", "Tunnel requests answered with an error status.", "status", total.tunnelFailures)
+        counter("edgemux_upstream_reused_total", "HTTP/1.1 requests sent on a kept backend connection.", total.upstreamReused)
+        counter("edgemux_upstream_retries_total", "Requests sent again on a new connection after a kept one turned out closed.", total.upstreamRetries)
+        out += "# HELP edgemux_upstream_idle_connections Backend connections kept idle for reuse now.\n# TYPE edgemux_upstream_idle_connections gauge\nedgemux_upstream_idle_connections \(total.upstreamIdle)\n"
+        labelled("edgemux_backend_bad_responses_total", "Backend responses edgemux could not follow (answered 502 or cut), by backend.", "backend", total.badResponses)
         counter("edgemux_client_bytes_received_total", "Bytes received from clients (after TLS).", total.bytesIn)
         counter("edgemux_client_bytes_sent_total", "Bytes sent to clients (before TLS).", total.bytesOut)
         let r = reloads.withLock { $0 }

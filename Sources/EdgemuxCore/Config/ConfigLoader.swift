@@ -586,7 +586,7 @@ struct NodeReader {
 
     mutating func readBackend(_ node: Node, name: String) -> BackendConfig? {
         let path = "backends.\(name)"
-        guard let m = mapping(node, path, allowed: ["protocol", "endpoints", "tls", "connect_timeout", "idle_timeout"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["protocol", "endpoints", "tls", "connect_timeout", "idle_timeout", "pool"]) else { return nil }
         var proto: BackendProtocol?
         if let p = m["protocol"], let s = string(p, join(path, "protocol")) {
             proto = BackendProtocol(rawValue: s)
@@ -664,10 +664,20 @@ struct NodeReader {
         let connect = m["connect_timeout"].flatMap { duration($0, join(path, "connect_timeout")) } ?? ConfigLoader.defaultConnectTimeout
         if connect == 0 { fail(m["connect_timeout"], join(path, "connect_timeout"), "a connect timeout of 0 would wait forever on a dead endpoint") }
         let idle = m["idle_timeout"].flatMap { duration($0, join(path, "idle_timeout")) }
+        var pool = BackendPoolConfig()
+        if let p = m["pool"], let pm = mapping(p, join(path, "pool"), allowed: ["max_idle", "idle_timeout"]) {
+            let pp = join(path, "pool")
+            if let n = pm["max_idle"], let s = string(n, join(pp, "max_idle")) {
+                if let v = Int(s), v >= 0, v <= 100_000 { pool.maxIdle = v } else { fail(n, join(pp, "max_idle"), "expected a count from 0 (no reuse) to 100000, not '\(s)'") }
+            }
+            if let t = pm["idle_timeout"], let ms = duration(t, join(pp, "idle_timeout")) {
+                if ms == 0 { fail(t, join(pp, "idle_timeout"), "an idle connection must time out: give a duration, or max_idle: 0 to turn reuse off") } else { pool.idleTimeoutMillis = ms }
+            }
+        }
         if proto == .tls, let offered = tls?.alpn {
             for p in ClientProtocol.allCases where !offered.contains(p) { endpoints[p] = nil }
         }
-        return BackendConfig(name: name, proto: proto ?? (endpoints[.h2] != nil && endpoints[.http1] == nil ? .h2c : .http1), endpoints: endpoints, tls: tls, connectTimeoutMillis: connect, idleTimeoutMillis: idle)
+        return BackendConfig(name: name, proto: proto ?? (endpoints[.h2] != nil && endpoints[.http1] == nil ? .h2c : .http1), endpoints: endpoints, tls: tls, connectTimeoutMillis: connect, idleTimeoutMillis: idle, pool: pool)
     }
 }
 

@@ -182,16 +182,34 @@ public final class BackendConfig: Sendable {
     public let connectTimeoutMillis: Int64
     /// Default idle timeout of routes to this backend (nil: the route's own default).
     public let idleTimeoutMillis: Int64?
+    /// Idle HTTP/1.1 connections kept for reuse.
+    public let pool: BackendPoolConfig
 
     /// The client protocols this backend can carry.
     public var protocols: Set<ClientProtocol> { Set(endpoints.filter { !$0.value.isEmpty }.keys) }
 
-    public init(name: String, proto: BackendProtocol, endpoints: [ClientProtocol: [Endpoint]], tls: BackendTLSConfig?, connectTimeoutMillis: Int64, idleTimeoutMillis: Int64?) {
+    public init(name: String, proto: BackendProtocol, endpoints: [ClientProtocol: [Endpoint]], tls: BackendTLSConfig?, connectTimeoutMillis: Int64, idleTimeoutMillis: Int64?, pool: BackendPoolConfig = BackendPoolConfig()) {
         self.name = name
+        self.pool = pool
         self.proto = proto
         self.endpoints = endpoints
         self.tls = tls
         self.connectTimeoutMillis = connectTimeoutMillis
+        self.idleTimeoutMillis = idleTimeoutMillis
+    }
+}
+
+/// The backend connections an HTTP/1.1 exchange leaves open, kept per worker and endpoint for
+/// the next one (nginx's upstream `keepalive`, HAProxy's idle server connections).
+public struct BackendPoolConfig: Sendable, Equatable {
+    /// Idle connections kept per endpoint and worker; 0 turns reuse off.
+    public var maxIdle: Int = 64
+    /// How long an idle connection is kept. Shorter than the backend's own keep-alive timeout
+    /// avoids most races with its close (a request that meets one is retried on a new connection).
+    public var idleTimeoutMillis: Int64 = 15_000
+
+    public init(maxIdle: Int = 64, idleTimeoutMillis: Int64 = 15_000) {
+        self.maxIdle = maxIdle
         self.idleTimeoutMillis = idleTimeoutMillis
     }
 }

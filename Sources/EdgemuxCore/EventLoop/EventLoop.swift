@@ -79,6 +79,12 @@ public final class EventLoop: @unchecked Sendable {
         handlers[i] = handler
     }
 
+    /// Hands a registered `fd` to another handler: the epoll registration stays (no syscall).
+    func rebind(fd: Int32, to handler: EventHandler) {
+        precondition(Int(fd) < handlers.count && handlers[Int(fd)] != nil, "rebind of an unregistered descriptor")
+        handlers[Int(fd)] = handler
+    }
+
     public func modify(fd: Int32, events: UInt32) throws {
         try Posix.epollControl(epfd, op: EPOLL_CTL_MOD, fd: fd, events: events)
     }

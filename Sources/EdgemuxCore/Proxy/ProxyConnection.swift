@@ -17,6 +17,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
         case awaitingBackend
         /// Relaying bytes both ways.
         case relaying
+        /// One HTTP/1.1 request and its response over a backend connection kept for reuse.
+        case exchanging
         /// Waiting for edgemux's own answer (an error) to be written.
         case flushingAnswer
         /// Answer written and FIN sent; reading and discarding until the client closes, so that
@@ -63,6 +65,19 @@ final class ProxyConnection: EventHandler, ClientConnection {
         var ackFilter: SettingsAckFilter?
         var finalAnswer: FinalAnswer?
         var outcome = "closed"
+        /// HTTP/1.1: the first request's head ends here in `sniffed`.
+        var headLength = 0
+        /// The request runs as an `HTTP1Exchange` (pooled backend connections).
+        var pooled = false
+        /// The backend connection came from the pool (a failure before any answer is retried).
+        var reusedConnection = false
+        var http1: HTTP1Exchange?
+        /// The request head as sent to the backend (kept for a retry).
+        var backendHead: [UInt8] = []
+        var lastActivity: Int64 = 0
+        var bytesFromClient = 0
+        var bytesToClient = 0
+        var status = 0
     }
 
     private var exchangeStorage: Exchange?
@@ -192,6 +207,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         case .awaitingBackend:
             if let backend, fd == backend.fd { backendProgress(events: events) }
         case .relaying: relay?.pumpAll()
+        case .exchanging: pumpExchange()
         case .flushingAnswer, .lingering: continueAnswer()
         case .closed: break
         }
@@ -235,6 +251,21 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 worker.metrics.update { $0.timeouts["idle", default: 0] += 1 }
                 worker.logger.info("\(logPrefix): idle for \(idle) ms on route '\(route.name)'; closed")
                 close()
+            } else {
+                armTimer(route.idleTimeoutMillis - idle)
+            }
+        case .exchanging:
+            guard let route, route.idleTimeoutMillis > 0 else { return }
+            let idle = loop.now - exchange.lastActivity
+            if idle >= route.idleTimeoutMillis {
+                outcome = "idle_timeout"
+                worker.metrics.update { $0.timeouts["idle", default: 0] += 1 }
+                worker.logger.info("\(logPrefix): backend '\(backendConfig?.name ?? "?")' silent for \(idle) ms on route '\(route.name)'; closed")
+                if exchange.http1?.responseStarted == true {
+                    close()
+                } else {
+                    answerError(status: 504, message: "backend '\(backendConfig?.name ?? "?")' did not answer in time")
+                }
             } else {
                 armTimer(route.idleTimeoutMillis - idle)
             }
@@ -325,8 +356,9 @@ final class ProxyConnection: EventHandler, ClientConnection {
             let result = sniffed.withUnsafeBytes { parser.parse($0) }
             switch result {
             case .needMore: return
-            case .done(let info, _):
+            case .done(let info, let headLength):
                 request = info
+                exchange.headLength = headLength
                 routeRequest()
             case .error(let e):
                 outcome = "bad_request:\(e.metricLabel)"
@@ -433,6 +465,23 @@ final class ProxyConnection: EventHandler, ClientConnection {
         phase = .awaitingBackend
         loop.cancel(timer)
         timer = nil
+        if proto == .http1, backend.proto != .h2c, backend.pool.maxIdle > 0,
+           HTTP1Exchange.eligible(request, headLength: exchange.headLength, buffered: sniffed.count) {
+            exchange.pooled = true
+            exchange.backendHead = HTTP1Exchange.backendHead(sniffed)
+            // A kept connection to any endpoint of the plan, in the plan's order.
+            for (i, endpoint) in plan.enumerated() {
+                if let kept = worker.upstreams.take(backend: backend, endpoint: endpoint, for: self) {
+                    attempt = i + 1
+                    currentEndpoint = endpoint
+                    self.backend = kept
+                    backendConnected = true
+                    exchange.reusedConnection = true
+                    startExchange()
+                    return
+                }
+            }
+        }
         connectNext()
     }
 
@@ -506,7 +555,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             }
         }
         if let e = currentEndpoint { worker.balancer(for: backendConfig!.name).markHealthy(e) }
-        startRelay()
+        if exchangeStorage?.pooled == true { startExchange() } else { startRelay() }
     }
 
     private func noteEndpointFailure(_ endpoint: Endpoint, _ why: String) {
@@ -561,6 +610,75 @@ final class ProxyConnection: EventHandler, ClientConnection {
         ackFilter = nil
         armTimer(route?.idleTimeoutMillis ?? 0)
         relay?.pumpAll()
+    }
+
+    // MARK: one request over a kept backend connection
+
+    private func startExchange() {
+        guard let backend else { return }
+        phase = .exchanging
+        sniffed = []
+        exchange.lastActivity = loop.now
+        exchange.http1 = HTTP1Exchange(client: client, backend: backend, requestHead: exchange.backendHead, method: request.method,
+                                       pool: worker.pool, maxResponseHead: BufferPool.chunkSize)
+        armTimer(route?.idleTimeoutMillis ?? 0)
+        pumpExchange()
+    }
+
+    private func pumpExchange() {
+        guard let x = exchange.http1 else { return }
+        let before = x.bytesToClient
+        let progress = x.pump()
+        if x.bytesToClient != before { exchange.lastActivity = loop.now }
+        switch progress {
+        case .working:
+            return
+        case .finished(let reusable):
+            endExchange(x)
+            outcome = "completed"
+            if let b = backend, let cfg = backendConfig, let e = currentEndpoint, reusable, b.isIdle(scratch: worker.pool.scratch) {
+                backend = nil
+                worker.upstreams.give(b, backend: cfg, endpoint: e)
+            }
+            // The client asked for one request: close_notify, then the lingering close.
+            sendAnswer([])
+        case .failed(let side, let why, let responseStarted):
+            endExchange(x)
+            let name = backendConfig?.name ?? "?"
+            if side == "backend", !responseStarted, exchange.reusedConnection {
+                // The backend closed the kept connection as the request went out: send it again
+                // on a new connection (the method is idempotent, and nothing was answered).
+                worker.metrics.update { $0.upstreamRetries += 1 }
+                worker.logger.debug("\(logPrefix): kept connection to '\(name)' failed (\(why)); retrying on a new one")
+                backend?.close(on: loop)
+                backend = nil
+                exchange.reusedConnection = false
+                attempt -= 1
+                phase = .awaitingBackend
+                connectNext()
+                return
+            }
+            outcome = "\(side)_error"
+            worker.metrics.update {
+                $0.closedWithError[side, default: 0] += 1
+                if side == "backend" { $0.badResponses[name, default: 0] += 1 }
+            }
+            worker.logger.notice("\(logPrefix): \(side) side failed during the exchange with backend '\(name)': \(why)")
+            if side == "backend", !responseStarted {
+                answerError(status: 502, message: "backend '\(name)' failed: \(why)")
+            } else {
+                close()
+            }
+        }
+    }
+
+    /// Keeps what the access log needs of a finished exchange and frees its buffers.
+    private func endExchange(_ x: HTTP1Exchange) {
+        exchange.bytesFromClient = x.bytesFromClient
+        exchange.bytesToClient = x.bytesToClient
+        exchange.status = x.status
+        x.release()
+        exchange.http1 = nil
     }
 
     private func relayEnded(_ end: Relay.End) {
@@ -618,10 +736,12 @@ final class ProxyConnection: EventHandler, ClientConnection {
         if let p = clientPending { worker.pool.give(p) }
         clientPending = nil
         relay?.release()
+        exchangeStorage?.http1?.release()
         backend?.close(on: loop)
         backend = nil
         client.close(on: loop)
-        let inBytes = relay?.bytesFromClient ?? 0, outBytes = relay?.bytesToClient ?? 0
+        let inBytes = relay?.bytesFromClient ?? exchangeStorage?.bytesFromClient ?? 0
+        let outBytes = relay?.bytesToClient ?? exchangeStorage?.bytesToClient ?? 0
         worker.metrics.update {
             $0.bytesIn += inBytes
             $0.bytesOut += outBytes
@@ -647,8 +767,10 @@ extension ProxyConnection {
             ("route", opt(route?.name)),
             ("backend", opt(backendConfig?.name)),
             ("endpoint", opt(backendConnected ? currentEndpoint?.text : nil)),
-            ("bytes_from_client", .int(relay?.bytesFromClient ?? 0)),
-            ("bytes_to_client", .int(relay?.bytesToClient ?? 0)),
+            ("status", exchangeStorage.map { $0.status > 0 ? .int($0.status) : .null } ?? .null),
+            ("backend_reused", .bool(exchangeStorage?.reusedConnection ?? false)),
+            ("bytes_from_client", .int(relay?.bytesFromClient ?? exchangeStorage?.bytesFromClient ?? 0)),
+            ("bytes_to_client", .int(relay?.bytesToClient ?? exchangeStorage?.bytesToClient ?? 0)),
             ("duration_ms", .int(ms)),
             ("outcome", .string(outcome)),
         ])

@@ -240,6 +240,7 @@ public final class Server: @unchecked Sendable {
                 let worker = box.worker
                 for l in worker.listeners { worker.loop.closeDescriptor(l.fd) }
                 worker.listeners = []
+                worker.upstreams.closeAll()
             }
         }
         let deadline = Posix.monotonicMillis() + snapshot.config.drainTimeoutMillis
@@ -256,6 +257,7 @@ public final class Server: @unchecked Sendable {
             let box = WorkerBox(w)
             w.loop.execute {
                 box.worker.closeAllConnections()
+                box.worker.upstreams.closeAll()
             }
             w.loop.stop()
         }

@@ -128,6 +128,18 @@ final class Transport {
         return step
     }
 
+    /// Whether nothing more waits to be read: checked by reading when the last read did not
+    /// show it (TLS may hold a record it has not processed, such as a session ticket). Any
+    /// application byte or end of stream means the connection is not idle (and is spoiled).
+    func isIdle(scratch: UnsafeMutableRawBufferPointer) -> Bool {
+        guard !hangupSeen else { return false }
+        guard readable else { return true }
+        switch read(into: scratch) {
+        case .wantRead: return true
+        default: return false
+        }
+    }
+
     /// TLS records gathered but not yet sent (the socket was full).
     var hasBufferedOutput: Bool { tls?.hasBufferedOutput ?? false }
 

@@ -12,12 +12,15 @@ final class Worker {
     var snapshot: Snapshot
     var listeners: [ListenerSocket] = []
     var balancers: [String: BackendBalancer] = [:]
+    /// Idle HTTP/1.1 backend connections for reuse.
+    let upstreams: UpstreamPool
 
     init(loop: EventLoop, snapshot: Snapshot, metrics: WorkerMetrics, logger: Logger) {
         self.loop = loop
         self.snapshot = snapshot
         self.metrics = metrics
         self.logger = logger
+        self.upstreams = UpstreamPool(loop: loop, metrics: metrics)
     }
 
     func balancer(for backend: String) -> BackendBalancer {

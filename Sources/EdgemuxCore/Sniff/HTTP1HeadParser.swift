@@ -75,6 +75,12 @@ public struct HTTP1HeadParser {
                     if !absoluteForm { info.host = Self.hostWithoutPort(value) }
                 case "content-type": info.contentType = value
                 case "upgrade": info.upgrade = value.lowercased()
+                case "connection":
+                    if HTTP1Fields.listContains(value, "close") { info.framing.closeRequested = true }
+                case "content-length":
+                    if value != "0" { info.framing.hasBody = true }
+                case "transfer-encoding": info.framing.hasBody = true
+                case "expect": info.framing.expects = true
                 default: break
                 }
             }
@@ -110,17 +116,27 @@ public struct HTTP1HeadParser {
         let sp2 = sp1 + 1 + sp2rel
         let version = String(decoding: line[(sp2 + 1)...], as: UTF8.self)
         guard version == "HTTP/1.1" || version == "HTTP/1.0" else { return .malformedHead("unsupported version '\(version.prefix(16))'") }
+        info.framing.http10 = version == "HTTP/1.0"
         for i in (sp1 + 1)..<sp2 where line[i] <= 32 || line[i] == 127 { return .malformedHead("invalid request target") }
         info.method = String(decoding: line[0..<sp1], as: UTF8.self)
         var target = String(decoding: line[(sp1 + 1)..<sp2], as: UTF8.self)
         // absolute-form (RFC 9112 3.2.2): the authority in the target overrides Host.
-        if let r = target.range(of: "://"), target.hasPrefix("http") {
-            let afterScheme = target[r.upperBound...]
+        if target.utf8.first == UInt8(ascii: "h"), let r = Self.authorityStart(target) {
+            let afterScheme = target[r...]
             let slash = afterScheme.firstIndex(of: "/") ?? afterScheme.endIndex
             info.host = Self.hostWithoutPort(String(afterScheme[..<slash]))
             target = slash == afterScheme.endIndex ? "/" : String(afterScheme[slash...])
         }
         info.path = target
+        return nil
+    }
+
+    /// Where the authority of an absolute-form target ("http://..." / "https://...") starts.
+    static func authorityStart(_ target: String) -> String.Index? {
+        let u = target.utf8
+        for scheme in ["http://", "https://"] where u.starts(with: scheme.utf8) {
+            return u.index(u.startIndex, offsetBy: scheme.utf8.count)
+        }
         return nil
     }
 

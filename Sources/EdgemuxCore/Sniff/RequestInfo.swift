@@ -13,6 +13,23 @@ public struct RequestInfo: Sendable, Equatable {
     public var contentType: String = ""
     /// The `Upgrade` header, lower-cased (HTTP/1.1 only), e.g. "websocket".
     public var upgrade: String = ""
+    /// HTTP/1.x only: how the request frames itself, which decides whether its exchange can
+    /// run over a pooled backend connection (`HTTP1Exchange.eligible`).
+    public var framing = HTTP1RequestFraming()
+
+    public init() {}
+}
+
+/// What an HTTP/1.x request head says about its connection and body.
+public struct HTTP1RequestFraming: Sendable, Equatable {
+    /// The request line said HTTP/1.0.
+    public var http10 = false
+    /// `Connection` lists `close`: the client sends this one request only.
+    public var closeRequested = false
+    /// A body follows the head (`Transfer-Encoding`, or a `Content-Length` other than 0).
+    public var hasBody = false
+    /// `Expect` is present (100-continue waits on the backend's interim answer).
+    public var expects = false
 
     public init() {}
 }

@@ -65,6 +65,25 @@ def serve_http1(args):
                 for piece in blob(seed, size):
                     self.wfile.write(piece)
                 return
+            if self.path.endswith("/conn"):
+                # Which backend connection served this: the proxy's source port.
+                self.reply(f"{args.name} conn={self.client_address[1]}\n".encode())
+                return
+            if self.path.startswith("/chunked"):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Trailer", "X-Checksum")
+                self.end_headers()
+                for i in range(5):
+                    piece = f"piece {i} conn={self.client_address[1]};".encode() * (i * 300 + 1)
+                    self.wfile.write(b"%x;ext=%d\r\n%s\r\n" % (len(piece), i, piece))
+                self.wfile.write(b"0\r\nX-Checksum: done\r\n\r\n")
+                return
+            if self.path == "/nocontent":
+                self.send_response(204)
+                self.end_headers()
+                return
             client = ""
             if hasattr(self.connection, "getpeercert") and self.connection.getpeercert():
                 subject = dict(x[0] for x in self.connection.getpeercert()["subject"])
@@ -74,6 +93,19 @@ def serve_http1(args):
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("X-Served-By", args.name)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_HEAD(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "12345")
+            self.end_headers()
+
+        def reply(self, body):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
@@ -119,6 +151,46 @@ def serve_http1(args):
     stop_after(args.max_seconds)
     ready(server.server_address[1])
     server.serve_forever()
+
+
+# MARK: HTTP/1.1 servers that misbehave on kept connections
+
+def serve_raw_http1(args):
+    """One response per connection, then: `drop-second` closes the connection when the next
+    request arrives, without answering (what a backend's keep-alive timeout does when it races
+    a proxy's reuse); `bad-status` answers with a malformed status line."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", args.port))
+    srv.listen(64)
+    counter = [0]
+
+    def handle(conn):
+        served = 0
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                buf = buf.split(b"\r\n\r\n", 1)[1]
+                if args.behaviour == "bad-status":
+                    conn.sendall(b"HTTP/1.1 2x0 Fine\r\nContent-Length: 2\r\n\r\nok")
+                    continue
+                if served == 1:
+                    return  # close without answering
+                counter[0] += 1
+                body = f"answer {counter[0]}\n".encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                served += 1
+
+    stop_after(args.max_seconds)
+    ready(srv.getsockname()[1])
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
 # MARK: gRPC server and client (generic handlers: raw bytes, no generated code)
@@ -544,6 +616,10 @@ def main():
         sp.add_argument("--cert")
         sp.add_argument("--key")
         sp.add_argument("--client-ca")
+    rh = sub.add_parser("raw-http1")
+    rh.add_argument("--port", type=int, default=0)
+    rh.add_argument("--behaviour", choices=["drop-second", "bad-status"], required=True)
+    rh.add_argument("--max-seconds", type=float, default=300)
     g = sub.add_parser("grpc-client")
     g.add_argument("--target", required=True)
     g.add_argument("--ca", help="TLS with this CA; without it, cleartext HTTP/2")
@@ -632,6 +708,8 @@ def main():
         raw_tls(args)
     elif args.cmd == "stray-ack-probe":
         stray_ack_probe(args)
+    elif args.cmd == "raw-http1":
+        serve_raw_http1(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,112 @@
+/// How an HTTP/1.1 response body ends (RFC 9112 section 6.3).
+enum BodyFraming: Equatable {
+    /// No body (HEAD, 1xx, 204, 304, or Content-Length: 0).
+    case none
+    case length(Int)
+    case chunked
+    /// The body ends when the backend closes: its connection cannot be reused.
+    case untilClose
+}
+
+/// A complete final response head, and what it means for the connection it came on.
+struct HTTP1ResponseHead: Equatable {
+    let status: Int
+    /// Bytes of the head as received (up to and including the empty line).
+    let headLength: Int
+    let framing: BodyFraming
+    /// The backend keeps the connection open after this response (HTTP/1.1, no `close`, a
+    /// body whose end is known, unambiguous framing).
+    let reusable: Bool
+    /// The head for the client: connection fields replaced by `Connection: close`.
+    let forClient: [UInt8]
+}
+
+/// Reads a backend's HTTP/1.x response head. No I/O; answers need-more / interim / done / error.
+struct HTTP1ResponseParser {
+    /// The largest head accepted.
+    let cap: Int
+
+    enum Result: Equatable {
+        case needMore
+        /// A 1xx interim response of `length` bytes: pass it on as it is and parse what follows.
+        case interim(length: Int)
+        case done(HTTP1ResponseHead)
+        case error(String)
+    }
+
+    /// Parses the head at the start of `bytes`; `headRequest` says the request was HEAD (its
+    /// response has no body whatever its fields say).
+    func parse(_ bytes: UnsafeRawBufferPointer, headRequest: Bool) -> Result {
+        guard let end = Self.headEnd(bytes, limit: cap) else {
+            return bytes.count > cap ? .error("response head exceeds \(cap) bytes") : .needMore
+        }
+        let head = UnsafeRawBufferPointer(rebasing: bytes[0..<end])
+        // Status line: HTTP/1.x SP 3DIGIT [SP reason] CRLF
+        guard head.count >= 12, head.starts(with: "HTTP/1.".utf8), head[7] == UInt8(ascii: "0") || head[7] == UInt8(ascii: "1"),
+              head[8] == 32 else {
+            return .error("malformed status line")
+        }
+        var status = 0
+        for i in 9..<12 {
+            guard head[i] >= UInt8(ascii: "0"), head[i] <= UInt8(ascii: "9") else { return .error("malformed status code") }
+            status = status * 10 + Int(head[i] - UInt8(ascii: "0"))
+        }
+        guard status >= 100, head[12] == 32 || head[12] == 13 else { return .error("malformed status code") }
+        let http11 = head[7] == UInt8(ascii: "1")
+        if status == 101 { return .error("101 Switching Protocols to a request that asked for no upgrade") }
+        if status < 200 { return .interim(length: end) }
+
+        let lines = HTTP1Fields.lines(head)
+        var contentLength: Int?
+        var chunked = false
+        var transferEncoding = false
+        var close = !http11
+        for l in lines {
+            switch l.name {
+            case "content-length":
+                // A list of equal values is allowed (RFC 9110 section 8.6); anything else is not.
+                for item in l.value.split(separator: ",") {
+                    let t = item.trimmingSpaces()
+                    guard !t.isEmpty, t.count <= 18, t.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let v = Int(t) else {
+                        return .error("invalid Content-Length '\(l.value.prefix(32))'")
+                    }
+                    if let c = contentLength, c != v { return .error("conflicting Content-Length values") }
+                    contentLength = v
+                }
+            case "transfer-encoding":
+                transferEncoding = true
+                chunked = HTTP1Fields.listItems(l.value).last == "chunked"
+            case "connection":
+                if HTTP1Fields.listContains(l.value, "close") { close = true }
+            default:
+                break
+            }
+        }
+        let framing: BodyFraming
+        if headRequest || status == 204 || status == 304 {
+            framing = .none
+        } else if transferEncoding {
+            framing = chunked ? .chunked : .untilClose
+        } else if let c = contentLength {
+            framing = c == 0 ? .none : .length(c)
+        } else {
+            framing = .untilClose
+        }
+        // Transfer-Encoding with Content-Length smells of request smuggling (RFC 9112 section
+        // 6.3): the body is read by Transfer-Encoding, and the connection is not used again.
+        let reusable = !close && framing != .untilClose && !(transferEncoding && contentLength != nil)
+        let forClient = HTTP1Fields.rewrite(head, dropping: HTTP1Fields.connectionFields(lines), lines: lines, adding: "Connection: close\r\n")
+        return .done(HTTP1ResponseHead(status: status, headLength: end, framing: framing, reusable: reusable, forClient: forClient))
+    }
+
+    /// Offset just past the first CRLFCRLF, looking no further than `limit` bytes.
+    static func headEnd(_ b: UnsafeRawBufferPointer, limit: Int) -> Int? {
+        let n = min(b.count, limit)
+        var i = 0
+        while i + 3 < n {
+            if b[i] == 13, b[i + 1] == 10, b[i + 2] == 13, b[i + 3] == 10 { return i + 4 }
+            i += 1
+        }
+        return nil
+    }
+}

@@ -1,0 +1,254 @@
+import Glibc
+
+/// One HTTP/1.1 request and its response over a backend connection that outlives them: the
+/// request head goes out with its connection fields removed (so the backend keeps the connection
+/// open), and the response is followed to its last byte (Content-Length or chunked framing), so
+/// that the backend connection can go back to the worker's pool afterwards.
+///
+/// Used for a client's only request (`Connection: close`, no body): a new TLS connection per
+/// request is where a fresh backend connect costs most. A kept-alive client connection is
+/// relayed byte for byte instead, and never parsed past its first request.
+final class HTTP1Exchange {
+    enum Progress: Equatable {
+        /// Waiting on a socket.
+        case working
+        /// The whole response reached the client (TLS records sent).
+        case finished(backendReusable: Bool)
+        /// `side` failed; `responseStarted` says whether the client has seen response bytes
+        /// (if not, the caller may retry or answer 502).
+        case failed(side: String, why: String, responseStarted: Bool)
+    }
+
+    /// Whether the first request of a connection can run as a pooled exchange.
+    static func eligible(_ request: RequestInfo, headLength: Int, buffered: Int) -> Bool {
+        let f = request.framing
+        guard !f.http10, f.closeRequested, !f.hasBody, !f.expects, request.upgrade.isEmpty, headLength == buffered else { return false }
+        // Idempotent methods only (RFC 9110 section 9.2.2): a request that meets a pooled
+        // connection the backend has just closed is sent again on a new one.
+        switch request.method {
+        case "GET", "HEAD", "OPTIONS": return true
+        default: return false
+        }
+    }
+
+    /// The request head as the backend gets it: connection fields removed, so HTTP/1.1's
+    /// default (keep the connection open) applies.
+    static func backendHead(_ head: [UInt8]) -> [UInt8] {
+        head.withUnsafeBytes { buf in
+            let lines = HTTP1Fields.lines(buf)
+            return HTTP1Fields.rewrite(buf, dropping: HTTP1Fields.connectionFields(lines), lines: lines)
+        }
+    }
+
+    let client: Transport
+    let backend: Transport
+    let pool: BufferPool
+    private let request: [UInt8]
+    private var requestOffset = 0
+    private let headRequest: Bool
+    private let parser: HTTP1ResponseParser
+    /// The response head as it arrives (until complete).
+    private var responseHead: [UInt8] = []
+    private var response: HTTP1ResponseHead?
+    private var remaining = 0
+    private var chunked = ChunkedBodyScanner()
+    private var framing: BodyFraming = .none
+    private var bodyDone = false
+    /// The backend sent something after the response, or framed it so that its end is unsure.
+    private var reusable = true
+    /// Bytes for the client that the socket has not taken yet.
+    private var pending: Chunk?
+    private(set) var responseStarted = false
+    private(set) var bytesToClient = 0
+    var bytesFromClient: Int { request.count }
+    var status: Int { response?.status ?? 0 }
+
+    init(client: Transport, backend: Transport, requestHead: [UInt8], method: String, pool: BufferPool, maxResponseHead: Int) {
+        self.client = client
+        self.backend = backend
+        self.request = requestHead
+        self.headRequest = method == "HEAD"
+        self.pool = pool
+        self.parser = HTTP1ResponseParser(cap: maxResponseHead)
+    }
+
+    func release() {
+        if let p = pending { pool.give(p) }
+        pending = nil
+    }
+
+    /// Makes all the progress the sockets allow.
+    func pump() -> Progress {
+        // 1. The request, to the backend.
+        while requestOffset < request.count, backend.writable {
+            let step = request.withUnsafeBytes { backend.write(from: UnsafeRawBufferPointer(rebasing: $0[requestOffset...])) }
+            switch step {
+            case .bytes(let n): requestOffset += n
+            case .wantRead, .wantWrite: break
+            case .eof: return .failed(side: "backend", why: "closed", responseStarted: responseStarted)
+            case .failed(let why): return .failed(side: "backend", why: why, responseStarted: responseStarted)
+            }
+        }
+        if backend.hasBufferedOutput, backend.writable, case .failed(let why) = backend.flushBuffered() {
+            return .failed(side: "backend", why: why, responseStarted: responseStarted)
+        }
+        // 2. What the client has not taken yet.
+        if let failed = flushPending() { return failed }
+        // 3. The response, from the backend, while the client keeps up.
+        let scratch = pool.scratch
+        while !bodyDone, pending == nil, backend.readable {
+            switch backend.read(into: scratch) {
+            case .bytes(let n):
+                if let failed = received(UnsafeRawBufferPointer(rebasing: scratch[0..<n])) { return failed }
+            case .wantRead, .wantWrite:
+                break
+            case .eof:
+                if response != nil, framing == .untilClose {
+                    bodyDone = true
+                    reusable = false
+                } else {
+                    let why = response == nil ? "closed before a complete response head" : "closed before the end of the response body"
+                    return .failed(side: "backend", why: why, responseStarted: responseStarted)
+                }
+            case .failed(let why):
+                return .failed(side: "backend", why: why, responseStarted: responseStarted)
+            }
+        }
+        guard bodyDone, pending == nil, !client.hasBufferedOutput else { return .working }
+        return .finished(backendReusable: reusable && requestOffset == request.count && !backend.hasBufferedOutput)
+    }
+
+    /// Handles bytes read from the backend.
+    private func received(_ bytes: UnsafeRawBufferPointer) -> Progress? {
+        guard response == nil else { return forwardBody(bytes, after: []) }
+        responseHead.append(contentsOf: bytes)
+        while response == nil {
+            let result = responseHead.withUnsafeBytes { parser.parse($0, headRequest: headRequest) }
+            switch result {
+            case .needMore:
+                return nil
+            case .interim(let length):
+                // 1xx (103 Early Hints, 100 Continue): the client gets it as it is.
+                let interim = Array(responseHead[0..<length])
+                responseHead.removeSubrange(0..<length)
+                responseStarted = true
+                if let failed = interim.withUnsafeBytes({ send($0) }) { return failed }
+            case .done(let head):
+                response = head
+                framing = head.framing
+                reusable = head.reusable
+                if case .length(let n) = framing { remaining = n }
+                if framing == .none { bodyDone = true }
+                responseStarted = true
+                if !bodyDone, bytes.count < 1400 {
+                    // A backend without TCP_NODELAY that writes its head and body separately
+                    // holds the body back until the head is acknowledged, and on a kept
+                    // connection the kernel delays that ACK by up to 40 ms: acknowledge now.
+                    try? Posix.setOption(backend.fd, level: Int32(IPPROTO_TCP), name: TCP_QUICKACK, value: 1)
+                }
+                let rest = Array(responseHead[head.headLength...])
+                responseHead = []
+                // Head and first body bytes go out in one write (one TLS record, one send).
+                return rest.withUnsafeBytes { forwardBody($0, after: head.forClient) }
+            case .error(let why):
+                return .failed(side: "backend", why: why, responseStarted: responseStarted)
+            }
+        }
+        return nil
+    }
+
+    /// Sends `prefix` and the part of `bytes` that belongs to the body; bytes past the body's
+    /// end are dropped, and make the connection unfit for reuse.
+    private func forwardBody(_ bytes: UnsafeRawBufferPointer, after prefix: [UInt8]) -> Progress? {
+        var body = 0
+        if bodyDone {
+            body = 0
+        } else {
+            switch framing {
+            case .none:
+                body = 0
+            case .length:
+                body = min(remaining, bytes.count)
+                remaining -= body
+                if remaining == 0 { bodyDone = true }
+            case .chunked:
+                switch chunked.scan(bytes) {
+                case .more: body = bytes.count
+                case .done(let n):
+                    body = n
+                    bodyDone = true
+                case .error:
+                    // The end cannot be known any more: pass everything on until the backend
+                    // closes, and do not reuse the connection.
+                    framing = .untilClose
+                    reusable = false
+                    body = bytes.count
+                }
+            case .untilClose:
+                body = bytes.count
+            }
+        }
+        if body < bytes.count { reusable = false }
+        let part = UnsafeRawBufferPointer(rebasing: bytes[0..<body])
+        if prefix.isEmpty { return send(part) }
+        var joined = prefix
+        joined.append(contentsOf: part)
+        return joined.withUnsafeBytes { send($0) }
+    }
+
+    /// Writes to the client what it takes now; keeps the rest (at most one read's worth plus a
+    /// head) until the socket has room again.
+    private func send(_ bytes: UnsafeRawBufferPointer) -> Progress? {
+        var offset = 0
+        if pending == nil {
+            while offset < bytes.count, client.writable {
+                switch client.write(from: UnsafeRawBufferPointer(rebasing: bytes[offset...])) {
+                case .bytes(let n):
+                    offset += n
+                    bytesToClient += n
+                case .wantRead, .wantWrite: break
+                case .eof: return .failed(side: "client", why: "closed", responseStarted: true)
+                case .failed(let why): return .failed(side: "client", why: why, responseStarted: true)
+                }
+            }
+        }
+        guard offset < bytes.count else { return nil }
+        let rest = UnsafeRawBufferPointer(rebasing: bytes[offset...])
+        let need = rest.count + (pending?.readableBytes ?? 0)
+        if let p = pending, p.storage.count - p.readableBytes >= rest.count {
+            p.append(rest)
+        } else {
+            let chunk = need <= BufferPool.chunkSize ? pool.take() : Chunk(capacity: need)
+            if let p = pending {
+                chunk.append(p.readable)
+                pool.give(p)
+            }
+            chunk.append(rest)
+            pending = chunk
+        }
+        return nil
+    }
+
+    private func flushPending() -> Progress? {
+        if let p = pending {
+            while !p.isEmpty, client.writable {
+                switch client.write(from: p.readable) {
+                case .bytes(let n):
+                    p.consume(n)
+                    bytesToClient += n
+                case .wantRead, .wantWrite: break
+                case .eof: return .failed(side: "client", why: "closed", responseStarted: true)
+                case .failed(let why): return .failed(side: "client", why: why, responseStarted: true)
+                }
+            }
+            if p.isEmpty {
+                pool.give(p)
+                pending = nil
+            }
+        }
+        if client.hasBufferedOutput, client.writable, case .failed(let why) = client.flushBuffered() {
+            return .failed(side: "client", why: why, responseStarted: true)
+        }
+        return nil
+    }
+}

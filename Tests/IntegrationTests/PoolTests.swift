@@ -1,0 +1,141 @@
+import Foundation
+import Testing
+
+extension Integration {
+    @Suite("kept backend connections: one-request clients (Connection: close) reuse them", .serialized)
+    struct PoolTests {
+        func config(port: UInt16, admin: UInt16, backend: String, extraBackend: String = "") -> String {
+            """
+            workers: 1
+            access_log: stdout
+            admin:
+              listen: 127.0.0.1:\(admin)
+            listeners:
+              - name: public
+                listen: 127.0.0.1:\(port)
+            \(tlsBlock(alpn: "[http/1.1]"))
+                routes:
+                  - name: tls-backend
+                    match: { path_prefix: /tls/ }
+                    backend: secure
+                  - name: web
+                    backend: web
+            backends:
+              web:
+            \(backend)
+            \(extraBackend)
+            """
+        }
+
+        /// The backend connection a `/conn` answer names (the proxy's source port).
+        func conn(_ r: CommandResult) -> String {
+            guard let at = r.stdout.range(of: "conn=") else { return "none: \(r.stdout) \(r.stderr)" }
+            return String(r.stdout[at.upperBound...].prefix { $0.isNumber })
+        }
+
+        func metrics(_ admin: UInt16) -> String {
+            Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
+        }
+
+        /// One request per TLS connection, as health checks and scripts send them.
+        func once(_ path: String, port: UInt16, method: [String] = []) -> CommandResult {
+            curl(["--http1.1", "-H", "Connection: close", "-D", "-"] + method + ["https://localhost:\(port)\(path)"], port: port)
+        }
+
+        @Test("plain and TLS backends: one connection serves many one-request clients; chunked, HEAD and 204 end where they should")
+        func reuse() throws {
+            let (h1, h1Port) = try startPeer("http1", ["--name", "plain"])
+            defer { h1.stop() }
+            let (secure, securePort) = try startPeer("http1", ["--name", "secure", "--cert", TestCerts.cert, "--key", TestCerts.key])
+            defer { secure.stop() }
+            let port = freePort(), admin = freePort()
+            let e = try Edgemux(config: config(port: port, admin: admin, backend: "    endpoints: [\"127.0.0.1:\(h1Port)\"]", extraBackend: """
+                  secure:
+                    protocol: tls
+                    endpoints: ["127.0.0.1:\(securePort)"]
+                    tls: { ca: \(TestCerts.ca), server_name: localhost }
+                """), port: port)
+            var seen = Set<String>()
+            for _ in 0..<5 {
+                let r = once("/conn", port: port)
+                #expect(r.stdout.contains("HTTP/1.1 200"), "\(r.stdout) \(r.stderr)")
+                #expect(r.stdout.lowercased().contains("connection: close"), "\(r.stdout)")
+                seen.insert(conn(r))
+            }
+            #expect(seen.count == 1, "every request on one backend connection: \(seen)")
+            // Chunked with extensions and a trailer: the body arrives whole, and the connection
+            // is still the same one afterwards.
+            let chunked = curl(["--http1.1", "-H", "Connection: close", "https://localhost:\(port)/chunked"], port: port)
+            let backendPort = seen.first ?? ""
+            var expected = ""
+            for i in 0..<5 { expected += String(repeating: "piece \(i) conn=\(backendPort);", count: i * 300 + 1) }
+            #expect(chunked.status == 0 && chunked.stdout == expected, "\(chunked.stdout.count) bytes, want \(expected.count): \(chunked.stdout.prefix(100)) \(chunked.stderr)")
+            let head = once("/big", port: port, method: ["-I"])
+            #expect(head.stdout.contains("Content-Length: 12345"), "\(head.stdout) \(head.stderr)")
+            let noContent = once("/nocontent", port: port)
+            #expect(noContent.stdout.contains("HTTP/1.1 204"), "\(noContent.stdout) \(noContent.stderr)")
+            let after = once("/conn", port: port)
+            #expect(seen.contains(conn(after)), "HEAD and 204 left the connection reusable: \(after.stdout)")
+            // A TLS backend: its connection (and TLS session) is kept too.
+            var secureSeen = Set<String>()
+            for _ in 0..<3 {
+                let r = once("/tls/conn", port: port)
+                #expect(r.stdout.contains("secure"), "\(r.stdout) \(r.stderr) \(e.log)")
+                secureSeen.insert(conn(r))
+            }
+            #expect(secureSeen.count == 1, "\(secureSeen)")
+            // A kept-alive client is relayed as before, and a POST with a body is not pooled.
+            let keepAlive = curl(["--http1.1", "https://localhost:\(port)/a", "https://localhost:\(port)/b"], port: port)
+            #expect(keepAlive.stdout == "plain GET /a host=localhost:\(port)\nplain GET /b host=localhost:\(port)\n", "\(keepAlive.stdout) \(keepAlive.stderr)")
+            let post = curl(["--http1.1", "-H", "Connection: close", "--data-binary", "hello", "https://localhost:\(port)/upload"], port: port)
+            #expect(post.stdout.hasPrefix("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824 5"), "\(post.stdout) \(post.stderr)")
+            let m = metrics(admin)
+            // 5 + chunked + HEAD + 204 + 1 on the plain backend, 3 on the TLS one: 2 new connections.
+            #expect(m.contains("edgemux_upstream_reused_total 10"), "\(e.log)")
+            #expect(m.contains("edgemux_upstream_idle_connections 2"), "\(m)")
+        }
+
+        @Test("a kept connection the backend closes as the request arrives: the request goes again on a new one")
+        func retryOnClosedKeptConnection() throws {
+            let (raw, rawPort) = try startPeer("raw-http1", ["--behaviour", "drop-second"])
+            defer { raw.stop() }
+            let port = freePort(), admin = freePort()
+            let e = try Edgemux(config: config(port: port, admin: admin, backend: "    endpoints: [\"127.0.0.1:\(rawPort)\"]",
+                                               extraBackend: "  secure:\n    endpoints: [\"127.0.0.1:1\"]"), port: port)
+            for i in 1...3 {
+                let r = once("/", port: port)
+                #expect(r.stdout.contains("answer \(i)"), "\(r.stdout) \(r.stderr) \(e.log)")
+            }
+            let m = metrics(admin)
+            #expect(m.contains("edgemux_upstream_retries_total 2"), "\(m)")
+            #expect(m.contains("edgemux_upstream_reused_total 2"), "\(m)")
+        }
+
+        @Test("a malformed response is a 502 for that client, logged and counted; max_idle 0 keeps nothing")
+        func badResponseAndNoPool() throws {
+            let (raw, rawPort) = try startPeer("raw-http1", ["--behaviour", "bad-status"])
+            defer { raw.stop() }
+            let (h1, h1Port) = try startPeer("http1", ["--name", "plain"])
+            defer { h1.stop() }
+            let port = freePort(), admin = freePort()
+            let e = try Edgemux(config: config(port: port, admin: admin, backend: """
+                    endpoints: ["127.0.0.1:\(h1Port)"]
+                    pool: { max_idle: 0 }
+                """, extraBackend: "  secure:\n    endpoints: [\"127.0.0.1:\(rawPort)\"]"), port: port)
+            let bad = once("/tls/x", port: port)
+            #expect(bad.stdout.contains("HTTP/1.1 502"), "\(bad.stdout) \(bad.stderr)")
+            var seen = Set<String>()
+            for _ in 0..<3 {
+                let r = once("/conn", port: port)
+                #expect(r.stdout.contains("HTTP/1.1 200"), "\(r.stdout) \(r.stderr)")
+                seen.insert(conn(r))
+            }
+            #expect(seen.count == 3, "a new backend connection each time: \(seen)")
+            usleep(200_000)
+            #expect(e.log.contains("malformed status"), "\(e.log)")
+            let m = metrics(admin)
+            #expect(m.contains("edgemux_backend_bad_responses_total{backend=\"secure\"} 1"), "\(m)")
+            #expect(m.contains("edgemux_upstream_reused_total 0"), "\(m)")
+        }
+    }
+}
