@@ -640,8 +640,15 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 backend = nil
                 worker.upstreams.give(b, backend: cfg, endpoint: e)
             }
-            // The client asked for one request: close_notify, then the lingering close.
-            sendAnswer([])
+            // The client asked for one request and has sent nothing since (no EPOLLIN after the
+            // read that emptied its socket): close_notify and close at once, as nginx does when
+            // no more input can be expected. Anything else gets the lingering close.
+            if !client.readable, !client.hasBufferedOutput {
+                client.shutdownWrite()
+                close()
+            } else {
+                sendAnswer([])
+            }
         case .failed(let side, let why, let responseStarted):
             endExchange(x)
             let name = backendConfig?.name ?? "?"
