@@ -191,6 +191,10 @@ int CEdgemux_SSL_set_peer_name(SSL *ssl, const char *name, int verify) {
 typedef struct {
     int fd;
     int drained;
+    // An EPOLLIN edge came since the read that drained the socket. Until one does, a read is
+    // answered "retry" without a recv(2) that could only say EAGAIN (edge-triggered epoll raises
+    // a new edge for every arrival, and edgemux notes it here before calling OpenSSL again).
+    int edge;
     int corked;
     int owned;              // `gather` is this connection's own allocation (else the thread's)
     unsigned char *gather;  // set only while it holds bytes
@@ -217,6 +221,11 @@ static void sock_drop_gather(edgemux_sock *st) {
 static int sock_read(BIO *b, char *buf, int len) {
     edgemux_sock *st = BIO_get_data(b);
     BIO_clear_retry_flags(b);
+    if (st->drained && !st->edge) {
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    st->edge = 0;
     ssize_t n;
     do {
         n = recv(st->fd, buf, (size_t)len, 0);
@@ -347,6 +356,8 @@ BIO *CEdgemux_BIO_new_socket(int fd) {
     ((edgemux_sock *)BIO_get_data(b))->fd = fd;
     return b;
 }
+
+void CEdgemux_BIO_socket_note_edge(BIO *bio) { ((edgemux_sock *)BIO_get_data(bio))->edge = 1; }
 
 int CEdgemux_BIO_socket_drained(BIO *bio) { return ((edgemux_sock *)BIO_get_data(bio))->drained; }
 

@@ -91,6 +91,8 @@ void CEdgemux_SSL_CTX_set_sni_table(SSL_CTX *ctx, CEdgemux_sni_table *table);
 BIO *CEdgemux_BIO_new_socket(int fd);
 /// 1 if the last read left the socket empty (short read, EAGAIN or EOF).
 int CEdgemux_BIO_socket_drained(BIO *bio);
+/// The socket raised EPOLLIN (or a hangup) since the last read: the next read calls recv(2).
+void CEdgemux_BIO_socket_note_edge(BIO *bio);
 /// Gather writes until uncorked (1) or send them as they come (0).
 void CEdgemux_BIO_socket_cork(BIO *bio, int cork);
 /// Sends gathered bytes: 1 all sent, 0 the socket is full (wait for EPOLLOUT), -1 error (errno).

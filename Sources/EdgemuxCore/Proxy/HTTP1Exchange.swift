@@ -140,16 +140,17 @@ final class HTTP1Exchange {
                 if case .length(let n) = framing { remaining = n }
                 if framing == .none { bodyDone = true }
                 responseStarted = true
-                if !bodyDone, bytes.count < 1400 {
+                let rest = Array(responseHead[head.headLength...])
+                responseHead = []
+                // Head and first body bytes go out in one write (one TLS record, one send).
+                let failed = rest.withUnsafeBytes { forwardBody($0, after: head.forClient) }
+                if failed == nil, !bodyDone, bytes.count < 1400 {
                     // A backend without TCP_NODELAY that writes its head and body separately
                     // holds the body back until the head is acknowledged, and on a kept
                     // connection the kernel delays that ACK by up to 40 ms: acknowledge now.
                     try? Posix.setOption(backend.fd, level: Int32(IPPROTO_TCP), name: TCP_QUICKACK, value: 1)
                 }
-                let rest = Array(responseHead[head.headLength...])
-                responseHead = []
-                // Head and first body bytes go out in one write (one TLS record, one send).
-                return rest.withUnsafeBytes { forwardBody($0, after: head.forClient) }
+                return failed
             case .error(let why):
                 return .failed(side: "backend", why: why, responseStarted: responseStarted)
             }
@@ -202,7 +203,8 @@ final class HTTP1Exchange {
         var offset = 0
         if pending == nil {
             while offset < bytes.count, client.writable {
-                switch client.write(from: UnsafeRawBufferPointer(rebasing: bytes[offset...])) {
+                // The response's last bytes carry the client's close_notify (it asked for one request).
+                switch client.write(from: UnsafeRawBufferPointer(rebasing: bytes[offset...]), shutdownAfter: bodyDone) {
                 case .bytes(let n):
                     offset += n
                     bytesToClient += n
@@ -232,7 +234,7 @@ final class HTTP1Exchange {
     private func flushPending() -> Progress? {
         if let p = pending {
             while !p.isEmpty, client.writable {
-                switch client.write(from: p.readable) {
+                switch client.write(from: p.readable, shutdownAfter: bodyDone) {
                 case .bytes(let n):
                     p.consume(n)
                     bytesToClient += n

@@ -68,6 +68,7 @@ final class Transport {
         let outBits = EPOLLOUT.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
         if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { hangupSeen = true }
         if events & inBits != 0 {
+            tls?.noteReadEdge()
             readable = true
             if writeWantsRead { writable = true; writeWantsRead = false }
         }
@@ -106,10 +107,12 @@ final class Transport {
         return step
     }
 
-    func write(from buffer: UnsafeRawBufferPointer) -> StreamStep {
+    /// `shutdownAfter` (TLS): close_notify goes out with the last of `buffer`, in the same send.
+    func write(from buffer: UnsafeRawBufferPointer, shutdownAfter: Bool = false) -> StreamStep {
         let step: StreamStep
         if let tls {
-            step = tls.write(from: buffer)
+            step = tls.write(from: buffer, shutdownAfter: shutdownAfter)
+            if shutdownAfter, case .bytes(let n) = step, n == buffer.count { writeShut = true }
         } else {
             do {
                 switch try Posix.write(fd, from: buffer) {

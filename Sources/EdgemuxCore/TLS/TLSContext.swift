@@ -65,9 +65,11 @@ public final class TLSServerContext: @unchecked Sendable {
                 guard CEdgemux_SSL_CTX_check_private_key(ctx) == 1 else {
                     throw TLSError.fromQueue("private key \(pair.keyPath) does not match certificate \(pair.certPath)")
                 }
-                // One ticket per full handshake: the second one costs an encryption and a record
-                // that no client here uses (DESIGN: performance budget).
-                SSL_CTX_set_num_tickets(ctx, 1)
+                // One ticket per handshake (a second costs an encryption and a record that no
+                // client here uses), and not at the end of the handshake: TLSStream issues it
+                // with the connection's first application data, so that it rides in the same
+                // send(2) and packet as the response (DESIGN: performance budget).
+                SSL_CTX_set_num_tickets(ctx, 0)
                 // Resumption by stateless tickets only (TLS 1.2 and 1.3): no session cache to
                 // lock, fill and sweep, and no memory held per past client.
                 _ = CEdgemux_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_OFF))

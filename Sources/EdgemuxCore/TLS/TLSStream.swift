@@ -39,7 +39,11 @@ final class TLSStream {
     convenience init(server context: TLSServerContext, fd: Int32) throws {
         try self.init(context: context.defaultContext, fd: fd)
         SSL_set_accept_state(ssl)
+        ticketDue = true
     }
+
+    /// Server side: the TLS 1.3 session ticket is still to be issued (with the first write).
+    private var ticketDue = false
 
     /// A client-side stream towards a backend, offering `alpn` (nil: none).
     convenience init(client context: TLSClientContext, fd: Int32, alpn: String?) throws {
@@ -73,6 +77,9 @@ final class TLSStream {
         return classify(r, during: "read")
     }
 
+    /// The socket raised EPOLLIN (or a hangup): the next read must ask the socket again.
+    func noteReadEdge() { CEdgemux_BIO_socket_note_edge(bio) }
+
     /// Did the last read leave nothing behind, in the socket or in OpenSSL's buffer? Then, with
     /// edge triggering, the read that would only confirm it can be skipped.
     var drained: Bool {
@@ -82,7 +89,14 @@ final class TLSStream {
     /// Encrypts as much of `buffer` as the socket takes, gathering the records into as few
     /// send(2) calls as possible (one per 64 KiB instead of one per 16 KiB record). Bytes OpenSSL
     /// has taken count as written even while some still wait in the BIO (`hasBufferedOutput`).
-    func write(from buffer: UnsafeRawBufferPointer) -> StreamStep {
+    ///
+    /// `shutdownAfter`: once all of `buffer` is taken, close_notify follows in the same send.
+    func write(from buffer: UnsafeRawBufferPointer, shutdownAfter: Bool = false) -> StreamStep {
+        if ticketDue {
+            ticketDue = false
+            // Queued now, written by the SSL_write below: ticket and data share a send(2).
+            if SSL_version(ssl) == CEdgemux_TLS1_3_VERSION() { _ = SSL_new_session_ticket(ssl) }
+        }
         if CEdgemux_BIO_socket_pending(bio) > 0 {
             switch CEdgemux_BIO_socket_flush(bio) {
             case 1: break
@@ -104,6 +118,7 @@ final class TLSStream {
             last = classify(r, during: "write")
             break
         }
+        if shutdownAfter && total == buffer.count { shutdown() }
         CEdgemux_BIO_socket_cork(bio, 0)
         switch CEdgemux_BIO_socket_flush(bio) {
         case -1: return .failed("TLS write: \(String(cString: strerror(errno)))")
