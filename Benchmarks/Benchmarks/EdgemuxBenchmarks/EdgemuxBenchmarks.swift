@@ -37,6 +37,18 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     let hello = BenchmarkSupport.sampleClientHello(serverName: "api.c1.clusters.example.internal")
+    // A backend's chunked response (nginx-like head, 8 chunks of 1 KiB, a trailer), as a pooled
+    // one-request exchange follows it to its end.
+    var chunkedResponse = Array("HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 29 Nov 2026 00:00:00 GMT\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n".utf8)
+    for _ in 0..<8 { chunkedResponse += Array("400\r\n".utf8) + [UInt8](repeating: 0x61, count: 1024) + Array("\r\n".utf8) }
+    chunkedResponse += Array("0\r\nX-Checksum: 1\r\n\r\n".utf8)
+    let response = chunkedResponse
+    Benchmark("HTTP/1.1 response head + chunked body scan (pooled exchange)") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(BenchmarkSupport.followResponse(response))
+        }
+    }
+
     Benchmark("ClientHello SNI peek") { benchmark in
         for _ in benchmark.scaledIterations {
             blackHole(hello.withUnsafeBytes { ClientHelloParser.parse($0) })

@@ -57,4 +57,17 @@ public enum BenchmarkSupport {
         relay.release()
         return received
     }
+
+    /// Follows one backend response as a pooled exchange does: parses the head (and builds the
+    /// client's head), then scans a chunked body; returns the offset where the response ends
+    /// (0: not found).
+    public static func followResponse(_ bytes: [UInt8]) -> Int {
+        bytes.withUnsafeBytes { buf -> Int in
+            guard case .done(let head) = HTTP1ResponseParser(cap: 65536).parse(buf, headRequest: false) else { return 0 }
+            guard head.framing == .chunked else { return head.headLength }
+            var scanner = ChunkedBodyScanner()
+            if case .done(let n) = scanner.scan(UnsafeRawBufferPointer(rebasing: buf[head.headLength...])) { return head.headLength + n }
+            return 0
+        }
+    }
 }
