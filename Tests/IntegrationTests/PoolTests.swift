@@ -111,6 +111,31 @@ extension Integration {
             #expect(m.contains("edgemux_upstream_reused_total 2"), "\(m)")
         }
 
+        @Test("a one-request client that vanishes mid-body: its backend connection is closed, not kept; others carry on")
+        func clientVanishesMidBody() throws {
+            let (h1, h1Port) = try startPeer("http1", ["--name", "plain"])
+            defer { h1.stop() }
+            let port = freePort(), admin = freePort()
+            let e = try Edgemux(config: config(port: port, admin: admin, backend: "    endpoints: [\"127.0.0.1:\(h1Port)\"]",
+                                               extraBackend: "  secure:\n    endpoints: [\"127.0.0.1:1\"]"), port: port)
+            let first = conn(once("/conn", port: port))
+            let cut = curl(["--http1.1", "-H", "Connection: close", "--limit-rate", "1M", "--max-time", "1", "-o", "/dev/null",
+                            "https://localhost:\(port)/blob?size=67108864&seed=1"], port: port, timeout: 1)
+            #expect(cut.status == 28, "curl gave up mid-body: \(cut.stderr)")
+            var m = ""
+            for _ in 0..<50 {
+                m = metrics(admin)
+                if m.contains("edgemux_connections_active 0") { break }
+                usleep(100_000)
+            }
+            #expect(m.contains("edgemux_connections_active 0"), "\(m) \(e.log)")
+            #expect(m.contains("edgemux_connection_errors_total{side=\"client\"} 1"), "\(m)")
+            // The cut exchange used the kept connection and spoiled it: the next one is new.
+            let next = conn(once("/conn", port: port))
+            #expect(next != first && !next.hasPrefix("none"), "\(first) then \(next)")
+            #expect(e.log.contains("client side failed during the exchange"), "\(e.log)")
+        }
+
         @Test("a malformed response is a 502 for that client, logged and counted; max_idle 0 keeps nothing")
         func badResponseAndNoPool() throws {
             let (raw, rawPort) = try startPeer("raw-http1", ["--behaviour", "bad-status"])
