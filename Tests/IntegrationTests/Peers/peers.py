@@ -37,6 +37,16 @@ def ready(port):
     print(f"ready {port}", flush=True)
 
 
+def after_head(conn, buf=b""):
+    """Reads until the end of a request head; returns the bytes after it (None: peer closed)."""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    return buf.split(b"\r\n\r\n", 1)[1]
+
+
 def stop_after(seconds):
     t = threading.Timer(seconds, lambda: __import__("os")._exit(0))
     t.daemon = True
@@ -170,12 +180,9 @@ def serve_raw_http1(args):
         buf = b""
         with conn:
             while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                buf = buf.split(b"\r\n\r\n", 1)[1]
+                buf = after_head(conn, buf)
+                if buf is None:
+                    return
                 if args.behaviour == "bad-status":
                     conn.sendall(b"HTTP/1.1 2x0 Fine\r\nContent-Length: 2\r\n\r\nok")
                     continue
@@ -330,13 +337,9 @@ def serve_tcp_sink(args):
     ready(srv.getsockname()[1])
 
     def handle(conn):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
-        rest = data.split(b"\r\n\r\n", 1)[1]
+        rest = after_head(conn)
+        if rest is None:
+            return
         h = hashlib.sha256(rest)
         n = len(rest)
 
