@@ -62,24 +62,28 @@ struct HTTP1ResponseParser {
         var transferEncoding = false
         var close = !http11
         for l in lines {
-            switch l.name {
-            case "content-length":
+            if HTTP1Fields.equalsIgnoringCase(head, l.name, "content-length") {
                 // A list of equal values is allowed (RFC 9110 section 8.6); anything else is not.
-                for item in l.value.split(separator: ",") {
-                    let t = item.trimmingSpaces()
-                    guard !t.isEmpty, t.count <= 18, t.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }), let v = Int(t) else {
-                        return .error("invalid Content-Length '\(l.value.prefix(32))'")
+                var invalid = l.value.isEmpty, conflict = false
+                HTTP1Fields.forEachItem(head, l.value) { item in
+                    var v = 0
+                    guard item.count <= 18 else { invalid = true; return }
+                    for i in item {
+                        guard head[i] >= 48, head[i] <= 57 else { invalid = true; return }
+                        v = v * 10 + Int(head[i] - 48)
                     }
-                    if let c = contentLength, c != v { return .error("conflicting Content-Length values") }
+                    if let c = contentLength, c != v { conflict = true }
                     contentLength = v
                 }
-            case "transfer-encoding":
+                if invalid { return .error("invalid Content-Length '\(String(decoding: head[l.value].prefix(32), as: UTF8.self))'") }
+                if conflict { return .error("conflicting Content-Length values") }
+            } else if HTTP1Fields.equalsIgnoringCase(head, l.name, "transfer-encoding") {
                 transferEncoding = true
-                chunked = HTTP1Fields.listItems(l.value).last == "chunked"
-            case "connection":
-                if HTTP1Fields.listContains(l.value, "close") { close = true }
-            default:
-                break
+                var last: Range<Int>?
+                HTTP1Fields.forEachItem(head, l.value) { last = $0 }
+                chunked = last.map { HTTP1Fields.equalsIgnoringCase(head, $0, "chunked") } ?? false
+            } else if HTTP1Fields.equalsIgnoringCase(head, l.name, "connection") {
+                if HTTP1Fields.listContains(head, l.value, "close") { close = true }
             }
         }
         let framing: BodyFraming
@@ -95,7 +99,7 @@ struct HTTP1ResponseParser {
         // Transfer-Encoding with Content-Length smells of request smuggling (RFC 9112 section
         // 6.3): the body is read by Transfer-Encoding, and the connection is not used again.
         let reusable = !close && framing != .untilClose && !(transferEncoding && contentLength != nil)
-        let forClient = HTTP1Fields.rewrite(head, dropping: HTTP1Fields.connectionFields(lines), lines: lines, adding: "Connection: close\r\n")
+        let forClient = HTTP1Fields.rewrite(head, lines: lines, dropping: HTTP1Fields.connectionFields(head, lines), adding: "Connection: close\r\n")
         return .done(HTTP1ResponseHead(status: status, headLength: end, framing: framing, reusable: reusable, forClient: forClient))
     }
 

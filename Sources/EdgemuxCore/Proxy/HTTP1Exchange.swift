@@ -36,7 +36,7 @@ final class HTTP1Exchange {
     static func backendHead(_ head: [UInt8]) -> [UInt8] {
         head.withUnsafeBytes { buf in
             let lines = HTTP1Fields.lines(buf)
-            return HTTP1Fields.rewrite(buf, dropping: HTTP1Fields.connectionFields(lines), lines: lines)
+            return HTTP1Fields.rewrite(buf, lines: lines, dropping: HTTP1Fields.connectionFields(buf, lines))
         }
     }
 
