@@ -32,20 +32,20 @@ final class UpstreamPool {
         override func handleEvent(fd: Int32, events: UInt32) {
             // An idle HTTP/1.1 connection has nothing to say: readable means closed or broken.
             if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
-                pool.discard(self, reason: "closed")
+                pool.discard(self)
             }
         }
 
         override func timerFired() {
             timer = nil
-            pool.discard(self, reason: "idle")
+            pool.discard(self)
         }
     }
 
     let loop: EventLoop
     let metrics: WorkerMetrics
+    /// Mutated in place (never copied out and stored back): taking and keeping allocate nothing.
     private var idle: [Key: [Idle]] = [:]
-    private(set) var idleCount = 0
 
     init(loop: EventLoop, metrics: WorkerMetrics) {
         self.loop = loop
@@ -55,9 +55,8 @@ final class UpstreamPool {
     /// An idle connection to `endpoint` of `backend`, handed to `handler`; nil when none waits.
     func take(backend: BackendConfig, endpoint: Endpoint, for handler: EventHandler) -> Transport? {
         let key = Key(backend: ObjectIdentifier(backend), endpoint: endpoint)
-        guard var list = idle[key], let entry = list.popLast() else { return nil }
-        idle[key] = list.isEmpty ? nil : list
-        idleCount -= 1
+        guard let entry = idle[key]?.popLast() else { return nil }
+        if idle[key]?.isEmpty == true { idle[key] = nil }
         metrics.update { $0.upstreamReused += 1; $0.upstreamIdle -= 1 }
         loop.cancel(entry.timer)
         entry.timer = nil
@@ -69,25 +68,21 @@ final class UpstreamPool {
     /// the next exchange, or closes it when the backend's pool is full or pooling is off.
     func give(_ transport: Transport, backend: BackendConfig, endpoint: Endpoint) {
         let key = Key(backend: ObjectIdentifier(backend), endpoint: endpoint)
-        var list = idle[key] ?? []
-        guard backend.pool.maxIdle > 0, list.count < backend.pool.maxIdle, !transport.hangupSeen else {
+        guard backend.pool.maxIdle > 0, (idle[key]?.count ?? 0) < backend.pool.maxIdle, !transport.hangupSeen else {
             transport.close(on: loop)
             return
         }
         let entry = Idle(transport: transport, key: key, backend: backend, pool: self)
         loop.rebind(fd: transport.fd, to: entry)
         entry.timer = loop.schedule(afterMillis: backend.pool.idleTimeoutMillis, for: entry)
-        list.append(entry)
-        idle[key] = list
-        idleCount += 1
+        idle[key, default: []].append(entry)
         metrics.update { $0.upstreamIdle += 1 }
     }
 
-    private func discard(_ entry: Idle, reason: String) {
-        guard var list = idle[entry.key], let i = list.firstIndex(where: { $0 === entry }) else { return }
-        list.remove(at: i)
-        idle[entry.key] = list.isEmpty ? nil : list
-        idleCount -= 1
+    private func discard(_ entry: Idle) {
+        guard let i = idle[entry.key]?.firstIndex(where: { $0 === entry }) else { return }
+        idle[entry.key]?.remove(at: i)
+        if idle[entry.key]?.isEmpty == true { idle[entry.key] = nil }
         metrics.update { $0.upstreamIdle -= 1 }
         loop.cancel(entry.timer)
         entry.timer = nil
@@ -96,6 +91,7 @@ final class UpstreamPool {
 
     /// Closes every idle connection (drain, shutdown).
     func closeAll() {
+        let count = idle.values.reduce(0) { $0 + $1.count }
         for (_, list) in idle {
             for entry in list {
                 loop.cancel(entry.timer)
@@ -103,7 +99,6 @@ final class UpstreamPool {
             }
         }
         idle = [:]
-        metrics.update { $0.upstreamIdle -= idleCount }
-        idleCount = 0
+        metrics.update { $0.upstreamIdle -= count }
     }
 }
