@@ -21,14 +21,10 @@ struct FinalAnswer {
     /// Makes what progress the socket allows.
     mutating func advance(client: Transport, scratch: UnsafeMutableRawBufferPointer) -> Progress {
         if !halfClosed {
-            while offset < bytes.count, client.writable {
-                let step = bytes.withUnsafeBytes { client.write(from: UnsafeRawBufferPointer(rebasing: $0[offset...])) }
-                switch step {
-                case .bytes(let n): offset += n
-                case .wantRead, .wantWrite: return .writing
-                case .eof, .failed: return .finished
-                }
-            }
+            let start = offset
+            let (written, broken) = bytes.withUnsafeBytes { client.writeAvailable(from: UnsafeRawBufferPointer(rebasing: $0[start...])) }
+            offset += written
+            if broken != nil { return .finished }
             guard offset >= bytes.count else { return .writing }
             if client.hasBufferedOutput, case .wantWrite = client.flushBuffered() { return .writing }
             client.shutdownWrite()

@@ -80,15 +80,10 @@ final class HTTP1Exchange {
     /// Makes all the progress the sockets allow.
     func pump() -> Progress {
         // 1. The request, to the backend.
-        while requestOffset < request.count, backend.writable {
-            let step = request.withUnsafeBytes { backend.write(from: UnsafeRawBufferPointer(rebasing: $0[requestOffset...])) }
-            switch step {
-            case .bytes(let n): requestOffset += n
-            case .wantRead, .wantWrite: break
-            case .eof: return .failed(side: "backend", why: "closed", responseStarted: responseStarted)
-            case .failed(let why): return .failed(side: "backend", why: why, responseStarted: responseStarted)
-            }
-        }
+        let sent = requestOffset
+        let (written, broken) = request.withUnsafeBytes { backend.writeAvailable(from: UnsafeRawBufferPointer(rebasing: $0[sent...])) }
+        requestOffset += written
+        if let broken { return broke("backend", broken) }
         if backend.hasBufferedOutput, backend.writable, case .failed(let why) = backend.flushBuffered() {
             return .failed(side: "backend", why: why, responseStarted: responseStarted)
         }
@@ -129,10 +124,10 @@ final class HTTP1Exchange {
                 return nil
             case .interim(let length):
                 // 1xx (103 Early Hints, 100 Continue): the client gets it as it is.
-                let interim = Array(responseHead[0..<length])
-                responseHead.removeSubrange(0..<length)
                 responseStarted = true
-                if let failed = interim.withUnsafeBytes({ send($0) }) { return failed }
+                let failed = responseHead.withUnsafeBytes { send(UnsafeRawBufferPointer(rebasing: $0[0..<length])) }
+                responseHead.removeSubrange(0..<length)
+                if let failed { return failed }
             case .done(let head):
                 response = head
                 framing = head.framing
@@ -140,10 +135,9 @@ final class HTTP1Exchange {
                 if case .length(let n) = framing { remaining = n }
                 if framing == .none { bodyDone = true }
                 responseStarted = true
-                let rest = Array(responseHead[head.headLength...])
-                responseHead = []
                 // Head and first body bytes go out in one write (one TLS record, one send).
-                let failed = rest.withUnsafeBytes { forwardBody($0, after: head.forClient) }
+                let failed = responseHead.withUnsafeBytes { forwardBody(UnsafeRawBufferPointer(rebasing: $0[head.headLength...]), after: head.forClient) }
+                responseHead = []
                 if failed == nil, !bodyDone, bytes.count < 1400 {
                     // A backend without TCP_NODELAY that writes its head and body separately
                     // holds the body back until the head is acknowledged, and on a kept
@@ -202,17 +196,11 @@ final class HTTP1Exchange {
     private func send(_ bytes: UnsafeRawBufferPointer) -> Progress? {
         var offset = 0
         if pending == nil {
-            while offset < bytes.count, client.writable {
-                // The response's last bytes carry the client's close_notify (it asked for one request).
-                switch client.write(from: UnsafeRawBufferPointer(rebasing: bytes[offset...]), shutdownAfter: bodyDone) {
-                case .bytes(let n):
-                    offset += n
-                    bytesToClient += n
-                case .wantRead, .wantWrite: break
-                case .eof: return .failed(side: "client", why: "closed", responseStarted: true)
-                case .failed(let why): return .failed(side: "client", why: why, responseStarted: true)
-                }
-            }
+            // The response's last bytes carry the client's close_notify (it asked for one request).
+            let (written, broken) = client.writeAvailable(from: bytes, shutdownAfter: bodyDone)
+            offset = written
+            bytesToClient += written
+            if let broken { return broke("client", broken) }
         }
         guard offset < bytes.count else { return nil }
         let rest = UnsafeRawBufferPointer(rebasing: bytes[offset...])
@@ -231,18 +219,19 @@ final class HTTP1Exchange {
         return nil
     }
 
+    /// The failure a broken write (`.eof` or `.failed`) on `side` means.
+    private func broke(_ side: String, _ step: StreamStep) -> Progress {
+        var why = "closed"
+        if case .failed(let w) = step { why = w }
+        return .failed(side: side, why: why, responseStarted: side == "client" || responseStarted)
+    }
+
     private func flushPending() -> Progress? {
         if let p = pending {
-            while !p.isEmpty, client.writable {
-                switch client.write(from: p.readable, shutdownAfter: bodyDone) {
-                case .bytes(let n):
-                    p.consume(n)
-                    bytesToClient += n
-                case .wantRead, .wantWrite: break
-                case .eof: return .failed(side: "client", why: "closed", responseStarted: true)
-                case .failed(let why): return .failed(side: "client", why: why, responseStarted: true)
-                }
-            }
+            let (written, broken) = client.writeAvailable(from: p.readable, shutdownAfter: bodyDone)
+            p.consume(written)
+            bytesToClient += written
+            if let broken { return broke("client", broken) }
             if p.isEmpty {
                 pool.give(p)
                 pending = nil

@@ -243,31 +243,22 @@ final class ProxyConnection: EventHandler, ClientConnection {
             }
         case .awaitingBackend:
             connectFailed("timed out after \(backendConfig?.connectTimeoutMillis ?? 0) ms")
-        case .relaying:
+        case .relaying, .exchanging:
             guard let route, route.idleTimeoutMillis > 0 else { return }
-            let idle = loop.now - (relay?.lastActivity ?? startedAt)
-            if idle >= route.idleTimeoutMillis {
-                outcome = "idle_timeout"
-                worker.metrics.update { $0.timeouts["idle", default: 0] += 1 }
+            let last = phase == .relaying ? (relay?.lastActivity ?? startedAt) : exchange.lastActivity
+            let idle = loop.now - last
+            guard idle >= route.idleTimeoutMillis else {
+                armTimer(route.idleTimeoutMillis - idle)
+                return
+            }
+            outcome = "idle_timeout"
+            worker.metrics.update { $0.timeouts["idle", default: 0] += 1 }
+            if phase == .exchanging, exchange.http1?.responseStarted != true {
+                worker.logger.info("\(logPrefix): backend '\(backendConfig?.name ?? "?")' silent for \(idle) ms on route '\(route.name)'; closed")
+                answerError(status: 504, message: "backend '\(backendConfig?.name ?? "?")' did not answer in time")
+            } else {
                 worker.logger.info("\(logPrefix): idle for \(idle) ms on route '\(route.name)'; closed")
                 close()
-            } else {
-                armTimer(route.idleTimeoutMillis - idle)
-            }
-        case .exchanging:
-            guard let route, route.idleTimeoutMillis > 0 else { return }
-            let idle = loop.now - exchange.lastActivity
-            if idle >= route.idleTimeoutMillis {
-                outcome = "idle_timeout"
-                worker.metrics.update { $0.timeouts["idle", default: 0] += 1 }
-                worker.logger.info("\(logPrefix): backend '\(backendConfig?.name ?? "?")' silent for \(idle) ms on route '\(route.name)'; closed")
-                if exchange.http1?.responseStarted == true {
-                    close()
-                } else {
-                    answerError(status: 504, message: "backend '\(backendConfig?.name ?? "?")' did not answer in time")
-                }
-            } else {
-                armTimer(route.idleTimeoutMillis - idle)
             }
         case .flushingAnswer, .lingering:
             close()
@@ -428,12 +419,9 @@ final class ProxyConnection: EventHandler, ClientConnection {
     /// Writes a few bytes of edgemux's own to the client before the relay starts; what the
     /// socket does not take waits in the client direction's pending chunk.
     private func writeToClientNow(_ bytes: [UInt8]) {
-        var offset = 0
         bytes.withUnsafeBytes { buf in
-            while offset < buf.count, client.writable {
-                guard case .bytes(let n) = client.write(from: UnsafeRawBufferPointer(rebasing: buf[offset...])) else { break }
-                offset += n
-            }
+            // A broken client shows on its next read; what it did not take waits here.
+            let offset = client.writeAvailable(from: buf).written
             if offset < buf.count {
                 let chunk = clientPending ?? worker.pool.take()
                 chunk.append(UnsafeRawBufferPointer(rebasing: buf[offset...]))

@@ -139,23 +139,17 @@ final class Relay {
                 }
             }
             if let p = d.pending {
-                guard dst.writable else { return }
-                let step = dst.write(from: p.readable)
-                switch step {
-                case .bytes(let n):
-                    p.consume(n)
-                    d.bytes += n
-                    if p.isEmpty {
-                        pool.give(p)
-                        d.pending = nil
-                    }
-                    continue
-                case .wantRead, .wantWrite:
-                    return
-                case .eof, .failed:
-                    failRelay(dstSide, step)
+                let (written, broken) = dst.writeAvailable(from: p.readable)
+                p.consume(written)
+                d.bytes += written
+                if let broken {
+                    failRelay(dstSide, broken)
                     return
                 }
+                guard p.isEmpty else { return }
+                pool.give(p)
+                d.pending = nil
+                continue
             }
             if src.isPlain && dst.isPlain && d.filter == nil && !forceCopyPath {
                 splicePump(&d, from: src, to: dst)
@@ -194,19 +188,11 @@ final class Relay {
                 }
                 d.filter = f.done ? nil : f
             }
-            var offset = 0
-            while offset < count, dst.writable {
-                let step = dst.write(from: UnsafeRawBufferPointer(rebasing: scratch[offset..<count]))
-                switch step {
-                case .bytes(let n):
-                    offset += n
-                    d.bytes += n
-                case .wantRead, .wantWrite:
-                    break
-                case .eof, .failed:
-                    failRelay(dstSide, step)
-                    return
-                }
+            let (offset, broken) = dst.writeAvailable(from: UnsafeRawBufferPointer(rebasing: scratch[0..<count]))
+            d.bytes += offset
+            if let broken {
+                failRelay(dstSide, broken)
+                return
             }
             if offset < count {
                 let chunk = pool.take()

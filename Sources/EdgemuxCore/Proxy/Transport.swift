@@ -131,6 +131,22 @@ final class Transport {
         return step
     }
 
+    /// Writes as much of `buffer` as the socket takes now (TLS may take it in several steps).
+    /// Returns the bytes written, and the step that ended the stream (`.eof` or `.failed`) if it
+    /// broke; a full socket just stops the writing (`writable` is then false).
+    func writeAvailable(from buffer: UnsafeRawBufferPointer, shutdownAfter: Bool = false) -> (written: Int, broken: StreamStep?) {
+        var offset = 0
+        while offset < buffer.count, writable {
+            let step = write(from: UnsafeRawBufferPointer(rebasing: buffer[offset...]), shutdownAfter: shutdownAfter)
+            switch step {
+            case .bytes(let n): offset += n
+            case .wantRead, .wantWrite: return (offset, nil)
+            case .eof, .failed: return (offset, step)
+            }
+        }
+        return (offset, nil)
+    }
+
     /// Whether nothing more waits to be read: checked by reading when the last read did not
     /// show it (TLS may hold a record it has not processed, such as a session ticket). Any
     /// application byte or end of stream means the connection is not idle (and is spoiled).
