@@ -216,7 +216,7 @@ extension Integration {
             let port = freePort()
             let bg = try Background("demo", Paths.edgemux, ["demo", "--port", "\(port)"])
             defer { bg.stop(signal: SIGTERM) }
-            #expect(waitForPort(port))
+            #expect(waitForPort(port, while: bg), "the demo did not listen on \(port): \(bg.log)")
             var cert = ""
             for _ in 0..<100 {
                 if let r = bg.log.range(of: "--cacert ") {
