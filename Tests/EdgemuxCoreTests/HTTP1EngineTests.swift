@@ -38,12 +38,12 @@ struct HTTP1EngineTests {
         #expect(parse("HTTP/1.1 200 OK\r\nContent-Le") == .needMore)
         #expect(parse("HTTP/1.1 2x0 OK\r\n\r\n") == .error("malformed status code"))
         #expect(parse("HTTP/2 200 OK\r\n\r\n") == .error("malformed status line"))
-        #expect(parse("HTTP/1.1 101 Switching Protocols\r\n\r\n") != .needMore)
+        #expect(parse("HTTP/1.1 101 Switching Protocols\r\n\r\n") == .error("101 Switching Protocols to a request that asked for no upgrade"))
         #expect(parse("HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n") == .error("conflicting Content-Length values"))
         #expect(parse("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n") == .error("invalid Content-Length '-1'"))
         #expect(parse("HTTP/1.1 200 OK\r\nContent-Length: 5, x\r\n\r\n") == .error("invalid Content-Length '5, x'"))
         #expect(parse("HTTP/1.1 200 OK\r\nContent-Length: 1234567890123456789\r\n\r\n") == .error("invalid Content-Length '1234567890123456789'"))
-        #expect(parse("HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: Chunked\r\n\r\n") != .needMore)
+        #expect(done("HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: Chunked\r\n\r\n")?.framing == .chunked, "field names and codings ignore case")
         #expect(parse("HTTP/1.1 200 OK\r\nX: " + String(repeating: "a", count: 100), cap: 64) == .error("response head exceeds 64 bytes"))
     }
 
