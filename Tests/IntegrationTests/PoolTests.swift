@@ -140,6 +140,28 @@ extension Integration {
             #expect(e.log.contains("client side failed during the exchange"), "\(e.log)")
         }
 
+        @Test("a kept connection the backend closes while it waits is dropped at once: the next request needs no retry")
+        func backendClosesIdleConnection() throws {
+            let (raw, rawPort) = try startPeer("raw-http1", ["--behaviour", "close-idle"])
+            defer { raw.stop() }
+            let port = freePort(), admin = freePort()
+            let e = try Edgemux(config: config(port: port, admin: admin, backend: "    endpoints: [\"127.0.0.1:\(rawPort)\"]",
+                                               extraBackend: "  secure:\n    endpoints: [\"127.0.0.1:1\"]"), port: port)
+            #expect(once("/", port: port).stdout.contains("answer 1"))
+            #expect(metrics(admin).contains("edgemux_upstream_idle_connections 1"))
+            var m = ""
+            for _ in 0..<50 {
+                m = metrics(admin)
+                if m.contains("edgemux_upstream_idle_connections 0") { break }
+                usleep(100_000)
+            }
+            #expect(m.contains("edgemux_upstream_idle_connections 0"), "\(m)")
+            let second = once("/", port: port)
+            #expect(second.stdout.contains("answer 2"), "\(second.stdout) \(second.stderr) \(e.log)")
+            m = metrics(admin)
+            #expect(m.contains("edgemux_upstream_retries_total 0") && m.contains("edgemux_upstream_reused_total 0"), "\(m)")
+        }
+
         @Test("a malformed response is a 502 for that client, logged and counted; max_idle 0 keeps nothing")
         func badResponseAndNoPool() throws {
             let (raw, rawPort) = try startPeer("raw-http1", ["--behaviour", "bad-status"])

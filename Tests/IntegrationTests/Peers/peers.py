@@ -168,7 +168,8 @@ def serve_http1(args):
 def serve_raw_http1(args):
     """One response per connection, then: `drop-second` closes the connection when the next
     request arrives, without answering (what a backend's keep-alive timeout does when it races
-    a proxy's reuse); `bad-status` answers with a malformed status line."""
+    a proxy's reuse); `close-idle` closes it 1 s after answering (a short keep-alive timeout);
+    `bad-status` answers with a malformed status line."""
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", args.port))
@@ -192,6 +193,9 @@ def serve_raw_http1(args):
                 body = f"answer {counter[0]}\n".encode()
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
                 served += 1
+                if args.behaviour == "close-idle":
+                    time.sleep(1.0)
+                    return
 
     stop_after(args.max_seconds)
     ready(srv.getsockname()[1])
@@ -621,7 +625,7 @@ def main():
         sp.add_argument("--client-ca")
     rh = sub.add_parser("raw-http1")
     rh.add_argument("--port", type=int, default=0)
-    rh.add_argument("--behaviour", choices=["drop-second", "bad-status"], required=True)
+    rh.add_argument("--behaviour", choices=["drop-second", "close-idle", "bad-status"], required=True)
     rh.add_argument("--max-seconds", type=float, default=300)
     g = sub.add_parser("grpc-client")
     g.add_argument("--target", required=True)
