@@ -17,10 +17,10 @@ cc -O2 -o "$R/bare-tls-server" Benchmarks/tools/bare-tls-server.c -lssl -lcrypto
 cc -O2 -o "$R/tlsconn" "$PEERS/tools/tlsconn.c" -lssl -lcrypto
 swift build -c release --product edgemux >/dev/null
 BIN="$(swift build -c release --show-bin-path)/edgemux"
-render() { sed -e "s#@RUN@#$R#g; s#@WWW@#$W/www#g; s#@CERTS@#$W/certs#g; s#@H1_PORT@#9001#g; s#@H2C_PORT@#9002#g; s#@PORT@#$2#g; s#@NGINX_H2_ROUTE@#grpc_pass grpc://be_h2c;#g" "$PEERS/conf/$1"; }
-render backend-nginx.conf.in 0 > "$R/backend.conf"
-render nginx-proxy.conf.in 8444 > "$R/nginx-proxy.conf"
-render haproxy.cfg.in 8443 > "$R/haproxy.cfg"
+source Benchmarks/common.sh
+bench_render backend-nginx.conf.in "$R" "$W/www" "$W/certs" > "$R/backend.conf"
+bench_render nginx-proxy.conf.in "$R" "$W/www" "$W/certs" 8444 > "$R/nginx-proxy.conf"
+bench_render haproxy.cfg.in "$R" "$W/www" "$W/certs" 8443 > "$R/haproxy.cfg"
 cat > "$R/edgemux.yaml" <<YAML
 workers: 1
 listeners:
@@ -33,16 +33,7 @@ backends:
   peers:
     endpoints: { http1: [127.0.0.1:9001], h2c: [127.0.0.1:9002] }
 YAML
-cat > "$R/client.cnf" <<CNF
-openssl_conf = openssl_init
-[openssl_init]
-ssl_conf = ssl_sect
-[ssl_sect]
-system_default = system_default_sect
-[system_default_sect]
-Ciphersuites = TLS_AES_128_GCM_SHA256
-Groups = X25519
-CNF
+bench_client_cnf "$R/client.cnf"
 STARTED=()
 cleanup() { for p in "${STARTED[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT

@@ -29,9 +29,9 @@ PEERS_WORK="$WORK" "$PEERS/gen-certs.sh" >/dev/null
 CERTS="$WORK/certs"
 [[ -s "$WORK/www/big" ]] || head -c 67108864 /dev/urandom > "$WORK/www/big"
 [[ -x "$WORK/bin/tlsconn" ]] || cc -O2 -o "$WORK/bin/tlsconn" "$PEERS/tools/tlsconn.c" -lssl -lcrypto
-sed -e "s#@RUN@#$WORK/run#g; s#@WWW@#$WORK/www#g; s#@CERTS@#$CERTS#g; s#@H1_PORT@#9001#g; s#@H2C_PORT@#9002#g" \
-  "$PEERS/conf/backend-nginx.conf.in" | sed "s#$WORK/run/tmp#$WORK/tmp#g" > "$WORK/run/backend-nginx.conf"
-printf 'openssl_conf = openssl_init\n[openssl_init]\nssl_conf = ssl_sect\n[ssl_sect]\nsystem_default = sd\n[sd]\nCiphersuites = TLS_AES_128_GCM_SHA256\nGroups = X25519\n' > "$WORK/run/client-openssl.cnf"
+source "$ROOT/Benchmarks/common.sh"
+bench_render backend-nginx.conf.in "$WORK/run" "$WORK/www" "$CERTS" | sed "s#$WORK/run/tmp#$WORK/tmp#g" > "$WORK/run/backend-nginx.conf"
+bench_client_cnf "$WORK/run/client-openssl.cnf"
 C="env OPENSSL_CONF=$WORK/run/client-openssl.cnf taskset -c 0"
 
 swift build -c release --product edgemux >/dev/null
