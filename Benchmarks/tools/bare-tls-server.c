@@ -9,15 +9,8 @@
  * Usage: bare-tls-server PORT CERT KEY   (listens on 127.0.0.1; stops after 120 s)
  */
 #define _GNU_SOURCE
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+#include "bare-tls-common.h"
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 typedef struct { int fd; SSL *ssl; int established; } conn_t;
@@ -26,22 +19,8 @@ int main(int argc, char **argv) {
     if (argc != 4) { fprintf(stderr, "usage: %s PORT CERT KEY\n", argv[0]); return 2; }
     signal(SIGPIPE, SIG_IGN);
     alarm(120);  /* bounded: never outlives a benchmark */
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    if (SSL_CTX_use_certificate_chain_file(ctx, argv[2]) != 1 || SSL_CTX_use_PrivateKey_file(ctx, argv[3], SSL_FILETYPE_PEM) != 1) {
-        ERR_print_errors_fp(stderr);
-        return 1;
-    }
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_num_tickets(ctx, 1);
-    int one = 1, l = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(l, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[1])), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    if (bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 4096) != 0) { perror("bind"); return 1; }
-    int ep = epoll_create1(0);
-    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
-    epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev);
+    SSL_CTX *ctx = floor_server_ctx(argv[2], argv[3]);
+    int l, ep = floor_listen(argv[1], &l);
     static const char answer[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
     struct epoll_event events[256];
     for (;;) {
