@@ -197,6 +197,17 @@ func waitForPort(_ port: UInt16, timeout: Double = 20, while owner: Background? 
     return false
 }
 
+/// Polls `probe` until it gives a value or `timeout` passes: for what edgemux writes just after a
+/// client is done (access log lines, gauges).
+func eventually<T>(timeout: Double = 5, _ probe: () -> T?) -> T? {
+    let deadline = Date().addingTimeInterval(timeout)
+    repeat {
+        if let value = probe() { return value }
+        usleep(20_000)
+    } while Date() < deadline
+    return nil
+}
+
 /// edgemux started from a YAML config for one test.
 final class Edgemux {
     let background: Background

@@ -67,6 +67,13 @@ extension Integration {
                 seen.insert(conn(r))
             }
             #expect(seen.count == 1, "every request on one backend connection: \(seen)")
+            // The access log counts what the client sent (its head, Connection field and all),
+            // not the rewritten head that went to the backend.
+            let bare = curl(["--http1.1", "-H", "Connection: close", "-H", "User-Agent:", "-H", "Accept:", "https://localhost:\(port)/sent"], port: port)
+            let sentHead = "GET /sent HTTP/1.1\r\nHost: localhost:\(port)\r\nConnection: close\r\n\r\n"
+            #expect(bare.stdout.hasPrefix("plain GET /sent"), "\(bare.stdout) \(bare.stderr)")
+            let logged = eventually { e.log.split(separator: "\n").first { $0.contains("\"path\":\"/sent\"") } } ?? ""
+            #expect(logged.contains("\"backend_reused\":true") && logged.contains("\"bytes_from_client\":\(sentHead.utf8.count),"), "\(logged)")
             // Chunked with extensions and a trailer: the body arrives whole, and the connection
             // is still the same one afterwards.
             let chunked = curl(["--http1.1", "-H", "Connection: close", "https://localhost:\(port)/chunked"], port: port)
@@ -94,8 +101,8 @@ extension Integration {
             let post = curl(["--http1.1", "-H", "Connection: close", "--data-binary", "hello", "https://localhost:\(port)/upload"], port: port)
             #expect(post.stdout.hasPrefix("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824 5"), "\(post.stdout) \(post.stderr)")
             let m = metrics(admin)
-            // 5 + chunked + HEAD + 204 + 1 on the plain backend, 3 on the TLS one: 2 new connections.
-            #expect(m.contains("edgemux_upstream_reused_total 10"), "\(e.log)")
+            // 5 + /sent + chunked + HEAD + 204 + 1 on the plain backend, 3 on the TLS one: 2 new connections.
+            #expect(m.contains("edgemux_upstream_reused_total 11"), "\(e.log)")
             #expect(m.contains("edgemux_upstream_idle_connections 2"), "\(m)")
         }
 

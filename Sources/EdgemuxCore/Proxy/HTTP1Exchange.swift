@@ -49,7 +49,9 @@ final class HTTP1Exchange {
     private let parser: HTTP1ResponseParser
     /// The response head as it arrives (until complete).
     private var responseHead: [UInt8] = []
-    private var response: HTTP1ResponseHead?
+    /// The response's status once its head is complete (0 before): all the exchange keeps of it.
+    private(set) var status = 0
+    private var headComplete: Bool { status != 0 }
     private var remaining = 0
     private var chunked = ChunkedBodyScanner()
     private var framing: BodyFraming = .none
@@ -60,8 +62,6 @@ final class HTTP1Exchange {
     private var pending: Chunk?
     private(set) var responseStarted = false
     private(set) var bytesToClient = 0
-    var bytesFromClient: Int { request.count }
-    var status: Int { response?.status ?? 0 }
 
     init(client: Transport, backend: Transport, requestHead: [UInt8], method: String, pool: BufferPool, maxResponseHead: Int) {
         self.client = client
@@ -98,11 +98,11 @@ final class HTTP1Exchange {
             case .wantRead, .wantWrite:
                 break
             case .eof:
-                if response != nil, framing == .untilClose {
+                if headComplete, framing == .untilClose {
                     bodyDone = true
                     reusable = false
                 } else {
-                    let why = response == nil ? "closed before a complete response head" : "closed before the end of the response body"
+                    let why = headComplete ? "closed before the end of the response body" : "closed before a complete response head"
                     return .failed(side: "backend", why: why, responseStarted: responseStarted)
                 }
             case .failed(let why):
@@ -115,9 +115,9 @@ final class HTTP1Exchange {
 
     /// Handles bytes read from the backend.
     private func received(_ bytes: UnsafeRawBufferPointer) -> Progress? {
-        guard response == nil else { return forwardBody(bytes, after: []) }
+        guard !headComplete else { return forwardBody(bytes, after: []) }
         responseHead.append(contentsOf: bytes)
-        while response == nil {
+        while !headComplete {
             let result = responseHead.withUnsafeBytes { parser.parse($0, headRequest: headRequest) }
             switch result {
             case .needMore:
@@ -129,7 +129,7 @@ final class HTTP1Exchange {
                 responseHead.removeSubrange(0..<length)
                 if let failed { return failed }
             case .done(let head):
-                response = head
+                status = head.status
                 framing = head.framing
                 reusable = head.reusable
                 if case .length(let n) = framing { remaining = n }

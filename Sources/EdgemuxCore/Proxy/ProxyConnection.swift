@@ -75,9 +75,11 @@ final class ProxyConnection: EventHandler, ClientConnection {
         /// The request head as sent to the backend (kept for a retry).
         var backendHead: [UInt8] = []
         var lastActivity: Int64 = 0
-        var bytesFromClient = 0
         var bytesToClient = 0
         var status = 0
+        /// What the client sent: in a one-request exchange that is its request head and nothing
+        /// more (what reaches the backend is the head rewritten, so the exchange cannot count it).
+        var bytesFromClient: Int { pooled ? headLength : 0 }
     }
 
     private var exchangeStorage: Exchange?
@@ -669,7 +671,6 @@ final class ProxyConnection: EventHandler, ClientConnection {
 
     /// Keeps what the access log needs of a finished exchange and frees its buffers.
     private func endExchange(_ x: HTTP1Exchange) {
-        exchange.bytesFromClient = x.bytesFromClient
         exchange.bytesToClient = x.bytesToClient
         exchange.status = x.status
         x.release()
@@ -735,7 +736,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         backend?.close(on: loop)
         backend = nil
         client.close(on: loop)
-        let inBytes = relay?.bytesFromClient ?? exchangeStorage?.bytesFromClient ?? 0
+        let inBytes = bytesFromClient
         let outBytes = relay?.bytesToClient ?? exchangeStorage?.bytesToClient ?? 0
         worker.metrics.update {
             $0.bytesIn += inBytes
@@ -747,6 +748,9 @@ final class ProxyConnection: EventHandler, ClientConnection {
 }
 
 extension ProxyConnection {
+    /// Bytes received from the client (after TLS), for the access log and the metrics.
+    var bytesFromClient: Int { relay?.bytesFromClient ?? exchangeStorage?.bytesFromClient ?? 0 }
+
     func writeAccessLog(_ log: AccessLog) {
         let ms = Int(loop.now - startedAt)
         let opt: (String?) -> AccessLog.JSONValue = { $0.map { .string($0) } ?? .null }
@@ -764,7 +768,7 @@ extension ProxyConnection {
             ("endpoint", opt(backendConnected ? currentEndpoint?.text : nil)),
             ("status", exchangeStorage.map { $0.status > 0 ? .int($0.status) : .null } ?? .null),
             ("backend_reused", .bool(exchangeStorage?.reusedConnection ?? false)),
-            ("bytes_from_client", .int(relay?.bytesFromClient ?? exchangeStorage?.bytesFromClient ?? 0)),
+            ("bytes_from_client", .int(bytesFromClient)),
             ("bytes_to_client", .int(relay?.bytesToClient ?? exchangeStorage?.bytesToClient ?? 0)),
             ("duration_ms", .int(ms)),
             ("outcome", .string(outcome)),
