@@ -126,6 +126,10 @@ void CEdgemux_ERR_text(char *out, size_t cap) {
     ERR_clear_error();
 }
 
+void CEdgemux_ERR_clear(void) {
+    if (ERR_peek_error() != 0) ERR_clear_error();
+}
+
 int CEdgemux_SSL_CTX_check_private_key(const SSL_CTX *ctx) { return SSL_CTX_check_private_key(ctx); }
 
 int CEdgemux_make_self_signed(const char *cn, int days, const char *cert_path, const char *key_path) {

@@ -183,7 +183,9 @@ public final class EventLoop: @unchecked Sendable {
             if !soon.isEmpty {
                 timeout = 0
             } else if let next = nextDeadline() {
-                timeout = Int32(clamping: max(0, next - Posix.monotonicMillis()))
+                // From the clock read at the last wake-up, as nginx does: one clock read per
+                // wake-up, and a timer fires late by at most the time the last batch took.
+                timeout = Int32(clamping: max(0, next - now))
             } else {
                 timeout = -1
             }

@@ -117,8 +117,9 @@ public enum Posix {
         return value
     }
 
+    /// Reads from a socket: recv(2), which skips the file layer that read(2) goes through.
     public static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) throws -> IOResult<Int> {
-        try checkNonBlocking("read") { Glibc.read(fd, buffer.baseAddress, buffer.count) }
+        try checkNonBlocking("recv") { Glibc.recv(fd, buffer.baseAddress, buffer.count, 0) }
     }
 
     public static func write(_ fd: Int32, from buffer: UnsafeRawBufferPointer) throws -> IOResult<Int> {

@@ -63,14 +63,14 @@ final class TLSStream {
 
     /// One handshake step: `.bytes(0)` once complete.
     func handshake() -> StreamStep {
-        ERR_clear_error()
+        CEdgemux_ERR_clear()
         let r = SSL_do_handshake(ssl)
         if r == 1 { return .bytes(0) }
         return classify(r, during: "handshake")
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) -> StreamStep {
-        ERR_clear_error()
+        CEdgemux_ERR_clear()
         var n = 0
         let r = SSL_read_ex(ssl, buffer.baseAddress, buffer.count, &n)
         if r == 1 { return .bytes(n) }
@@ -115,7 +115,7 @@ final class TLSStream {
         var total = 0
         var last: StreamStep = .wantWrite
         while total < buffer.count {
-            ERR_clear_error()
+            CEdgemux_ERR_clear()
             var n = 0
             let r = SSL_write_ex(ssl, buffer.baseAddress! + total, buffer.count - total, &n)
             if r == 1 {
@@ -150,11 +150,11 @@ final class TLSStream {
 
     /// Sends close_notify (once); does not wait for the peer's.
     func shutdown() {
-        ERR_clear_error()
+        CEdgemux_ERR_clear()
         if SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN == 0 {
             _ = SSL_shutdown(ssl)
         }
-        ERR_clear_error()
+        CEdgemux_ERR_clear()
     }
 
     /// The negotiated ALPN protocol ("" when none).
@@ -180,7 +180,7 @@ final class TLSStream {
         case SSL_ERROR_ZERO_RETURN: return .eof
         case SSL_ERROR_SYSCALL:
             let e = errno
-            ERR_clear_error()
+            CEdgemux_ERR_clear()
             // With SSL_OP_IGNORE_UNEXPECTED_EOF a bare FIN reads as ZERO_RETURN; errno 0 here is
             // still an EOF in some OpenSSL paths.
             if e == 0 { return .eof }
