@@ -108,16 +108,6 @@ void CEdgemux_SSL_CTX_set_sni_table(SSL_CTX *ctx, CEdgemux_sni_table *table) {
     SSL_CTX_set_tlsext_servername_arg(ctx, table);
 }
 
-void CEdgemux_SSL_get_alpn(const SSL *ssl, char *out, size_t cap) {
-    const unsigned char *data = NULL;
-    unsigned int len = 0;
-    SSL_get0_alpn_selected(ssl, &data, &len);
-    if (cap == 0) return;
-    if (len >= cap) len = (unsigned int)cap - 1;
-    if (len > 0) memcpy(out, data, len);
-    out[len] = 0;
-}
-
 void CEdgemux_ERR_text(char *out, size_t cap) {
     if (cap == 0) return;
     out[0] = 0;

@@ -100,8 +100,6 @@ int CEdgemux_BIO_socket_flush(BIO *bio);
 /// Bytes gathered and not yet sent.
 size_t CEdgemux_BIO_socket_pending(BIO *bio);
 
-/// The negotiated ALPN protocol as a C string copy in `out` (empty when none).
-void CEdgemux_SSL_get_alpn(const SSL *ssl, char *out, size_t cap);
 /// The first queued OpenSSL error as text in `out` (empty when none); clears the queue.
 void CEdgemux_ERR_text(char *out, size_t cap);
 /// Empties this thread's OpenSSL error queue, as SSL_get_error needs before every TLS I/O call.

@@ -12,6 +12,10 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     private let low: UInt64
 
     public init(family: Int32, ip: [UInt8], port: UInt16) {
+        self = ip.withUnsafeBytes { SocketAddress(family: family, ipBytes: $0, port: port) }
+    }
+
+    init(family: Int32, ipBytes ip: UnsafeRawBufferPointer, port: UInt16) {
         self.family = family
         self.port = port
         var h: UInt64 = 0, l: UInt64 = 0
@@ -31,21 +35,13 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     }
 
     init(storage: sockaddr_storage) {
-        var s = storage
+        let s = storage
         if Int32(s.ss_family) == AF_INET6 {
-            let (ip, port) = withUnsafeBytes(of: &s) { raw -> ([UInt8], UInt16) in
-                let sin6 = raw.load(as: sockaddr_in6.self)
-                let bytes = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
-                return (bytes, UInt16(bigEndian: sin6.sin6_port))
-            }
-            self.init(family: AF_INET6, ip: ip, port: port)
+            let sin6 = withUnsafeBytes(of: s) { $0.load(as: sockaddr_in6.self) }
+            self = withUnsafeBytes(of: sin6.sin6_addr) { SocketAddress(family: AF_INET6, ipBytes: $0, port: UInt16(bigEndian: sin6.sin6_port)) }
         } else {
-            let (ip, port) = withUnsafeBytes(of: &s) { raw -> ([UInt8], UInt16) in
-                let sin = raw.load(as: sockaddr_in.self)
-                let bytes = withUnsafeBytes(of: sin.sin_addr) { Array($0) }
-                return (bytes, UInt16(bigEndian: sin.sin_port))
-            }
-            self.init(family: AF_INET, ip: ip, port: port)
+            let sin = withUnsafeBytes(of: s) { $0.load(as: sockaddr_in.self) }
+            self = withUnsafeBytes(of: sin.sin_addr) { SocketAddress(family: AF_INET, ipBytes: $0, port: UInt16(bigEndian: sin.sin_port)) }
         }
     }
 

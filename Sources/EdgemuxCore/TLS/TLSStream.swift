@@ -159,9 +159,11 @@ final class TLSStream {
 
     /// The negotiated ALPN protocol ("" when none).
     var negotiatedALPN: String {
-        var buf = [CChar](repeating: 0, count: 64)
-        CEdgemux_SSL_get_alpn(ssl, &buf, buf.count)
-        return String(cChars: buf)
+        var data: UnsafePointer<UInt8>?
+        var length: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &data, &length)
+        // "h2" and "http/1.1" fit in a small string: no allocation.
+        return String(decoding: UnsafeBufferPointer(start: data, count: data == nil ? 0 : Int(length)), as: UTF8.self)
     }
 
     /// The SNI the client sent, if any.

@@ -12,6 +12,11 @@ final class BackendBalancer {
         guard !endpoints.isEmpty else { return [] }
         let start = (next[proto] ?? 0) % endpoints.count
         next[proto] = start + 1
+        if failedUntil.isEmpty {
+            // Nothing in cooldown (the usual case): the rotation alone; a single endpoint's list
+            // is shared as it is, with no allocation per connection.
+            return start == 0 ? endpoints : Array(endpoints[start...] + endpoints[..<start])
+        }
         var healthy: [Endpoint] = []
         var cooling: [Endpoint] = []
         for i in 0..<endpoints.count {

@@ -55,8 +55,9 @@ final class UpstreamPool {
     /// An idle connection to `endpoint` of `backend`, handed to `handler`; nil when none waits.
     func take(backend: BackendConfig, endpoint: Endpoint, for handler: EventHandler) -> Transport? {
         let key = Key(backend: ObjectIdentifier(backend), endpoint: endpoint)
+        // An emptied list stays (with its capacity): the exchange usually gives the connection
+        // back moments later, and re-creating the list would allocate every time.
         guard let entry = idle[key]?.popLast() else { return nil }
-        if idle[key]?.isEmpty == true { idle[key] = nil }
         metrics.update { $0.upstreamReused += 1; $0.upstreamIdle -= 1 }
         loop.cancel(entry.timer)
         entry.timer = nil
@@ -75,9 +76,16 @@ final class UpstreamPool {
         let entry = Idle(transport: transport, key: key, backend: backend, pool: self)
         loop.rebind(fd: transport.fd, to: entry)
         entry.timer = loop.schedule(afterMillis: backend.pool.idleTimeoutMillis, for: entry)
+        if idle[key] == nil, idle.count >= UpstreamPool.keysBeforeSweep {
+            // Lists emptied by `take` outlive their backend after a reload: drop them now and then.
+            idle = idle.filter { !$0.value.isEmpty }
+        }
         idle[key, default: []].append(entry)
         metrics.update { $0.upstreamIdle += 1 }
     }
+
+    /// How many backend/endpoint lists may exist before the empty ones are swept.
+    static let keysBeforeSweep = 256
 
     private func discard(_ entry: Idle) {
         guard let i = idle[entry.key]?.firstIndex(where: { $0 === entry }) else { return }
