@@ -36,6 +36,22 @@ public final class DemoSetup: Sendable {
             endpoints: ["127.0.0.1:@GRPC@"]
         """
 
+    /// The admin listener's port: the one after the demo's, unless something already holds it
+    /// (a client's ephemeral port, another server), then a free one: a busy neighbour must not
+    /// stop the demo. Probed without SO_REUSEPORT, so another process's listener counts as busy.
+    static func adminPort(after port: UInt16) -> UInt16 {
+        func probe(_ candidate: UInt16) -> UInt16? {
+            guard let fd = try? Posix.socket(domain: AF_INET, type: Int32(SOCK_STREAM.rawValue)) else { return nil }
+            defer { Posix.close(fd) }
+            try? Posix.setOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: 1)
+            guard (try? Posix.bind(fd, address: SocketAddress.parse(ip: "127.0.0.1", port: candidate)!)) != nil,
+                  (try? Posix.listen(fd, backlog: 1)) != nil else { return nil }
+            return Posix.localPort(fd)
+        }
+        if port < UInt16.max, let next = probe(port + 1) { return next }
+        return probe(0) ?? port &+ 1
+    }
+
     public init(port: UInt16, logger: Logger) throws {
         let dir = NSTemporaryDirectory() + "edgemux-demo-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -53,9 +69,10 @@ public final class DemoSetup: Sendable {
         t.name = "edgemux-demo-backends"
         t.start()
 
+        let admin = Self.adminPort(after: port)
         let yaml = Self.configTemplate
             .replacingOccurrences(of: "@PORT@", with: "\(port)")
-            .replacingOccurrences(of: "@ADMIN@", with: "\(port + 1)")
+            .replacingOccurrences(of: "@ADMIN@", with: "\(admin)")
             .replacingOccurrences(of: "@DIR@", with: dir)
             .replacingOccurrences(of: "@WEB1@", with: "\(ports.0)")
             .replacingOccurrences(of: "@WEB2@", with: "\(ports.1)")
@@ -68,7 +85,7 @@ public final class DemoSetup: Sendable {
 
             edgemux demo: listening on \(url) (self-signed certificate \(dir)/demo.crt)
             demo backends: web HTTP/1.1 on 127.0.0.1:\(ports.0), web h2c on 127.0.0.1:\(ports.1), gRPC h2c on 127.0.0.1:\(ports.2)
-            config in use: \(dir)/edgemux-demo.yaml     metrics: http://127.0.0.1:\(port + 1)/metrics
+            config in use: \(dir)/edgemux-demo.yaml     metrics: http://127.0.0.1:\(admin)/metrics
 
             Try, from another terminal:
               curl --cacert \(dir)/demo.crt --http1.1 \(url)/hello          # web backend, HTTP/1.1
