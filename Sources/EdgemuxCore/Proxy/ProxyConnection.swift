@@ -99,6 +99,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
     var failures: [String] { get { exchange.failures } set { exchange.failures = newValue } }
     var ackFilter: SettingsAckFilter? { get { exchangeStorage?.ackFilter } set { exchange.ackFilter = newValue } }
     var timer: TimerHandle?
+    /// Kept with the exchange, so that an idle connection does not carry it.
+    var finalAnswer: FinalAnswer? { get { exchangeStorage?.finalAnswer } set { exchange.finalAnswer = newValue } }
     let startedAt: Int64
     /// How the connection ended, for the access log (kept with the exchange: set on the way out).
     var outcome: String { get { exchangeStorage?.outcome ?? "closed" } set { exchange.outcome = newValue } }
@@ -216,13 +218,6 @@ final class ProxyConnection: EventHandler, ClientConnection {
     }
 
     // MARK: timers
-
-    private func armTimer(_ millis: Int64) {
-        loop.cancel(timer)
-        timer = nil
-        guard millis > 0 else { return }
-        timer = loop.schedule(afterMillis: millis, for: self)
-    }
 
     override func timerFired() {
         timer = nil
@@ -702,25 +697,14 @@ final class ProxyConnection: EventHandler, ClientConnection {
             worker.pool.give(p)
             clientPending = nil
         }
-        exchange.finalAnswer = FinalAnswer(all + bytes)
+        finalAnswer = FinalAnswer(all + bytes)
         phase = .flushingAnswer
         armTimer(5_000)
         continueAnswer()
     }
 
-    private func continueAnswer() {
-        switch exchange.finalAnswer?.advance(client: client, scratch: worker.pool.scratch) {
-        case .writing?:
-            break
-        case .lingering?:
-            if phase != .lingering {
-                phase = .lingering
-                armTimer(2_000)
-            }
-        case .finished?, nil:
-            close()
-        }
-    }
+    var lingering: Bool { phase == .lingering }
+    func startLingering() { phase = .lingering }
 
     /// Closes both sides at once (no close_notify: either both directions already ended, or
     /// something failed).

@@ -73,10 +73,48 @@ final class Worker {
 }
 
 /// A client connection owned by a worker: ingress (`ProxyConnection`) or egress (`TunnelConnection`).
-protocol ClientConnection: AnyObject {
+/// What both do alike lives in the extension below: one timer at a time, and edgemux's own last
+/// words (an error answer) written, half-closed and lingered on.
+protocol ClientConnection: EventHandler {
+    var loop: EventLoop { get }
+    var worker: Worker { get }
+    var client: Transport { get }
+    /// The connection's one timer (each phase arms its own deadline).
+    var timer: TimerHandle? { get set }
+    /// edgemux's own answer while it is being written (nil otherwise).
+    var finalAnswer: FinalAnswer? { get set }
+    /// The answer is written and half-closed: the client's last bytes are being read and dropped.
+    var lingering: Bool { get }
+    func startLingering()
     func start()
     /// Closes both sides at once.
     func close()
+}
+
+extension ClientConnection {
+    /// Replaces the connection's timer; 0 (or less) leaves none.
+    func armTimer(_ millis: Int64) {
+        loop.cancel(timer)
+        timer = nil
+        guard millis > 0 else { return }
+        timer = loop.schedule(afterMillis: millis, for: self)
+    }
+
+    /// Writes what the socket takes of the final answer; once it is all out, lingers (for at
+    /// most 2 s) until the client closes, then closes.
+    func continueAnswer() {
+        switch finalAnswer?.advance(client: client, scratch: worker.pool.scratch) {
+        case .writing?:
+            break
+        case .lingering?:
+            if !lingering {
+                startLingering()
+                armTimer(2_000)
+            }
+        case .finished?, nil:
+            close()
+        }
+    }
 }
 
 /// A listening socket of one worker. Accepts in batches so one busy listener cannot starve the

@@ -97,13 +97,6 @@ final class TunnelConnection: EventHandler, ClientConnection {
 
     // MARK: timers
 
-    private func armTimer(_ millis: Int64) {
-        loop.cancel(timer)
-        timer = nil
-        guard millis > 0 else { return }
-        timer = loop.schedule(afterMillis: millis, for: self)
-    }
-
     override func timerFired() {
         timer = nil
         switch phase {
@@ -449,19 +442,8 @@ final class TunnelConnection: EventHandler, ClientConnection {
         continueAnswer()
     }
 
-    private func continueAnswer() {
-        switch finalAnswer?.advance(client: client, scratch: worker.pool.scratch) {
-        case .writing?:
-            break
-        case .lingering?:
-            if phase != .lingering {
-                phase = .lingering
-                armTimer(2_000)
-            }
-        case .finished?, nil:
-            close()
-        }
-    }
+    var lingering: Bool { phase == .lingering }
+    func startLingering() { phase = .lingering }
 
     func close() {
         guard phase != .closed else { return }
