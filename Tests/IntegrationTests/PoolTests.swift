@@ -122,6 +122,22 @@ extension Integration {
             #expect(m.contains("edgemux_upstream_reused_total 2"), "\(m)")
         }
 
+        @Test("a response head in pieces after a 103: the client gets all of it, and the connection is kept")
+        func headInPieces() throws {
+            let (raw, rawPort) = try startPeer("raw-http1", ["--behaviour", "dribble"])
+            defer { raw.stop() }
+            let port = freePort(), admin = freePort()
+            let e = try Edgemux(config: config(port: port, admin: admin, backend: "    endpoints: [\"127.0.0.1:\(rawPort)\"]",
+                                               extraBackend: "  secure:\n    endpoints: [\"127.0.0.1:1\"]"), port: port)
+            for i in 1...2 {
+                let r = once("/", port: port)
+                #expect(r.stdout.contains("HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n"), "\(r.stdout) \(r.stderr) \(e.log)")
+                #expect(r.stdout.contains("HTTP/1.1 200 OK\r\nContent-Length: 9\r\nX-Piece: 2\r\nConnection: close\r\n\r\nanswer \(i)\n"), "\(r.stdout)")
+            }
+            let m = metrics(admin)
+            #expect(m.contains("edgemux_upstream_reused_total 1"), "\(m)")
+        }
+
         @Test("a one-request client that vanishes mid-body: its backend connection is closed, not kept; others carry on")
         func clientVanishesMidBody() throws {
             let (h1, h1Port) = try startPeer("http1", ["--name", "plain"])

@@ -10,10 +10,9 @@ enum HTTP1Fields {
         var range: Range<Int>
     }
 
-    /// The field lines of a well-formed head (`head` ends with CRLFCRLF), after its start line.
-    static func lines(_ head: UnsafeRawBufferPointer) -> [Line] {
-        var out: [Line] = []
-        out.reserveCapacity(16)
+    /// Calls `body` with each field line of a well-formed head (`head` ends with CRLFCRLF), after
+    /// its start line, in order. Nothing is collected: a head is walked again rather than copied.
+    static func forEachLine(_ head: UnsafeRawBufferPointer, _ body: (Line) -> Void) {
         var i = 0
         while i + 1 < head.count, !(head[i] == 13 && head[i + 1] == 10) { i += 1 }
         i += 2
@@ -23,11 +22,10 @@ enum HTTP1Fields {
             var colon = i
             while colon < end, head[colon] != UInt8(ascii: ":") { colon += 1 }
             if colon < end {
-                out.append(Line(name: i..<colon, value: trimmed(head, (colon + 1)..<end), range: i..<(end + 2)))
+                body(Line(name: i..<colon, value: trimmed(head, (colon + 1)..<end), range: i..<(end + 2)))
             }
             i = end + 2
         }
-        return out
     }
 
     /// `range` of `bytes` without surrounding spaces and tabs.
@@ -76,32 +74,31 @@ enum HTTP1Fields {
         return copy.withUTF8 { listContains(UnsafeRawBufferPointer($0), 0..<$0.count, lower) }
     }
 
-    /// The connection-management fields (RFC 9110 section 7.6.1) that edgemux replaces when it
-    /// changes a message's connection handling: `Connection`, `Keep-Alive`, `Proxy-Connection`
-    /// and every field `Connection` names, except the framing fields, which stay true because the
-    /// body passes through unchanged. Returns which of `lines` to drop.
-    static func connectionFields(_ head: UnsafeRawBufferPointer, _ lines: [Line]) -> [Bool] {
-        var drop = lines.map { l in
-            equalsIgnoringCase(head, l.name, "connection") || equalsIgnoringCase(head, l.name, "keep-alive")
-                || equalsIgnoringCase(head, l.name, "proxy-connection")
+    /// Whether `line` is a connection-management field (RFC 9110 section 7.6.1) that edgemux
+    /// replaces when it changes a message's connection handling: `Connection`, `Keep-Alive`,
+    /// `Proxy-Connection`, and every field `Connection` names except the framing fields (and
+    /// Host), which stay true because the body passes through unchanged.
+    static func isConnectionField(_ head: UnsafeRawBufferPointer, _ line: Line) -> Bool {
+        if equalsIgnoringCase(head, line.name, "connection") || equalsIgnoringCase(head, line.name, "keep-alive")
+            || equalsIgnoringCase(head, line.name, "proxy-connection") { return true }
+        if equalsIgnoringCase(head, line.name, "content-length") || equalsIgnoringCase(head, line.name, "transfer-encoding")
+            || equalsIgnoringCase(head, line.name, "host") { return false }
+        var named = false
+        forEachLine(head) { c in
+            guard !named, equalsIgnoringCase(head, c.name, "connection") else { return }
+            forEachItem(head, c.value) { item in if sameIgnoringCase(head, item, line.name) { named = true } }
         }
-        for c in lines where equalsIgnoringCase(head, c.name, "connection") {
-            forEachItem(head, c.value) { item in
-                if equalsIgnoringCase(head, item, "content-length") || equalsIgnoringCase(head, item, "transfer-encoding")
-                    || equalsIgnoringCase(head, item, "host") { return }
-                for (k, l) in lines.enumerated() where sameIgnoringCase(head, l.name, item) { drop[k] = true }
-            }
-        }
-        return drop
+        return named
     }
 
-    /// `head` without the lines marked in `drop`, with `extra` (complete lines, CRLF included)
-    /// inserted before the final empty line.
-    static func rewrite(_ head: UnsafeRawBufferPointer, lines: [Line], dropping drop: [Bool], adding extra: StaticString = "") -> [UInt8] {
+    /// `head` without its connection-management fields, with `extra` (complete lines, CRLF
+    /// included) inserted before the final empty line.
+    static func withoutConnectionFields(_ head: UnsafeRawBufferPointer, adding extra: StaticString = "") -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(head.count + extra.utf8CodeUnitCount)
         var copied = 0
-        for (k, l) in lines.enumerated() where drop[k] {
+        forEachLine(head) { l in
+            guard isConnectionField(head, l) else { return }
             out.append(contentsOf: head[copied..<l.range.lowerBound])
             copied = l.range.upperBound
         }

@@ -56,12 +56,13 @@ struct HTTP1ResponseParser {
         if status == 101 { return .error("101 Switching Protocols to a request that asked for no upgrade") }
         if status < 200 { return .interim(length: end) }
 
-        let lines = HTTP1Fields.lines(head)
         var contentLength: Int?
         var chunked = false
         var transferEncoding = false
         var close = !http11
-        for l in lines {
+        var failure: String?
+        HTTP1Fields.forEachLine(head) { l in
+            guard failure == nil else { return }
             if HTTP1Fields.equalsIgnoringCase(head, l.name, "content-length") {
                 // A list of equal values is allowed (RFC 9110 section 8.6); anything else is not.
                 var invalid = l.value.isEmpty, conflict = false
@@ -75,8 +76,8 @@ struct HTTP1ResponseParser {
                     if let c = contentLength, c != v { conflict = true }
                     contentLength = v
                 }
-                if invalid { return .error("invalid Content-Length '\(String(decoding: head[l.value].prefix(32), as: UTF8.self))'") }
-                if conflict { return .error("conflicting Content-Length values") }
+                if invalid { failure = "invalid Content-Length '\(String(decoding: head[l.value].prefix(32), as: UTF8.self))'" }
+                if conflict { failure = "conflicting Content-Length values" }
             } else if HTTP1Fields.equalsIgnoringCase(head, l.name, "transfer-encoding") {
                 transferEncoding = true
                 var last: Range<Int>?
@@ -86,6 +87,7 @@ struct HTTP1ResponseParser {
                 if HTTP1Fields.listContains(head, l.value, "close") { close = true }
             }
         }
+        if let failure { return .error(failure) }
         let framing: BodyFraming
         if headRequest || status == 204 || status == 304 {
             framing = .none
@@ -99,7 +101,7 @@ struct HTTP1ResponseParser {
         // Transfer-Encoding with Content-Length smells of request smuggling (RFC 9112 section
         // 6.3): the body is read by Transfer-Encoding, and the connection is not used again.
         let reusable = !close && framing != .untilClose && !(transferEncoding && contentLength != nil)
-        let forClient = HTTP1Fields.rewrite(head, lines: lines, dropping: HTTP1Fields.connectionFields(head, lines), adding: "Connection: close\r\n")
+        let forClient = HTTP1Fields.withoutConnectionFields(head, adding: "Connection: close\r\n")
         return .done(HTTP1ResponseHead(status: status, headLength: end, framing: framing, reusable: reusable, forClient: forClient))
     }
 

@@ -34,10 +34,7 @@ final class HTTP1Exchange {
     /// The request head as the backend gets it: connection fields removed, so HTTP/1.1's
     /// default (keep the connection open) applies.
     static func backendHead(_ head: [UInt8]) -> [UInt8] {
-        head.withUnsafeBytes { buf in
-            let lines = HTTP1Fields.lines(buf)
-            return HTTP1Fields.rewrite(buf, lines: lines, dropping: HTTP1Fields.connectionFields(buf, lines))
-        }
+        head.withUnsafeBytes { HTTP1Fields.withoutConnectionFields($0) }
     }
 
     let client: Transport
@@ -116,6 +113,10 @@ final class HTTP1Exchange {
     /// Handles bytes read from the backend.
     private func received(_ bytes: UnsafeRawBufferPointer) -> Progress? {
         guard !headComplete else { return forwardBody(bytes, after: []) }
+        if responseHead.isEmpty, case .done(let head) = parser.parse(bytes, headRequest: headRequest) {
+            // The usual case: the whole head in one read, parsed where it lies (no copy).
+            return headDone(head, rest: UnsafeRawBufferPointer(rebasing: bytes[head.headLength...]), readSize: bytes.count)
+        }
         responseHead.append(contentsOf: bytes)
         while !headComplete {
             let result = responseHead.withUnsafeBytes { parser.parse($0, headRequest: headRequest) }
@@ -129,27 +130,34 @@ final class HTTP1Exchange {
                 responseHead.removeSubrange(0..<length)
                 if let failed { return failed }
             case .done(let head):
-                status = head.status
-                framing = head.framing
-                reusable = head.reusable
-                if case .length(let n) = framing { remaining = n }
-                if framing == .none { bodyDone = true }
-                responseStarted = true
-                // Head and first body bytes go out in one write (one TLS record, one send).
-                let failed = responseHead.withUnsafeBytes { forwardBody(UnsafeRawBufferPointer(rebasing: $0[head.headLength...]), after: head.forClient) }
+                let failed = responseHead.withUnsafeBytes { headDone(head, rest: UnsafeRawBufferPointer(rebasing: $0[head.headLength...]), readSize: bytes.count) }
                 responseHead = []
-                if failed == nil, !bodyDone, bytes.count < 1400 {
-                    // A backend without TCP_NODELAY that writes its head and body separately
-                    // holds the body back until the head is acknowledged, and on a kept
-                    // connection the kernel delays that ACK by up to 40 ms: acknowledge now.
-                    try? Posix.setOption(backend.fd, level: Int32(IPPROTO_TCP), name: TCP_QUICKACK, value: 1)
-                }
                 return failed
             case .error(let why):
                 return .failed(side: "backend", why: why, responseStarted: responseStarted)
             }
         }
         return nil
+    }
+
+    /// The response head is complete: `rest` is what followed it in the backend's bytes, and
+    /// `readSize` the size of the read that completed it.
+    private func headDone(_ head: HTTP1ResponseHead, rest: UnsafeRawBufferPointer, readSize: Int) -> Progress? {
+        status = head.status
+        framing = head.framing
+        reusable = head.reusable
+        if case .length(let n) = framing { remaining = n }
+        if framing == .none { bodyDone = true }
+        responseStarted = true
+        // Head and first body bytes go out in one write (one TLS record, one send).
+        let failed = forwardBody(rest, after: head.forClient)
+        if failed == nil, !bodyDone, readSize < 1400 {
+            // A backend without TCP_NODELAY that writes its head and body separately
+            // holds the body back until the head is acknowledged, and on a kept
+            // connection the kernel delays that ACK by up to 40 ms: acknowledge now.
+            try? Posix.setOption(backend.fd, level: Int32(IPPROTO_TCP), name: TCP_QUICKACK, value: 1)
+        }
+        return failed
     }
 
     /// Sends `prefix` and the part of `bytes` that belongs to the body; bytes past the body's
@@ -186,9 +194,17 @@ final class HTTP1Exchange {
         if body < bytes.count { reusable = false }
         let part = UnsafeRawBufferPointer(rebasing: bytes[0..<body])
         if prefix.isEmpty { return send(part) }
-        var joined = prefix
-        joined.append(contentsOf: part)
-        return joined.withUnsafeBytes { send($0) }
+        guard prefix.count + part.count <= BufferPool.chunkSize else {
+            var joined = prefix
+            joined.append(contentsOf: part)
+            return joined.withUnsafeBytes { send($0) }
+        }
+        // Joined in a pooled chunk (no allocation); `send` copies what the socket leaves.
+        let joined = pool.take()
+        defer { pool.give(joined) }
+        prefix.withUnsafeBytes { joined.append($0) }
+        joined.append(part)
+        return send(joined.readable)
     }
 
     /// Writes to the client what it takes now; keeps the rest (at most one read's worth plus a

@@ -169,7 +169,8 @@ def serve_raw_http1(args):
     """One response per connection, then: `drop-second` closes the connection when the next
     request arrives, without answering (what a backend's keep-alive timeout does when it races
     a proxy's reuse); `close-idle` closes it 1 s after answering (a short keep-alive timeout);
-    `bad-status` answers with a malformed status line."""
+    `bad-status` answers with a malformed status line; `dribble` sends a 103 and then the final
+    head in pieces."""
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", args.port))
@@ -186,6 +187,17 @@ def serve_raw_http1(args):
                     return
                 if args.behaviour == "bad-status":
                     conn.sendall(b"HTTP/1.1 2x0 Fine\r\nContent-Length: 2\r\n\r\nok")
+                    continue
+                if args.behaviour == "dribble":
+                    # A 103, then the final head in three pieces, each its own segment.
+                    counter[0] += 1
+                    body = f"answer {counter[0]}\n".encode()
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    for piece in (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+                                  b"HTTP/1.1 200 OK\r\nContent-", b"Length: %d\r\nX-Piece: 2\r\n" % len(body)):
+                        conn.sendall(piece)
+                        time.sleep(0.05)
+                    conn.sendall(b"\r\n" + body)
                     continue
                 if served == 1:
                     return  # close without answering
@@ -625,7 +637,7 @@ def main():
         sp.add_argument("--client-ca")
     rh = sub.add_parser("raw-http1")
     rh.add_argument("--port", type=int, default=0)
-    rh.add_argument("--behaviour", choices=["drop-second", "close-idle", "bad-status"], required=True)
+    rh.add_argument("--behaviour", choices=["drop-second", "close-idle", "bad-status", "dribble"], required=True)
     rh.add_argument("--max-seconds", type=float, default=300)
     g = sub.add_parser("grpc-client")
     g.add_argument("--target", required=True)
