@@ -41,6 +41,20 @@ extension Integration {
             Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
         }
 
+        /// edgemux in front of a `raw-http1` peer that misbehaves as `behaviour` says.
+        func behindRawBackend(_ behaviour: String) throws -> (peer: Background, edgemux: Edgemux, port: UInt16, admin: UInt16) {
+            let (raw, rawPort) = try startPeer("raw-http1", ["--behaviour", behaviour])
+            let port = freePort(), admin = freePort()
+            do {
+                let e = try Edgemux(config: config(port: port, admin: admin, backend: "    endpoints: [\"127.0.0.1:\(rawPort)\"]",
+                                                   extraBackend: "  secure:\n    endpoints: [\"127.0.0.1:1\"]"), port: port)
+                return (raw, e, port, admin)
+            } catch {
+                raw.stop()
+                throw error
+            }
+        }
+
         /// One request per TLS connection, as health checks and scripts send them.
         func once(_ path: String, port: UInt16, method: [String] = []) -> CommandResult {
             curl(["--http1.1", "-H", "Connection: close", "-D", "-"] + method + ["https://localhost:\(port)\(path)"], port: port)
@@ -108,11 +122,8 @@ extension Integration {
 
         @Test("a kept connection the backend closes as the request arrives: the request goes again on a new one")
         func retryOnClosedKeptConnection() throws {
-            let (raw, rawPort) = try startPeer("raw-http1", ["--behaviour", "drop-second"])
+            let (raw, e, port, admin) = try behindRawBackend("drop-second")
             defer { raw.stop() }
-            let port = freePort(), admin = freePort()
-            let e = try Edgemux(config: config(port: port, admin: admin, backend: "    endpoints: [\"127.0.0.1:\(rawPort)\"]",
-                                               extraBackend: "  secure:\n    endpoints: [\"127.0.0.1:1\"]"), port: port)
             for i in 1...3 {
                 let r = once("/", port: port)
                 #expect(r.stdout.contains("answer \(i)"), "\(r.stdout) \(r.stderr) \(e.log)")
@@ -124,11 +135,8 @@ extension Integration {
 
         @Test("a response head in pieces after a 103: the client gets all of it, and the connection is kept")
         func headInPieces() throws {
-            let (raw, rawPort) = try startPeer("raw-http1", ["--behaviour", "dribble"])
+            let (raw, e, port, admin) = try behindRawBackend("dribble")
             defer { raw.stop() }
-            let port = freePort(), admin = freePort()
-            let e = try Edgemux(config: config(port: port, admin: admin, backend: "    endpoints: [\"127.0.0.1:\(rawPort)\"]",
-                                               extraBackend: "  secure:\n    endpoints: [\"127.0.0.1:1\"]"), port: port)
             for i in 1...2 {
                 let r = once("/", port: port)
                 #expect(r.stdout.contains("HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n"), "\(r.stdout) \(r.stderr) \(e.log)")
@@ -165,11 +173,8 @@ extension Integration {
 
         @Test("a kept connection the backend closes while it waits is dropped at once: the next request needs no retry")
         func backendClosesIdleConnection() throws {
-            let (raw, rawPort) = try startPeer("raw-http1", ["--behaviour", "close-idle"])
+            let (raw, e, port, admin) = try behindRawBackend("close-idle")
             defer { raw.stop() }
-            let port = freePort(), admin = freePort()
-            let e = try Edgemux(config: config(port: port, admin: admin, backend: "    endpoints: [\"127.0.0.1:\(rawPort)\"]",
-                                               extraBackend: "  secure:\n    endpoints: [\"127.0.0.1:1\"]"), port: port)
             #expect(once("/", port: port).stdout.contains("answer 1"))
             #expect(metrics(admin).contains("edgemux_upstream_idle_connections 1"))
             var m = ""
