@@ -145,14 +145,10 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func readProxyHeader() {
         let scratch = UnsafeMutableRawBufferPointer(rebasing: worker.pool.scratch[0..<ProxyProtocolParser.v2MaxLength])
         let n: Int
-        do {
-            guard case .processed(let got) = try Posix.peek(client.fd, into: scratch) else { return }
-            n = got
-        } catch {
-            close()
-            return
-        }
-        if n == 0 {
+        switch client.peek(into: scratch) {
+        case .bytes(let got): n = got
+        case .nothingYet: return
+        case .closed:
             close()
             return
         }

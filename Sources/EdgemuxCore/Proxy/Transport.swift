@@ -62,6 +62,28 @@ final class Transport {
         loop.closeDescriptor(fd)
     }
 
+    enum Peeked {
+        case bytes(Int)
+        /// Nothing has arrived yet: the next EPOLLIN edge comes with more.
+        case nothingYet
+        /// The peer closed (or the socket failed) before sending enough.
+        case closed
+    }
+
+    /// Looks at the bytes waiting in the socket without taking them (a PROXY header, a
+    /// ClientHello): what is not consumed stays there for whoever reads next (OpenSSL, the relay).
+    func peek(into buffer: UnsafeMutableRawBufferPointer) -> Peeked {
+        do {
+            guard case .processed(let n) = try Posix.peek(fd, into: buffer) else {
+                readable = false
+                return .nothingYet
+            }
+            return n == 0 ? .closed : .bytes(n)
+        } catch {
+            return .closed
+        }
+    }
+
     /// Applies epoll event bits to the readiness flags.
     func note(events: UInt32) {
         let inBits = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue

@@ -186,17 +186,10 @@ final class TunnelConnection: EventHandler, ClientConnection {
         let cap = ClientHelloParser.cap
         let scratch = UnsafeMutableRawBufferPointer(rebasing: worker.pool.scratch[0..<cap])
         let n: Int
-        do {
-            guard case .processed(let got) = try Posix.peek(client.fd, into: scratch) else {
-                client.readable = false
-                return
-            }
-            n = got
-        } catch {
-            close()
-            return
-        }
-        if n == 0 {
+        switch client.peek(into: scratch) {
+        case .bytes(let got): n = got
+        case .nothingYet: return
+        case .closed:
             close()
             return
         }
