@@ -189,6 +189,10 @@ typedef struct {
     // answered "retry" without a recv(2) that could only say EAGAIN (edge-triggered epoll raises
     // a new edge for every arrival, and edgemux notes it here before calling OpenSSL again).
     int edge;
+    // The peer's FIN (or an error) was signalled. It may have come with the last bytes, in the
+    // same edge as they did, and raises no edge of its own afterwards: so from then on every
+    // read asks the socket, which answers the EOF.
+    int hangup;
     int corked;
     int owned;              // `gather` is this connection's own allocation (else the thread's)
     unsigned char *gather;  // set only while it holds bytes
@@ -215,7 +219,7 @@ static void sock_drop_gather(edgemux_sock *st) {
 static int sock_read(BIO *b, char *buf, int len) {
     edgemux_sock *st = BIO_get_data(b);
     BIO_clear_retry_flags(b);
-    if (st->drained && !st->edge) {
+    if (st->drained && !st->edge && !st->hangup) {
         BIO_set_retry_read(b);
         return -1;
     }
@@ -352,6 +356,7 @@ BIO *CEdgemux_BIO_new_socket(int fd) {
 }
 
 void CEdgemux_BIO_socket_note_edge(BIO *bio) { ((edgemux_sock *)BIO_get_data(bio))->edge = 1; }
+void CEdgemux_BIO_socket_note_hangup(BIO *bio) { ((edgemux_sock *)BIO_get_data(bio))->hangup = 1; }
 
 int CEdgemux_BIO_socket_drained(BIO *bio) { return ((edgemux_sock *)BIO_get_data(bio))->drained; }
 

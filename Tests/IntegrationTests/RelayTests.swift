@@ -97,6 +97,24 @@ extension Integration {
             #expect(metrics.contains("edgemux_connections_active 0"), "\(metrics) \(e.log)")
         }
 
+        @Test("a client whose FIN comes with its request (no close_notify) gets the answer, and the FIN reaches the backend")
+        func finWithTheRequest() throws {
+            let b = try StandardBackends()
+            let port = freePort(), admin = freePort()
+            let e = try Edgemux(config: b.config(port: port, admin: admin), port: port)
+            for _ in 0..<3 {
+                // The keep-alive backend closes only once it sees the FIN: a proxy that missed it
+                // (the bytes and the FIN came in one event) leaves the client waiting.
+                let r = Command.run(Paths.python, [Paths.peers, "tls-fin-client", "--port", "\(port)", "--ca", TestCerts.ca, "--timeout", "5"], timeout: 20)
+                #expect(r.stdout.contains("\r\n\r\nweb-h1 GET /fin") && r.stdout.hasSuffix("\neof\n"), "\(r.stdout) \(r.stderr) \(e.log)")
+            }
+            let active = eventually { () -> String? in
+                let m = Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
+                return m.contains("edgemux_connections_active 0") ? m : nil
+            }
+            #expect(active != nil, "\(e.log)")
+        }
+
         @Test("PROXY protocol v1 and v2: the balancer's client address is the one logged; a bad header closes")
         func proxyProtocol() throws {
             let (h1, h1Port) = try startPeer("http1")

@@ -93,6 +93,8 @@ BIO *CEdgemux_BIO_new_socket(int fd);
 int CEdgemux_BIO_socket_drained(BIO *bio);
 /// The socket raised EPOLLIN (or a hangup) since the last read: the next read calls recv(2).
 void CEdgemux_BIO_socket_note_edge(BIO *bio);
+/// The peer's FIN (or a socket error) was signalled: reads always ask the socket from now on.
+void CEdgemux_BIO_socket_note_hangup(BIO *bio);
 /// Gather writes until uncorked (1) or send them as they come (0).
 void CEdgemux_BIO_socket_cork(BIO *bio, int cork);
 /// Sends gathered bytes: 1 all sent, 0 the socket is full (wait for EPOLLOUT), -1 error (errno).

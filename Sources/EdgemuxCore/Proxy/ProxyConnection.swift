@@ -299,27 +299,33 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func readRequest() {
         let scratch = worker.pool.scratch
         let cap = listener.maxRequestHeadBytes
-        while client.readable && sniffed.count <= cap {
+        var ended = false
+        reading: while client.readable && sniffed.count <= cap {
             let room = min(scratch.count, cap + 1 - sniffed.count)
             switch client.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch[0..<room])) {
             case .bytes(let n):
                 sniffed.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
             case .wantRead, .wantWrite:
-                break
+                break reading
             case .eof:
-                if !sniffed.isEmpty {
-                    worker.logger.notice("\(logPrefix): closed after \(sniffed.count) bytes, before a complete first request")
-                }
-                close()
-                return
+                // A client may close its side right after a complete request (a half-close):
+                // what came before the EOF is parsed; the relay sees the EOF again and passes
+                // it on.
+                ended = true
+                break reading
             case .failed(let why):
                 worker.logger.notice("\(logPrefix): \(why)")
                 close()
                 return
             }
         }
-        guard !sniffed.isEmpty else { return }
-        parseRequest()
+        if !sniffed.isEmpty { parseRequest() }
+        if ended, phase == .awaitingRequest {
+            if !sniffed.isEmpty {
+                worker.logger.notice("\(logPrefix): closed after \(sniffed.count) bytes, before a complete first request")
+            }
+            close()
+        }
     }
 
     private func parseRequest() {

@@ -5,7 +5,10 @@ import Glibc
 /// readiness. The socket is closed by `close(on:)` (through the loop), the TLS object with it.
 final class Transport {
     let fd: Int32
-    var tls: TLSStream?
+    var tls: TLSStream? {
+        // A hangup signalled before TLS started (while a PROXY header was peeked) still counts.
+        didSet { if hangupSeen { tls?.noteHangup() } }
+    }
     /// The socket may have bytes to read (no EAGAIN seen since the last EPOLLIN edge).
     var readable = false
     /// The socket may take bytes (no EAGAIN seen since the last EPOLLOUT edge).
@@ -88,7 +91,10 @@ final class Transport {
     func note(events: UInt32) {
         let inBits = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
         let outBits = EPOLLOUT.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue
-        if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { hangupSeen = true }
+        if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
+            hangupSeen = true
+            tls?.noteHangup()
+        }
         if events & inBits != 0 {
             tls?.noteReadEdge()
             readable = true

@@ -80,6 +80,10 @@ final class TLSStream {
     /// The socket raised EPOLLIN (or a hangup): the next read must ask the socket again.
     func noteReadEdge() { CEdgemux_BIO_socket_note_edge(bio) }
 
+    /// The socket signalled the peer's FIN (or an error): no later edge will announce it, so
+    /// reads must ask the socket until it answers EOF.
+    func noteHangup() { CEdgemux_BIO_socket_note_hangup(bio) }
+
     /// Did the last read leave nothing behind, in the socket or in OpenSSL's buffer? Then, with
     /// edge triggering, the read that would only confirm it can be skipped.
     var drained: Bool {

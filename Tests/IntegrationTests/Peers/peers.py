@@ -405,6 +405,49 @@ def connect_through(sock, target):
         raise SystemExit(f"proxy refused: {head!r}")
 
 
+def tls_fin_client(args):
+    """One keep-alive HTTP/1.1 request whose last TLS record and the client's FIN leave in one
+    segment (TCP_CORK, then shutdown), with no close_notify: what a client that simply closes its
+    socket right after writing does. The proxy sees the bytes and the FIN in one event; it must
+    still pass the FIN on, so the keep-alive backend closes and the answer ends. Prints the answer
+    and "eof" once the connection ends."""
+    ctx = ssl.create_default_context(cafile=args.ca)
+    ctx.set_alpn_protocols(["http/1.1"])
+    sock = socket.create_connection(("127.0.0.1", args.port), timeout=args.timeout)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise SystemExit("closed during the handshake")
+            incoming.write(chunk)
+    sock.sendall(outgoing.read())  # the client Finished, on its own
+    time.sleep(0.2)  # the proxy has finished its handshake before the request comes
+    tls.write(f"GET {args.path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    sock.sendall(outgoing.read())
+    sock.shutdown(socket.SHUT_WR)  # the FIN joins the corked request: one segment
+    answer = b""
+    while True:
+        chunk = sock.recv(1 << 16)  # a proxy that missed the FIN leaves this waiting: timeout
+        if chunk:
+            incoming.write(chunk)
+        try:
+            while piece := tls.read(1 << 16):  # b"" once close_notify has come
+                answer += piece
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+        if not chunk:
+            break
+    print(answer.decode(errors="replace"))
+    print("eof")
+
+
 def halfclose_client(args):
     sock = socket.create_connection(("127.0.0.1", args.port), timeout=args.timeout)
     if args.proxy_header:
@@ -671,6 +714,11 @@ def main():
     hc.add_argument("--seed", type=int, default=4)
     hc.add_argument("--size", type=int, default=1 << 20)
     hc.add_argument("--timeout", type=float, default=30)
+    tf = sub.add_parser("tls-fin-client")
+    tf.add_argument("--port", type=int, required=True)
+    tf.add_argument("--ca", required=True)
+    tf.add_argument("--path", default="/fin")
+    tf.add_argument("--timeout", type=float, default=5)
     k = sub.add_parser("keepalive-client")
     k.add_argument("--port", type=int, required=True)
     k.add_argument("--ca", required=True)
@@ -717,6 +765,8 @@ def main():
         print(blob_sha256(args.seed, args.size))
     elif args.cmd == "tcp-sink":
         serve_tcp_sink(args)
+    elif args.cmd == "tls-fin-client":
+        tls_fin_client(args)
     elif args.cmd == "halfclose-client":
         halfclose_client(args)
     elif args.cmd == "keepalive-client":
