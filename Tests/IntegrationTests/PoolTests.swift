@@ -41,6 +41,28 @@ extension Integration {
             Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
         }
 
+        /// edgemux in front of two `http1` peers: "plain" (the web backend) and "secure" (TLS,
+        /// routed under /tls/).
+        func behindPlainAndTLSBackends() throws -> (peers: [Background], edgemux: Edgemux, port: UInt16, admin: UInt16) {
+            let (h1, h1Port) = try startPeer("http1", ["--name", "plain"])
+            var peers = [h1]
+            do {
+                let (secure, securePort) = try startPeer("http1", ["--name", "secure", "--cert", TestCerts.cert, "--key", TestCerts.key])
+                peers.append(secure)
+                let port = freePort(), admin = freePort()
+                let e = try Edgemux(config: config(port: port, admin: admin, backend: "    endpoints: [\"127.0.0.1:\(h1Port)\"]", extraBackend: """
+                      secure:
+                        protocol: tls
+                        endpoints: ["127.0.0.1:\(securePort)"]
+                        tls: { ca: \(TestCerts.ca), server_name: localhost }
+                    """), port: port)
+                return (peers, e, port, admin)
+            } catch {
+                peers.forEach { $0.stop() }
+                throw error
+            }
+        }
+
         /// edgemux in front of a `raw-http1` peer that misbehaves as `behaviour` says.
         func behindRawBackend(_ behaviour: String) throws -> (peer: Background, edgemux: Edgemux, port: UInt16, admin: UInt16) {
             let (raw, rawPort) = try startPeer("raw-http1", ["--behaviour", behaviour])
@@ -62,17 +84,8 @@ extension Integration {
 
         @Test("plain and TLS backends: one connection serves many one-request clients; chunked, HEAD and 204 end where they should")
         func reuse() throws {
-            let (h1, h1Port) = try startPeer("http1", ["--name", "plain"])
-            defer { h1.stop() }
-            let (secure, securePort) = try startPeer("http1", ["--name", "secure", "--cert", TestCerts.cert, "--key", TestCerts.key])
-            defer { secure.stop() }
-            let port = freePort(), admin = freePort()
-            let e = try Edgemux(config: config(port: port, admin: admin, backend: "    endpoints: [\"127.0.0.1:\(h1Port)\"]", extraBackend: """
-                  secure:
-                    protocol: tls
-                    endpoints: ["127.0.0.1:\(securePort)"]
-                    tls: { ca: \(TestCerts.ca), server_name: localhost }
-                """), port: port)
+            let (peers, e, port, admin) = try behindPlainAndTLSBackends()
+            defer { peers.forEach { $0.stop() } }
             var seen = Set<String>()
             for _ in 0..<5 {
                 let r = once("/conn", port: port)
@@ -118,6 +131,20 @@ extension Integration {
             // 5 + /sent + chunked + HEAD + 204 + 1 on the plain backend, 3 on the TLS one: 2 new connections.
             #expect(m.contains("edgemux_upstream_reused_total 11"), "\(e.log)")
             #expect(m.contains("edgemux_upstream_idle_connections 2"), "\(m)")
+        }
+
+        @Test("a response that ends with its connection (no length; its last bytes and the FIN in one segment, no close_notify) ends for the client too")
+        func unframedResponse() throws {
+            let (peers, e, port, admin) = try behindPlainAndTLSBackends()
+            defer { peers.forEach { $0.stop() } }
+            for (path, name) in [("/unframed", "plain"), ("/tls/unframed", "secure")] {
+                let one = once(path, port: port)
+                #expect(one.status == 0 && one.stdout.hasSuffix("\r\n\r\n\(name) unframed\n"), "one-request \(path): \(one.stdout) \(one.stderr) \(e.log)")
+                let relayed = curl(["--http1.1", "https://localhost:\(port)\(path)"], port: port, timeout: 10)
+                #expect(relayed.status == 0 && relayed.stdout == "\(name) unframed\n", "relayed \(path): \(relayed.stdout) \(relayed.stderr) \(e.log)")
+            }
+            // Such a connection cannot be kept: nothing idles afterwards.
+            #expect(metrics(admin).contains("edgemux_upstream_idle_connections 0"), "\(e.log)")
         }
 
         @Test("a kept connection the backend closes as the request arrives: the request goes again on a new one")

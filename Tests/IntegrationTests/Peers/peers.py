@@ -6,6 +6,7 @@ Run with Debian's /usr/bin/python3 (python3-grpcio, python3-websockets). Each se
 """
 import argparse
 import hashlib
+import os
 import random
 import socket
 import ssl
@@ -89,6 +90,18 @@ def serve_http1(args):
                     piece = f"piece {i} conn={self.client_address[1]};".encode() * (i * 300 + 1)
                     self.wfile.write(b"%x;ext=%d\r\n%s\r\n" % (len(piece), i, piece))
                 self.wfile.write(b"0\r\nX-Checksum: done\r\n\r\n")
+                return
+            if self.path.endswith("/unframed"):
+                # No Content-Length: the body ends with the connection. The last bytes and the
+                # FIN leave in one segment (corked), and over TLS with no close_notify.
+                self.close_connection = True
+                sock = self.connection
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + f"{args.name} unframed\n".encode())
+                self.wfile.flush()
+                raw = socket.socket(fileno=os.dup(sock.fileno()))
+                raw.shutdown(socket.SHUT_WR)
+                raw.close()
                 return
             if self.path == "/nocontent":
                 self.send_response(204)
