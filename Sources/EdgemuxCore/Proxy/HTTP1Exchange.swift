@@ -194,13 +194,8 @@ final class HTTP1Exchange {
         if body < bytes.count { reusable = false }
         let part = UnsafeRawBufferPointer(rebasing: bytes[0..<body])
         if prefix.isEmpty { return send(part) }
-        guard prefix.count + part.count <= BufferPool.chunkSize else {
-            var joined = prefix
-            joined.append(contentsOf: part)
-            return joined.withUnsafeBytes { send($0) }
-        }
         // Joined in a pooled chunk (no allocation); `send` copies what the socket leaves.
-        let joined = pool.take()
+        let joined = pool.take(atLeast: prefix.count + part.count)
         defer { pool.give(joined) }
         prefix.withUnsafeBytes { joined.append($0) }
         joined.append(part)
@@ -224,7 +219,7 @@ final class HTTP1Exchange {
         if let p = pending, p.storage.count - p.readableBytes >= rest.count {
             p.append(rest)
         } else {
-            let chunk = need <= BufferPool.chunkSize ? pool.take() : Chunk(capacity: need)
+            let chunk = pool.take(atLeast: need)
             if let p = pending {
                 chunk.append(p.readable)
                 pool.give(p)

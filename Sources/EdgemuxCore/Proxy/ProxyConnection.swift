@@ -723,7 +723,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         backend = nil
         client.close(on: loop)
         let inBytes = bytesFromClient
-        let outBytes = relay?.bytesToClient ?? exchangeStorage?.bytesToClient ?? 0
+        let outBytes = bytesToClient
         worker.metrics.update {
             $0.bytesIn += inBytes
             $0.bytesOut += outBytes
@@ -736,6 +736,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
 extension ProxyConnection {
     /// Bytes received from the client (after TLS), for the access log and the metrics.
     var bytesFromClient: Int { relay?.bytesFromClient ?? exchangeStorage?.bytesFromClient ?? 0 }
+    /// Bytes sent to the client (before TLS).
+    var bytesToClient: Int { relay?.bytesToClient ?? exchangeStorage?.bytesToClient ?? 0 }
 
     func writeAccessLog(_ log: AccessLog) {
         let ms = Int(loop.now - startedAt)
@@ -755,7 +757,7 @@ extension ProxyConnection {
             ("status", exchangeStorage.map { $0.status > 0 ? .int($0.status) : .null } ?? .null),
             ("backend_reused", .bool(exchangeStorage?.reusedConnection ?? false)),
             ("bytes_from_client", .int(bytesFromClient)),
-            ("bytes_to_client", .int(relay?.bytesToClient ?? exchangeStorage?.bytesToClient ?? 0)),
+            ("bytes_to_client", .int(bytesToClient)),
             ("duration_ms", .int(ms)),
             ("outcome", .string(outcome)),
         ])

@@ -65,7 +65,7 @@ final class Relay {
         self.onEnd = onEnd
         lastActivity = loop.now
         if !replay.isEmpty {
-            let chunk = replay.count <= BufferPool.chunkSize ? pool.take() : Chunk(capacity: replay.count)
+            let chunk = pool.take(atLeast: replay.count)
             replay.withUnsafeBytes { chunk.append($0) }
             toBackend.pending = chunk
         }

@@ -275,6 +275,11 @@ final class BufferPool {
         return Chunk(capacity: BufferPool.chunkSize)
     }
 
+    /// A pooled chunk, or a chunk of its own for more than `chunkSize` bytes (`give` then drops it).
+    func take(atLeast count: Int) -> Chunk {
+        count <= BufferPool.chunkSize ? take() : Chunk(capacity: count)
+    }
+
     func give(_ chunk: Chunk) {
         chunk.readIndex = 0
         chunk.writeIndex = 0
