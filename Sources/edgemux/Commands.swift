@@ -91,6 +91,11 @@ struct Check: ParsableCommand {
             _ = try Snapshot(config: cfg, generation: 1, ticketKeys: TLSServerContext.randomTicketKeys())
             let routes = cfg.listeners.reduce(0) { $0 + $1.routes.count }
             print("\(config): ok: \(cfg.listeners.count) listeners (\(cfg.listeners.map { "\($0.name) \($0.address)" }.joined(separator: ", "))), \(routes) routes, \(cfg.backends.count) backends, \(cfg.workers) workers")
+            for l in cfg.listeners where l.tunnel == nil {
+                for r in l.routes {
+                    print("  \(l.name): route '\(r.name)' -> backend '\(r.backend)': \(RouteDescription.mode(r))")
+                }
+            }
         } catch let e as ConfigError {
             FileHandle.standardError.write(Data("\(e.issues.map { $0.file.isEmpty ? "\(config): \($0)" : "\($0)" }.joined(separator: "\n"))\n\(e.issues.count) error(s)\n".utf8))
             throw ExitCode(1)

@@ -69,13 +69,34 @@ struct ConfigTests {
     }
 
     @Test func refusesAProtocolTheBackendCannotSpeak() {
-        let h1Only = good.replacingOccurrences(of: "{ http1: [127.0.0.1:8080], h2c: [127.0.0.1:8081] }", with: "[127.0.0.1:8080]")
+        // A request route translates: an HTTP/1.1-only backend serves HTTP/2 clients.
+        let translated = good.replacingOccurrences(of: "{ http1: [127.0.0.1:8080], h2c: [127.0.0.1:8081] }", with: "[127.0.0.1:8080]")
+        #expect(issues(translated).isEmpty, "\(issues(translated))")
+        // A relay route passes bytes: its backend must speak the client's protocol.
+        let h1Only = translated.replacingOccurrences(of: "      - name: web\n        backend: web", with: "      - name: web\n        backend: web\n        mode: relay")
         let found = issues(h1Only)
         #expect(found.count == 1)
-        #expect(found.first?.message.contains("route 'web' can receive h2 connections but backend 'web' cannot speak h2") == true, "\(found)")
+        #expect(found.first?.message.contains("relay route 'web' can receive h2 connections but backend 'web' cannot speak h2") == true, "\(found)")
         // Fixed by offering only HTTP/1.1, or by a route that takes h2 first.
         let alpnOnly = h1Only.replacingOccurrences(of: "    routes:", with: "    tls:\n      certificates: []\n      alpn: [http/1.1]\n    routes:")
         #expect(!issues(alpnOnly).contains { $0.message.contains("cannot speak") })
+    }
+
+    @Test func routeModes() throws {
+        let cfg = try ConfigLoader.load(yaml: good, file: "t.yaml")
+        let routes = cfg.listeners[0].routes
+        #expect(routes.first { $0.name == "agents" }?.mode == .relay)
+        #expect(routes.first { $0.name == "web" }?.mode == .request)
+        #expect(routes.first { $0.name == "agents" }?.responseTimeoutMillis == 0)
+        #expect(RouteDescription.mode(routes[0]).hasPrefix("relay (the default"))
+        // gRPC in request mode needs HTTP/2 to the backend.
+        let grpcToH1 = good.replacingOccurrences(of: "backend: grpc", with: "backend: grpc\n        mode: request")
+            .replacingOccurrences(of: "protocol: h2c", with: "protocol: http1")
+        #expect(issues(grpcToH1).contains { $0.message.contains("carries gRPC but backend 'grpc' has no HTTP/2 endpoints") }, "\(issues(grpcToH1))")
+        let badMode = good.replacingOccurrences(of: "backend: grpc", with: "backend: grpc\n        mode: sometimes")
+        #expect(issues(badMode).contains { $0.message.contains("expected relay or request") })
+        let h2Settings = good.replacingOccurrences(of: "    routes:", with: "    http2: { max_concurrent_streams: 0, initial_window_size: 1MiB }\n    routes:")
+        #expect(issues(h2Settings).map(\.path) == ["listeners[0].http2.max_concurrent_streams"], "\(issues(h2Settings))")
     }
 
     @Test func missingCertificateFiles() {

@@ -22,6 +22,24 @@ public final class WorkerMetrics: Sendable {
         var upstreamRetries = 0
         var upstreamIdle = 0
         var badResponses: [String: Int] = [:]
+        /// Request mode: requests by "listener\u{0}route\u{0}class".
+        var requests: [String: Int] = [:]
+        /// Request mode: duration histograms by route.
+        var durations: [String: DurationHistogram] = [:]
+        /// HTTP/2 backend sessions open now, and the streams on them.
+        var upstreamSessions = 0
+        var upstreamStreams = 0
+        /// Request-mode client connections open now, by protocol.
+        var serverConnections: [String: Int] = [:]
+        /// GOAWAYs edgemux sent to clients, by reason.
+        var goaways: [String: Int] = [:]
+
+        /// Counts one finished request-mode request.
+        mutating func recordRequest(listener: String, route: String, status: Int, millis: Int64) {
+            let cls = status >= 100 && status < 600 ? "\(status / 100)xx" : "none"
+            requests["\(listener)\u{0}\(route)\u{0}\(cls)", default: 0] += 1
+            durations[route, default: DurationHistogram()].observe(millis)
+        }
     }
 
     let values = Mutex(Values())
@@ -30,6 +48,26 @@ public final class WorkerMetrics: Sendable {
 
     func update(_ body: (inout Values) -> Void) {
         values.withLock { body(&$0) }
+    }
+}
+
+/// A Prometheus histogram of request durations (seconds), kept in milliseconds.
+struct DurationHistogram {
+    static let bounds: [Int64] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000]
+    var counts = [Int](repeating: 0, count: DurationHistogram.bounds.count)
+    var total = 0
+    var sumMillis: Int64 = 0
+
+    mutating func observe(_ millis: Int64) {
+        total += 1
+        sumMillis += millis
+        if let i = Self.bounds.firstIndex(where: { millis <= $0 }) { counts[i] += 1 }
+    }
+
+    mutating func merge(_ o: DurationHistogram) {
+        for i in counts.indices { counts[i] += o.counts[i] }
+        total += o.total
+        sumMillis += o.sumMillis
     }
 }
 
@@ -65,6 +103,12 @@ public final class Metrics: Sendable {
             total.upstreamRetries += v.upstreamRetries
             total.upstreamIdle += v.upstreamIdle
             total.badResponses.merge(v.badResponses, uniquingKeysWith: +)
+            total.requests.merge(v.requests, uniquingKeysWith: +)
+            for (k, h) in v.durations { total.durations[k, default: DurationHistogram()].merge(h) }
+            total.upstreamSessions += v.upstreamSessions
+            total.upstreamStreams += v.upstreamStreams
+            total.serverConnections.merge(v.serverConnections, uniquingKeysWith: +)
+            total.goaways.merge(v.goaways, uniquingKeysWith: +)
         }
         var out = ""
         func counter(_ name: String, _ help: String, _ value: Int) {
@@ -92,6 +136,27 @@ public final class Metrics: Sendable {
         counter("edgemux_upstream_retries_total", "Requests sent again on a new connection after a kept one turned out closed.", total.upstreamRetries)
         out += "# HELP edgemux_upstream_idle_connections Backend connections kept idle for reuse now.\n# TYPE edgemux_upstream_idle_connections gauge\nedgemux_upstream_idle_connections \(total.upstreamIdle)\n"
         labelled("edgemux_backend_bad_responses_total", "Backend responses edgemux could not follow (answered 502 or cut), by backend.", "backend", total.badResponses)
+        out += "# HELP edgemux_requests_total Requests handled in request mode, by listener, route and status class.\n# TYPE edgemux_requests_total counter\n"
+        for (k, v) in total.requests.sorted(by: { $0.key < $1.key }) {
+            let p = k.split(separator: "\u{0}", omittingEmptySubsequences: false)
+            out += "edgemux_requests_total{listener=\"\(p[0])\",route=\"\(p[1])\",code_class=\"\(p[2])\"} \(v)\n"
+        }
+        out += "# HELP edgemux_request_duration_seconds Request-mode request durations, from the head to the end of the response, by route.\n# TYPE edgemux_request_duration_seconds histogram\n"
+        for (route, h) in total.durations.sorted(by: { $0.key < $1.key }) {
+            var cumulative = 0
+            for (i, b) in DurationHistogram.bounds.enumerated() {
+                cumulative += h.counts[i]
+                out += "edgemux_request_duration_seconds_bucket{route=\"\(route)\",le=\"\(Double(b) / 1000)\"} \(cumulative)\n"
+            }
+            out += "edgemux_request_duration_seconds_bucket{route=\"\(route)\",le=\"+Inf\"} \(h.total)\n"
+            out += "edgemux_request_duration_seconds_sum{route=\"\(route)\"} \(Double(h.sumMillis) / 1000)\n"
+            out += "edgemux_request_duration_seconds_count{route=\"\(route)\"} \(h.total)\n"
+        }
+        out += "# HELP edgemux_upstream_h2_sessions HTTP/2 backend sessions open now.\n# TYPE edgemux_upstream_h2_sessions gauge\nedgemux_upstream_h2_sessions \(total.upstreamSessions)\n"
+        out += "# HELP edgemux_upstream_h2_streams Streams open now on HTTP/2 backend sessions (divide by the sessions for streams per session).\n# TYPE edgemux_upstream_h2_streams gauge\nedgemux_upstream_h2_streams \(total.upstreamStreams)\n"
+        out += "# HELP edgemux_server_connections Request-mode client connections open now, by protocol.\n# TYPE edgemux_server_connections gauge\n"
+        for (k, v) in total.serverConnections.sorted(by: { $0.key < $1.key }) { out += "edgemux_server_connections{protocol=\"\(k)\"} \(v)\n" }
+        labelled("edgemux_goaway_sent_total", "GOAWAY frames edgemux sent to HTTP/2 clients, by reason.", "reason", total.goaways)
         counter("edgemux_client_bytes_received_total", "Bytes received from clients (after TLS).", total.bytesIn)
         counter("edgemux_client_bytes_sent_total", "Bytes sent to clients (before TLS).", total.bytesOut)
         let r = reloads.withLock { $0 }

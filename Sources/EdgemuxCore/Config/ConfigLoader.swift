@@ -318,7 +318,7 @@ struct NodeReader {
     }
 
     mutating func readListener(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> ListenerConfig? {
-        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes", "tunnel"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes", "tunnel", "http2", "max_connection_age", "keepalive_timeout"]) else { return nil }
         let name = m["name"].flatMap { string($0, join(path, "name")) } ?? path
         var addr: SocketAddress?
         if let l = m["listen"] { addr = address(l, join(path, "listen")) } else { fail(node, join(path, "listen"), "missing: the address to listen on, e.g. 0.0.0.0:443") }
@@ -350,10 +350,39 @@ struct NodeReader {
         } else if m["routes"] == nil {
             fail(node, join(path, "routes"), "missing: at least one route (or a tunnel)")
         }
+        var http2 = HTTP2ServerSettings()
+        http2.maxHeaderListSize = max(maxHead, 16 * 1024)
+        if let h = m["http2"] { readHTTP2Settings(h, join(path, "http2"), into: &http2) }
+        let age = m["max_connection_age"].flatMap { duration($0, join(path, "max_connection_age")) } ?? 0
+        let keepalive = m["keepalive_timeout"].flatMap { duration($0, join(path, "keepalive_timeout")) } ?? 75_000
+        if tunnel != nil, m["http2"] != nil || m["max_connection_age"] != nil || m["keepalive_timeout"] != nil {
+            fail(m["http2"] ?? m["max_connection_age"] ?? m["keepalive_timeout"], path, "http2, max_connection_age and keepalive_timeout apply to listeners with routes, not to tunnels")
+        }
         guard let addr else { return nil }
-        let listener = ListenerConfig(name: name, address: addr, proxyProtocol: proxyProtocol, tls: tls, handshakeTimeoutMillis: handshake, requestTimeoutMillis: request, maxRequestHeadBytes: maxHead, routes: routes, tunnel: tunnel)
+        let listener = ListenerConfig(name: name, address: addr, proxyProtocol: proxyProtocol, tls: tls, handshakeTimeoutMillis: handshake, requestTimeoutMillis: request, maxRequestHeadBytes: maxHead, routes: routes, tunnel: tunnel,
+                                      http2: http2, maxConnectionAgeMillis: age, keepaliveTimeoutMillis: keepalive)
         checkProtocols(listener, node: node, path: path, routes: m["routes"], backends: backends)
         return listener
+    }
+
+    /// A listener's `http2:` block: each value range-checked against RFC 9113's limits.
+    mutating func readHTTP2Settings(_ node: Node, _ path: String, into settings: inout HTTP2ServerSettings) {
+        guard let m = mapping(node, path, allowed: ["max_concurrent_streams", "initial_window_size", "connection_window_size", "max_frame_size", "max_header_list_size", "requests_per_pass"]) else { return }
+        func number(_ key: String, _ range: ClosedRange<Int>, sized: Bool) -> Int? {
+            guard let n = m[key], let s = string(n, join(path, key)) else { return nil }
+            let v = sized ? ConfigLoader.parseSize(s) : Int(s)
+            guard let v, range.contains(v) else {
+                fail(n, join(path, key), "expected \(sized ? "a size" : "a number") from \(range.lowerBound) to \(range.upperBound), not '\(s)'")
+                return nil
+            }
+            return v
+        }
+        if let v = number("max_concurrent_streams", 1...10_000, sized: false) { settings.maxConcurrentStreams = v }
+        if let v = number("initial_window_size", 1024...(1 << 24), sized: true) { settings.initialWindowSize = v }
+        if let v = number("connection_window_size", 65_535...Int(Int32.max), sized: true) { settings.connectionWindowSize = v }
+        if let v = number("max_frame_size", 16_384...16_777_215, sized: true) { settings.maxFrameSize = v }
+        if let v = number("max_header_list_size", 4096...(1 << 20), sized: true) { settings.maxHeaderListSize = v }
+        if let v = number("requests_per_pass", 1...100_000, sized: false) { settings.requestsPerPass = v }
     }
 
     /// 80 bytes of ticket keys (16 name, 32 HMAC, 32 AES), raw as nginx's or in base64 as HAProxy's.
@@ -390,15 +419,30 @@ struct NodeReader {
             rest.alpn = nil
             if rest.isCatchAll { remaining.subtract(receives) }
             guard let backend = backends[route.backend] else { continue }
-            let missing = receives.subtracting(backend.protocols)
+            let routeNode = i < routeNodes.count ? routeNodes[i] : node
+            if route.mode == .request {
+                // Request routes translate between HTTP/1.1 and HTTP/2, but gRPC needs HTTP/2 to
+                // the backend (its status travels in trailers).
+                if route.match.targetsGRPC, !backend.protocols.contains(.h2) {
+                    fail(routeNode, "\(path).routes[\(i)]", "route '\(route.name)' carries gRPC but backend '\(backend.name)' has no HTTP/2 endpoints (gRPC needs HTTP/2 trailers): give it protocol: h2c, h2c endpoints, or protocol: tls with ALPN h2")
+                    continue
+                }
+            }
+            // HTTP/2 clients of a request route are translated to what the backend speaks;
+            // HTTP/1.1 clients are still relayed (HTTP/1.1 request mode is not built yet), so
+            // their backend must speak HTTP/1.1.
+            let needed = route.mode == .request ? receives.intersection([.http1]) : receives
+            let missing = needed.subtracting(backend.protocols)
             for p in missing.sorted(by: { $0.rawValue < $1.rawValue }) {
                 let fix: String
                 switch p {
                 case .h2: fix = "give backend '\(backend.name)' h2c endpoints (endpoints: {http1: [...], h2c: [...]}) or protocol: tls, or add match: {alpn: http/1.1} to this route and another route for h2"
                 case .http1: fix = "give backend '\(backend.name)' http1 endpoints (endpoints: {http1: [...], h2c: [...]}) or protocol: tls, or add match: {alpn: h2} to this route and another route for HTTP/1.1"
                 }
-                fail(i < routeNodes.count ? routeNodes[i] : node, "\(path).routes[\(i)]",
-                     "route '\(route.name)' can receive \(p.rawValue) connections but backend '\(backend.name)' cannot speak \(p.rawValue): \(fix)")
+                let kind = route.mode == .relay ? "relay route" : "route"
+                let alternative = route.mode == .relay && p == .h2 ? ", or set mode: request (edgemux then translates HTTP/2 to HTTP/1.1)" : ""
+                fail(routeNode, "\(path).routes[\(i)]",
+                     "\(kind) '\(route.name)' can receive \(p.rawValue) connections but backend '\(backend.name)' cannot speak \(p.rawValue): \(fix)\(alternative)")
             }
         }
     }
@@ -551,7 +595,7 @@ struct NodeReader {
     }
 
     mutating func readRoute(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> RouteConfig? {
-        guard let m = mapping(node, path, allowed: ["name", "match", "backend", "idle_timeout"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["name", "match", "backend", "idle_timeout", "mode", "response_timeout", "forwarded", "via"]) else { return nil }
         let name = m["name"].flatMap { string($0, join(path, "name")) } ?? path
         var match = RouteMatch()
         if let mn = m["match"], let mm = mapping(mn, join(path, "match"), allowed: ["alpn", "sni", "content_type", "path_prefix", "host", "method", "upgrade"]) {
@@ -581,12 +625,28 @@ struct NodeReader {
         }
         let defaultIdle = backends[backendName]?.idleTimeoutMillis ?? (match.targetsGRPC ? 0 : ConfigLoader.defaultIdleTimeout)
         let idle = m["idle_timeout"].flatMap { duration($0, join(path, "idle_timeout")) } ?? defaultIdle
-        return RouteConfig(name: name, match: match, backend: backendName, idleTimeoutMillis: idle)
+        var mode: RouteMode?
+        if let n = m["mode"], let s = string(n, join(path, "mode")) {
+            mode = RouteMode(rawValue: s)
+            if mode == nil { fail(n, join(path, "mode"), "expected relay or request, not '\(s)'") }
+        }
+        let responseTimeout = m["response_timeout"].flatMap { duration($0, join(path, "response_timeout")) }
+        var forwarded = ForwardedMode.replace
+        if let n = m["forwarded"], let s = string(n, join(path, "forwarded")) {
+            if let f = ForwardedMode(rawValue: s) { forwarded = f } else { fail(n, join(path, "forwarded"), "expected append, replace or off, not '\(s)'") }
+        }
+        let via = m["via"].flatMap { bool($0, join(path, "via")) } ?? false
+        if mode == .relay || (mode == nil && match.targetsGRPC) {
+            for key in ["response_timeout", "forwarded", "via"] where m[key] != nil {
+                fail(m[key], join(path, key), "\(key) applies to request mode; this route relays (set mode: request)")
+            }
+        }
+        return RouteConfig(name: name, match: match, backend: backendName, idleTimeoutMillis: idle, mode: mode, responseTimeoutMillis: responseTimeout, forwarded: forwarded, via: via)
     }
 
     mutating func readBackend(_ node: Node, name: String) -> BackendConfig? {
         let path = "backends.\(name)"
-        guard let m = mapping(node, path, allowed: ["protocol", "endpoints", "tls", "connect_timeout", "idle_timeout", "pool"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["protocol", "endpoints", "tls", "connect_timeout", "idle_timeout", "pool", "balance"]) else { return nil }
         var proto: BackendProtocol?
         if let p = m["protocol"], let s = string(p, join(path, "protocol")) {
             proto = BackendProtocol(rawValue: s)
@@ -677,7 +737,11 @@ struct NodeReader {
         if proto == .tls, let offered = tls?.alpn {
             for p in ClientProtocol.allCases where !offered.contains(p) { endpoints[p] = nil }
         }
-        return BackendConfig(name: name, proto: proto ?? (endpoints[.h2] != nil && endpoints[.http1] == nil ? .h2c : .http1), endpoints: endpoints, tls: tls, connectTimeoutMillis: connect, idleTimeoutMillis: idle, pool: pool)
+        var balance = BalancePolicy.roundRobin
+        if let n = m["balance"], let s = string(n, join(path, "balance")) {
+            if let b = BalancePolicy(rawValue: s) { balance = b } else { fail(n, join(path, "balance"), "expected round_robin or least_request, not '\(s)'") }
+        }
+        return BackendConfig(name: name, proto: proto ?? (endpoints[.h2] != nil && endpoints[.http1] == nil ? .h2c : .http1), endpoints: endpoints, tls: tls, connectTimeoutMillis: connect, idleTimeoutMillis: idle, pool: pool, balance: balance)
     }
 }
 

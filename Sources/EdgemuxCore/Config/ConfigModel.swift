@@ -50,8 +50,23 @@ public final class ListenerConfig: Sendable {
     public let routes: [RouteConfig]
     /// An egress tunnel instead of routes: CONNECT or SNI passthrough, TLS never terminated.
     public let tunnel: TunnelConfig?
+    /// What edgemux's own HTTP/2 server announces and enforces (request mode).
+    public let http2: HTTP2ServerSettings
+    /// Close a request-mode connection gracefully (GOAWAY, or `Connection: close`) once it is
+    /// this old, plus up to 10 % jitter, so long-lived clients rebalance after a scale-out; 0: never.
+    public let maxConnectionAgeMillis: Int64
+    /// How long an idle request-mode connection (no request open) is kept.
+    public let keepaliveTimeoutMillis: Int64
 
-    public init(name: String, address: SocketAddress, proxyProtocol: Bool, tls: ListenerTLSConfig?, handshakeTimeoutMillis: Int64, requestTimeoutMillis: Int64, maxRequestHeadBytes: Int, routes: [RouteConfig], tunnel: TunnelConfig?) {
+    /// Every route is a request route: an HTTP/2 connection needs no sniffing, edgemux's HTTP/2
+    /// server takes it from its preface.
+    public var requestModeOnly: Bool { !routes.isEmpty && routes.allSatisfy { $0.mode == .request } }
+
+    public init(name: String, address: SocketAddress, proxyProtocol: Bool, tls: ListenerTLSConfig?, handshakeTimeoutMillis: Int64, requestTimeoutMillis: Int64, maxRequestHeadBytes: Int, routes: [RouteConfig], tunnel: TunnelConfig?,
+                http2: HTTP2ServerSettings = HTTP2ServerSettings(), maxConnectionAgeMillis: Int64 = 0, keepaliveTimeoutMillis: Int64 = 75_000) {
+        self.http2 = http2
+        self.maxConnectionAgeMillis = maxConnectionAgeMillis
+        self.keepaliveTimeoutMillis = keepaliveTimeoutMillis
         self.name = name
         self.address = address
         self.proxyProtocol = proxyProtocol
@@ -62,6 +77,53 @@ public final class ListenerConfig: Sendable {
         self.routes = routes
         self.tunnel = tunnel
     }
+}
+
+/// The SETTINGS of edgemux's HTTP/2 server on a listener (request mode), and the limits it
+/// enforces beyond them.
+public struct HTTP2ServerSettings: Sendable, Equatable {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS. A stream counts until its backend side has closed too, so
+    /// a client that resets streams cannot open more than this many at the backends.
+    public var maxConcurrentStreams = 256
+    /// SETTINGS_INITIAL_WINDOW_SIZE: what a client may send on one stream before the backend
+    /// has taken it, and so the bound of one stream's request buffer.
+    public var initialWindowSize = 65_535
+    /// The connection's receive window. Bytes are acknowledged on this level as soon as they land
+    /// in a stream's buffer, so it never lets one slow stream stall the others.
+    public var connectionWindowSize = 16 << 20
+    /// SETTINGS_MAX_FRAME_SIZE.
+    public var maxFrameSize = 16_384
+    /// SETTINGS_MAX_HEADER_LIST_SIZE (also the bound of one request's header block).
+    public var maxHeaderListSize = 64 * 1024
+    /// RST_STREAMs a client may send in a burst, then per second (CVE-2023-44487, rapid reset).
+    public var resetBurst = 1000
+    public var resetRate = 33
+    /// CONTINUATION frames after one HEADERS (a flood of them is CVE-2024-27316's shape).
+    public var maxContinuations = 8
+    /// Requests accepted from one connection in one event-loop pass; the rest wait for the next.
+    public var requestsPerPass = 128
+
+    public init() {}
+}
+
+/// How a route carries what it matches.
+public enum RouteMode: String, Sendable {
+    /// The connection's first request decides: the connection is pinned to this route's backend
+    /// and its bytes are relayed (gRPC agent streams: no per-frame work, 16 KiB per agent).
+    case relay
+    /// Each request is handled on its own: edgemux is the HTTP/1.1 or HTTP/2 server and the
+    /// backend's client, translating between the two.
+    case request
+}
+
+/// Which forwarding fields edgemux sets on requests it passes on.
+public enum ForwardedMode: String, Sendable {
+    /// Add the client to what the request already carries (behind a trusted balancer).
+    case append
+    /// Drop what the client sent and set edgemux's own view (the default at the edge).
+    case replace
+    /// Pass the request's fields on untouched.
+    case off
 }
 
 /// An egress tunnel listener (the platform's outbound calls to cluster API servers).
@@ -124,14 +186,31 @@ public final class RouteConfig: Sendable {
     public let match: RouteMatch
     /// The backend's name.
     public let backend: String
-    /// Close a relayed connection idle this long in both directions; 0: never.
+    /// Close a relayed connection (in request mode: a stream) idle this long in both directions; 0: never.
     public let idleTimeoutMillis: Int64
+    /// Relay the connection or handle each request (default: relay for gRPC matches, else request).
+    public let mode: RouteMode
+    /// Request mode: how long the backend may take to send the response head (504, or gRPC
+    /// DEADLINE_EXCEEDED); 0: no limit (the default for gRPC routes: a stream may answer late).
+    public let responseTimeoutMillis: Int64
+    /// Request mode: `X-Forwarded-For`/`-Proto`/`-Host` and `Forwarded`.
+    public let forwarded: ForwardedMode
+    /// Request mode: add `Via: 2 edgemux` (RFC 9110 section 7.6.3).
+    public let via: Bool
 
-    public init(name: String, match: RouteMatch, backend: String, idleTimeoutMillis: Int64) {
+    /// `mode` was not given: the default rule chose it.
+    public let modeWasDefault: Bool
+
+    public init(name: String, match: RouteMatch, backend: String, idleTimeoutMillis: Int64, mode: RouteMode? = nil, responseTimeoutMillis: Int64? = nil, forwarded: ForwardedMode = .replace, via: Bool = false) {
+        self.modeWasDefault = mode == nil
         self.name = name
         self.match = match
         self.backend = backend
         self.idleTimeoutMillis = idleTimeoutMillis
+        self.mode = mode ?? (match.targetsGRPC ? .relay : .request)
+        self.responseTimeoutMillis = responseTimeoutMillis ?? (match.targetsGRPC ? 0 : 60_000)
+        self.forwarded = forwarded
+        self.via = via
     }
 }
 
@@ -184,12 +263,25 @@ public final class BackendConfig: Sendable {
     public let idleTimeoutMillis: Int64?
     /// Idle HTTP/1.1 connections kept for reuse.
     public let pool: BackendPoolConfig
+    /// Request mode: how the endpoint of each request is chosen.
+    public let balance: BalancePolicy
 
     /// The client protocols this backend can carry.
     public var protocols: Set<ClientProtocol> { Set(endpoints.filter { !$0.value.isEmpty }.keys) }
 
-    public init(name: String, proto: BackendProtocol, endpoints: [ClientProtocol: [Endpoint]], tls: BackendTLSConfig?, connectTimeoutMillis: Int64, idleTimeoutMillis: Int64?, pool: BackendPoolConfig = BackendPoolConfig()) {
+    /// The protocol request mode speaks to this backend for a client in `client`'s protocol
+    /// (`grpc`: HTTP/2 is required for trailers): the client's own when the backend serves it
+    /// (no translation), else the other one; nil when the backend can serve none that fits.
+    public func requestProtocol(for client: ClientProtocol, grpc: Bool) -> ClientProtocol? {
+        let have = protocols
+        if grpc { return have.contains(.h2) ? .h2 : nil }
+        if have.contains(client) { return client }
+        return have.first
+    }
+
+    public init(name: String, proto: BackendProtocol, endpoints: [ClientProtocol: [Endpoint]], tls: BackendTLSConfig?, connectTimeoutMillis: Int64, idleTimeoutMillis: Int64?, pool: BackendPoolConfig = BackendPoolConfig(), balance: BalancePolicy = .roundRobin) {
         self.name = name
+        self.balance = balance
         self.pool = pool
         self.proto = proto
         self.endpoints = endpoints
@@ -197,6 +289,15 @@ public final class BackendConfig: Sendable {
         self.connectTimeoutMillis = connectTimeoutMillis
         self.idleTimeoutMillis = idleTimeoutMillis
     }
+}
+
+/// How request mode picks an endpoint for each request.
+public enum BalancePolicy: String, Sendable {
+    /// In turn (passive health skips endpoints that failed lately).
+    case roundRobin = "round_robin"
+    /// The one with the fewest requests open from this worker (two picked at random, the better
+    /// taken: the "power of two choices", as Envoy's LEAST_REQUEST).
+    case leastRequest = "least_request"
 }
 
 /// The backend connections an HTTP/1.1 exchange leaves open, kept per worker and endpoint for
@@ -234,4 +335,20 @@ public struct BackendTLSConfig: Sendable {
     /// The protocols the backend speaks over TLS (ALPN offers the client's one of these);
     /// default both. A client protocol not listed cannot be routed here (`check` says so).
     public var alpn: [ClientProtocol] = [.h2, .http1]
+}
+
+/// What `edgemux check` says about a route's mode.
+public enum RouteDescription {
+    public static func mode(_ r: RouteConfig) -> String {
+        switch r.mode {
+        case .relay:
+            return r.match.targetsGRPC && r.modeWasDefault
+                ? "relay (the default for a content_type: application/grpc match: the first request pins the connection, its bytes are relayed)"
+                : "relay (mode: relay: the first request pins the connection, its bytes are relayed)"
+        case .request:
+            let why = r.modeWasDefault ? "the default for a route that does not match gRPC" : "mode: request"
+            let timeout = r.responseTimeoutMillis > 0 ? "response_timeout \(r.responseTimeoutMillis / 1000)s" : "no response_timeout"
+            return "request (\(why): each request routed on its own, HTTP/1.1 and HTTP/2 translated; \(timeout))"
+        }
+    }
 }

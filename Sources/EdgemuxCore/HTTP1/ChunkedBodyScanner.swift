@@ -29,6 +29,12 @@ struct ChunkedBodyScanner {
     var isDone: Bool { state == .done }
 
     mutating func scan(_ bytes: UnsafeRawBufferPointer) -> Result {
+        scan(bytes) { _ in }
+    }
+
+    /// Scans as `scan(_:)` does and calls `payload` with each range of chunk data (the decoded
+    /// body without its framing), in order.
+    mutating func scan(_ bytes: UnsafeRawBufferPointer, payload: (Range<Int>) -> Void) -> Result {
         var i = 0
         let n = bytes.count
         while i < n {
@@ -69,6 +75,7 @@ struct ChunkedBodyScanner {
                 }
             case .data:
                 let take = min(remaining, n - i)
+                payload(i..<(i + take))
                 remaining -= take
                 i += take
                 if remaining == 0 { state = .dataCR }

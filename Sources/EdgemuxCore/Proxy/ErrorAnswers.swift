@@ -36,9 +36,9 @@ enum ErrorAnswers {
         return f + text
     }
 
-    /// Answers stream `stream` with `status` and ends the connection: SETTINGS ACK (edgemux now
-    /// terminates this connection itself, so it acknowledges the client's SETTINGS), a HEADERS
-    /// frame with END_STREAM, then GOAWAY naming that stream as the last one processed.
+    /// Answers stream `stream` with `status` and ends the connection: a HEADERS frame, DATA with
+    /// END_STREAM, then GOAWAY naming that stream as the last one processed. (The client's
+    /// SETTINGS were acknowledged while sniffing.)
     static func h2(stream: UInt32, status: Int, message: String) -> [UInt8] {
         // HPACK: ":status" as a literal without indexing, name from static table index 8
         // (RFC 7541 6.2.2), then "content-type: text/plain" by static name index 31.
@@ -47,8 +47,7 @@ enum ErrorAnswers {
         let ct = Array("text/plain; charset=utf-8".utf8)
         block += [0x0f, 31 - 15, UInt8(ct.count)] + ct
         let body = Array("edgemux: \(message)\n".utf8)
-        var out = H2.settingsAck
-        out += frameHeader(length: block.count, type: H2.headers, flags: H2.flagEndHeaders, stream: stream) + block
+        var out = frameHeader(length: block.count, type: H2.headers, flags: H2.flagEndHeaders, stream: stream) + block
         out += frameHeader(length: body.count, type: H2.data, flags: H2.flagEndStream, stream: stream) + body
         out += goaway(lastStream: stream, error: .noError, debug: message)
         return out
@@ -75,8 +74,7 @@ enum ErrorAnswers {
         block += [0x0f, 31 - 15, UInt8(ct.count)] + ct
         block += literal("grpc-status", Array(String(code).utf8))
         block += literal("grpc-message", percentEncoded("edgemux: \(message)", limit: 120))
-        var out = H2.settingsAck
-        out += frameHeader(length: block.count, type: H2.headers, flags: H2.flagEndHeaders | H2.flagEndStream, stream: stream) + block
+        var out = frameHeader(length: block.count, type: H2.headers, flags: H2.flagEndHeaders | H2.flagEndStream, stream: stream) + block
         out += goaway(lastStream: stream, error: .noError, debug: message)
         return out
     }

@@ -45,6 +45,9 @@ final class ProxyConnection: EventHandler, ClientConnection {
     var sniffed: [UInt8] = []
     var h2Sniffer: HTTP2Sniffer?
     var sentSettings = false
+    /// edgemux acknowledged the client's first SETTINGS while sniffing: the backend's own ACK
+    /// of them must not reach the client (relay), nor nghttp2's (request mode).
+    var sentSettingsAck = false
     /// edgemux's own bytes the client has not taken yet (its SETTINGS frame).
     var clientPending: Chunk?
     var relay: Relay?
@@ -273,6 +276,10 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 proto = .http1
                 protocolUndecided = alpn.isEmpty && (listener.tls?.alpn.contains("h2") ?? false)
             }
+            if proto == .h2 && listener.requestModeOnly {
+                handOverToHTTP2(replay: [], acked: false)
+                return
+            }
             enterAwaitingRequest()
         case .wantRead, .wantWrite:
             return
@@ -364,12 +371,26 @@ final class ProxyConnection: EventHandler, ClientConnection {
             guard var sniffer = h2Sniffer else { return }
             let result = sniffed.withUnsafeBytes { sniffer.parse($0) }
             h2Sniffer = sniffer
+            if sniffer.prefaceReceived && listener.requestModeOnly && !sentSettings {
+                // Every route is a request route: edgemux's HTTP/2 server takes the connection
+                // from its preface, nothing to sniff.
+                handOverToHTTP2(replay: sniffed, acked: false)
+                return
+            }
+            var early: [UInt8] = []
             if sniffer.prefaceReceived && !sentSettings {
                 // Who speaks first: gRPC clients send nothing after their preface until they
                 // have the server's SETTINGS, so edgemux sends its own (empty) SETTINGS now.
                 sentSettings = true
-                writeToClientNow(H2.emptySettings)
+                early += H2.emptySettings
             }
+            if sniffer.sawClientSettings && !sentSettingsAck {
+                // And a client may wait for the ACK of its own SETTINGS before its first
+                // request (RFC 9113 section 3.4): edgemux acknowledges them itself.
+                sentSettingsAck = true
+                early += H2.settingsAck
+            }
+            if !early.isEmpty { writeToClientNow(early) }
             switch result {
             case .needMore: return
             case .done(let info, let replayEnd, let droppedAck):
@@ -440,6 +461,11 @@ final class ProxyConnection: EventHandler, ClientConnection {
             return
         }
         self.route = route
+        if route.mode == .request, proto == .h2 {
+            // From here every request of the connection is routed on its own.
+            handOverToHTTP2(replay: sniffed, acked: sentSettingsAck)
+            return
+        }
         guard let backend = snapshot.config.backends[route.backend], let endpoints = backend.endpoints[proto], !endpoints.isEmpty else {
             worker.logger.error("\(logPrefix): route '\(route.name)' has no \(proto.rawValue) endpoint in backend '\(route.backend)'")
             answerError(status: 502, message: "backend '\(route.backend)' cannot serve \(proto.rawValue)")
@@ -582,6 +608,25 @@ final class ProxyConnection: EventHandler, ClientConnection {
         }
     }
 
+    // MARK: handing over to request mode
+
+    /// edgemux's HTTP/2 server takes the connection: `replay` is what the client sent so far
+    /// (its preface, SETTINGS, frames, the first HEADERS), the ACK filter goes with it if the
+    /// client's ACK of edgemux's SETTINGS has not come yet, and `acked` says edgemux already
+    /// acknowledged the client's first SETTINGS. This object is done afterwards: the server owns
+    /// the socket, the accounting and the logs.
+    private func handOverToHTTP2(replay: [UInt8], acked: Bool) {
+        loop.cancel(timer)
+        timer = nil
+        let server = HTTP2ServerConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer)
+        loop.rebind(fd: client.fd, to: server)
+        let pending = clientPending
+        clientPending = nil
+        phase = .closed
+        server.start(replay: replay, inputFilter: sentSettings ? ackFilter : nil, acknowledgedSettings: acked, pendingOutput: pending)
+        if let pending { worker.pool.give(pending) }
+    }
+
     // MARK: relaying
 
     private func startRelay() {
@@ -591,7 +636,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
         sniffed = []
         let pending = clientPending
         clientPending = nil
-        relay = Relay(client: client, backend: backend, loop: loop, pool: worker.pool, replay: replay, filter: ackFilter, pendingToClient: pending) { [unowned self] end in
+        relay = Relay(client: client, backend: backend, loop: loop, pool: worker.pool, replay: replay, filter: ackFilter,
+                      clientFilter: sentSettingsAck ? SettingsAckFilter() : nil, pendingToClient: pending) { [unowned self] end in
             self.relayEnded(end)
         }
         ackFilter = nil

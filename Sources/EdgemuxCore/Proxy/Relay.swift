@@ -18,7 +18,8 @@ final class Relay {
         var sourceDone = false
         /// The destination's write side has been shut after `sourceDone`.
         var shutDown = false
-        /// Client-to-backend on HTTP/2: drops the ACK of edgemux's SETTINGS.
+        /// HTTP/2: drops the client's ACK of edgemux's SETTINGS (client to backend), or the
+        /// backend's ACK of the client's first SETTINGS (backend to client).
         var filter: SettingsAckFilter?
         var bytes = 0
         /// Which way this direction runs.
@@ -57,7 +58,9 @@ final class Relay {
     ///   - replay: bytes already read from the client, sent to the backend first.
     ///   - filter: client-to-backend filter still to apply (HTTP/2: the SETTINGS ACK).
     ///   - pendingToClient: bytes of edgemux's own still waiting for the client.
-    init(client: Transport, backend: Transport, loop: EventLoop, pool: BufferPool, replay: [UInt8], filter: SettingsAckFilter?, pendingToClient: Chunk?, onEnd: @escaping (End) -> Void) {
+    ///   - clientFilter: backend-to-client filter (HTTP/2: the backend's ACK of the client's first
+    ///     SETTINGS, which edgemux already acknowledged while sniffing).
+    init(client: Transport, backend: Transport, loop: EventLoop, pool: BufferPool, replay: [UInt8], filter: SettingsAckFilter?, clientFilter: SettingsAckFilter? = nil, pendingToClient: Chunk?, onEnd: @escaping (End) -> Void) {
         self.client = client
         self.backend = backend
         self.loop = loop
@@ -70,6 +73,7 @@ final class Relay {
             toBackend.pending = chunk
         }
         toBackend.filter = filter
+        toClient.filter = clientFilter
         toClient.pending = pendingToClient
         toClient.isTowardsClient = true
     }

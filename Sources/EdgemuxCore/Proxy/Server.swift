@@ -241,6 +241,9 @@ public final class Server: @unchecked Sendable {
                 for l in worker.listeners { worker.loop.closeDescriptor(l.fd) }
                 worker.listeners = []
                 worker.upstreams.closeAll()
+                // Request-mode clients get GOAWAY / `Connection: close`; idle ones close now.
+                worker.startDrain()
+                worker.h2Upstreams.closeIdle()
             }
         }
         let deadline = Posix.monotonicMillis() + snapshot.config.drainTimeoutMillis

@@ -29,12 +29,24 @@ final class Transport {
     /// A new socket with a non-blocking connect to `address` under way, registered with `loop`
     /// for `handler`; wait for its first event and ask `connectProgress(events:)`.
     static func connecting(to address: SocketAddress, keepalive: Bool, loop: EventLoop, handler: EventHandler) throws -> Transport {
+        let t = try connecting(to: address, keepalive: keepalive)
+        do {
+            try loop.register(fd: t.fd, events: EventLoop.relayEvents, handler: handler)
+        } catch {
+            Posix.close(t.fd)
+            throw error
+        }
+        return t
+    }
+
+    /// A new socket with a non-blocking connect under way, not yet registered with a loop (the
+    /// handler that will own it may need the transport first).
+    static func connecting(to address: SocketAddress, keepalive: Bool) throws -> Transport {
         let fd = try Posix.socket(domain: address.family, type: Int32(SOCK_STREAM.rawValue))
         try? Posix.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
         if keepalive { try? Posix.setOption(fd, level: SOL_SOCKET, name: SO_KEEPALIVE, value: 1) }
         do {
             _ = try Posix.connect(fd, to: address)
-            try loop.register(fd: fd, events: EventLoop.relayEvents, handler: handler)
         } catch {
             Posix.close(fd)
             throw error

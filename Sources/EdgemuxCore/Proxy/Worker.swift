@@ -14,6 +14,14 @@ final class Worker {
     var balancers: [String: BackendBalancer] = [:]
     /// Idle HTTP/1.1 backend connections for reuse.
     let upstreams: UpstreamPool
+    /// HTTP/2 backend sessions, shared by the requests of every client of this worker.
+    private(set) var h2Upstreams: HTTP2UpstreamPool!
+    /// Requests open per backend endpoint on this worker (least-request balancing).
+    private var outstanding: [UpstreamPool.Key: Int] = [:]
+    /// The request-mode connections open now (drain and reload reach them through this).
+    var servers: [ObjectIdentifier: RequestServer] = [:]
+    /// Draining: new requests on open connections are refused and connections close when idle.
+    private(set) var draining = false
 
     init(loop: EventLoop, snapshot: Snapshot, metrics: WorkerMetrics, logger: Logger) {
         self.loop = loop
@@ -21,6 +29,42 @@ final class Worker {
         self.metrics = metrics
         self.logger = logger
         self.upstreams = UpstreamPool(loop: loop, metrics: metrics)
+        self.h2Upstreams = HTTP2UpstreamPool(worker: self)
+    }
+
+    /// The order in which a request tries `endpoints` of `backend`: round robin (healthy first),
+    /// or for least-request balancing the better of two random picks first.
+    func endpointPlan(backend: BackendConfig, endpoints: [Endpoint], protocol proto: ClientProtocol) -> [Endpoint] {
+        let rr = balancer(for: backend.name).plan(endpoints, protocol: proto, now: loop.now)
+        guard backend.balance == .leastRequest, rr.count > 1 else { return rr }
+        let healthy = rr.prefix { e in rr.firstIndex(of: e)! < rr.count }
+        let a = healthy.randomElement()!, b = healthy.randomElement()!
+        let load = { (e: Endpoint) in self.outstanding[UpstreamPool.Key(backend: ObjectIdentifier(backend), endpoint: e)] ?? 0 }
+        let best = load(a) <= load(b) ? a : b
+        return [best] + rr.filter { $0 != best }
+    }
+
+    func noteRequestStarted(backend: BackendConfig, endpoint: Endpoint) {
+        outstanding[UpstreamPool.Key(backend: ObjectIdentifier(backend), endpoint: endpoint), default: 0] += 1
+    }
+
+    func noteRequestEnded(backend: BackendConfig?, endpoint: Endpoint) {
+        guard let backend else { return }
+        let key = UpstreamPool.Key(backend: ObjectIdentifier(backend), endpoint: endpoint)
+        guard let n = outstanding[key] else { return }
+        if n <= 1 { outstanding[key] = nil } else { outstanding[key] = n - 1 }
+    }
+
+    /// SIGTERM: every request-mode connection says goodbye (GOAWAY, `Connection: close`) and
+    /// closes once its open requests are done; idle ones close now.
+    func startDrain() {
+        draining = true
+        for s in Array(servers.values) { s.startDrain() }
+    }
+
+    /// A reload removed listeners at `addresses`: their request-mode connections drain.
+    func drainServers(at addresses: Set<SocketAddress>) {
+        for s in Array(servers.values) where addresses.contains(s.listener.address) { s.startDrain() }
     }
 
     func balancer(for backend: String) -> BackendBalancer {
@@ -36,10 +80,12 @@ final class Worker {
         listeners.append(l)
     }
 
-    /// Stops accepting on the listeners whose address is in `addresses` (their connections go on).
+    /// Stops accepting on the listeners whose address is in `addresses` (relayed connections go
+    /// on; request-mode connections drain with GOAWAY).
     func closeListeners(at addresses: Set<SocketAddress>) {
         for l in listeners where addresses.contains(l.address) { loop.closeDescriptor(l.fd) }
         listeners.removeAll { addresses.contains($0.address) }
+        if !addresses.isEmpty { drainServers(at: addresses) }
     }
 
     func accepted(fd: Int32, peer: SocketAddress, address: SocketAddress) {
@@ -70,6 +116,13 @@ final class Worker {
             (h as? ClientConnection)?.close()
         }
     }
+}
+
+/// A request-mode client connection (edgemux's HTTP/2 or HTTP/1.1 server).
+protocol RequestServer: ClientConnection {
+    var listener: ListenerConfig { get }
+    /// Say goodbye gracefully and close once the open requests are done.
+    func startDrain()
 }
 
 /// A client connection owned by a worker: ingress (`ProxyConnection`) or egress (`TunnelConnection`).

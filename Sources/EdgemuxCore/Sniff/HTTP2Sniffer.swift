@@ -71,7 +71,9 @@ public struct HTTP2Sniffer {
         get { Int(offset32) }
         set { offset32 = Int32(newValue) }
     }
-    private var sawClientSettings = false
+    /// The client's first SETTINGS frame has arrived (edgemux then acknowledges it: a client may
+    /// wait for that ACK before its first request, RFC 9113 section 3.4).
+    public private(set) var sawClientSettings = false
     /// Where the ACK of edgemux's SETTINGS starts, -1 until one is seen.
     private var droppedAckStart: Int32 = -1
     private var droppedAck: Range<Int>? {

@@ -176,7 +176,16 @@ final class TLSStream {
         return String(cString: p)
     }
 
-
+    /// Whether the certificate this server connection presented covers `host` (RFC 6125 name
+    /// matching, wildcards included; an IP literal against the IP SANs).
+    func certificateCovers(_ host: String) -> Bool {
+        guard let cert = SSL_get_certificate(ssl) else { return false }
+        let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        if bare.contains(":") || bare.allSatisfy({ $0.isNumber || $0 == "." }) {
+            return X509_check_ip_asc(cert, bare, 0) == 1
+        }
+        return X509_check_host(cert, bare, bare.utf8.count, 0, nil) == 1
+    }
 
     private func classify(_ r: Int32, during what: String) -> StreamStep {
         let code = SSL_get_error(ssl, r)

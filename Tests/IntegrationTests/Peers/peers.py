@@ -161,7 +161,12 @@ def serve_http1(args):
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    class Server(ThreadingHTTPServer):
+        # The default backlog of 5 overflows under a proxy's burst of connects (request mode
+        # opens one per concurrent request): the kernel drops handshakes and clients stall.
+        request_queue_size = 1024
+
+    server = Server(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     if args.cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -1,0 +1,367 @@
+import CEdgemux
+
+/// The header fields of one message in request mode, whatever protocol it came in: names in
+/// lower case (as HTTP/2 carries them), values as received. All names and values share one
+/// byte buffer, so a head costs two allocations however many fields it has, and nghttp2 reads
+/// them in place (`withNameValues`). No I/O.
+struct HeaderList {
+    struct Field {
+        var nameStart: Int32
+        var nameLength: Int32
+        var valueStart: Int32
+        var valueLength: Int32
+        var name: Range<Int> { Int(nameStart)..<Int(nameStart + nameLength) }
+        var value: Range<Int> { Int(valueStart)..<Int(valueStart + valueLength) }
+    }
+
+    private(set) var bytes: [UInt8] = []
+    private(set) var fields: [Field] = []
+
+    var count: Int { fields.count }
+    var isEmpty: Bool { fields.isEmpty }
+    /// Bytes of names and values (the measure of RFC 9113's header list size, less 32 per field).
+    var byteCount: Int { bytes.count }
+
+    /// Appends a field; the name is lower-cased on the way in.
+    mutating func append(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+        let ns = Int32(bytes.count)
+        for b in name { bytes.append(b >= 65 && b <= 90 ? b | 0x20 : b) }
+        let vs = Int32(bytes.count)
+        bytes.append(contentsOf: value)
+        fields.append(Field(nameStart: ns, nameLength: Int32(name.count), valueStart: vs, valueLength: Int32(value.count)))
+    }
+
+    mutating func append(_ name: String, _ value: String) {
+        var n = name, v = value
+        n.withUTF8 { nb in v.withUTF8 { vb in append(name: UnsafeRawBufferPointer(nb), value: UnsafeRawBufferPointer(vb)) } }
+    }
+
+    func name(at i: Int) -> String { String(decoding: bytes[fields[i].name], as: UTF8.self) }
+    func value(at i: Int) -> String { String(decoding: bytes[fields[i].value], as: UTF8.self) }
+
+    /// Whether field `i` is named `lower`.
+    func isNamed(_ i: Int, _ lower: StaticString) -> Bool {
+        let r = fields[i].name
+        guard r.count == lower.utf8CodeUnitCount else { return false }
+        let p = lower.utf8Start
+        for k in 0..<r.count where bytes[r.lowerBound + k] != p[k] { return false }
+        return true
+    }
+
+    /// The first value of `lower`, if present.
+    func first(_ lower: StaticString) -> String? {
+        for i in 0..<fields.count where isNamed(i, lower) { return value(at: i) }
+        return nil
+    }
+
+    func contains(_ lower: StaticString) -> Bool {
+        for i in 0..<fields.count where isNamed(i, lower) { return true }
+        return false
+    }
+
+    /// A copy without the fields for which `drop` is true.
+    func filter(keeping keep: (Int) -> Bool) -> HeaderList {
+        var out = HeaderList()
+        out.bytes.reserveCapacity(bytes.count)
+        out.fields.reserveCapacity(fields.count)
+        bytes.withUnsafeBytes { b in
+            for i in 0..<fields.count where keep(i) {
+                out.append(name: UnsafeRawBufferPointer(rebasing: b[fields[i].name]), value: UnsafeRawBufferPointer(rebasing: b[fields[i].value]))
+            }
+        }
+        return out
+    }
+
+    /// Calls `body` with nghttp2 name/value pairs: `leading` first (pseudo-header fields), then
+    /// every field for which `keep` holds. The pointers are valid only inside `body` (nghttp2
+    /// copies what it submits).
+    func withNameValues<R>(leading: [(String, String)], keep: (Int) -> Bool = { _ in true }, _ body: (UnsafeMutablePointer<nghttp2_nv>, Int) -> R) -> R {
+        var all = bytes
+        var lead: [(Range<Int>, Range<Int>)] = []
+        lead.reserveCapacity(leading.count)
+        for (n, v) in leading {
+            let ns = all.count
+            all.append(contentsOf: n.utf8)
+            let vs = all.count
+            all.append(contentsOf: v.utf8)
+            lead.append((ns..<vs, vs..<all.count))
+        }
+        all.append(0)  // never empty: a base address exists
+        return all.withUnsafeMutableBufferPointer { buf in
+            let base = buf.baseAddress!
+            var nva: [nghttp2_nv] = []
+            nva.reserveCapacity(lead.count + fields.count)
+            let none = UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
+            for (n, v) in lead {
+                nva.append(nghttp2_nv(name: base + n.lowerBound, value: base + v.lowerBound, namelen: n.count, valuelen: v.count, flags: none))
+            }
+            for i in 0..<fields.count where keep(i) {
+                let f = fields[i]
+                nva.append(nghttp2_nv(name: base + Int(f.nameStart), value: base + Int(f.valueStart), namelen: Int(f.nameLength), valuelen: Int(f.valueLength), flags: none))
+            }
+            return nva.withUnsafeMutableBufferPointer { body($0.baseAddress!, $0.count) }
+        }
+    }
+}
+
+/// What RFC 9110 and RFC 9113 say about fields when a message changes hop.
+enum FieldRules {
+    /// Connection-specific fields (RFC 9113 section 8.2.2, RFC 9110 section 7.6.1): never
+    /// forwarded to the next hop, whatever its protocol. `te` is handled apart.
+    static func isHopByHop(_ h: HeaderList, _ i: Int) -> Bool {
+        h.isNamed(i, "connection") || h.isNamed(i, "keep-alive") || h.isNamed(i, "proxy-connection")
+            || h.isNamed(i, "transfer-encoding") || h.isNamed(i, "upgrade") || h.isNamed(i, "http2-settings")
+    }
+
+    /// `te: trailers` is the one TE value HTTP/2 allows, and gRPC servers insist on it.
+    static func isTrailersTE(_ h: HeaderList, _ i: Int) -> Bool {
+        h.isNamed(i, "te") && h.value(at: i).lowercased().trimmedSpaces() == "trailers"
+    }
+
+    /// Names listed in `Connection` (HTTP/1.1 messages): they are hop-by-hop too.
+    static func connectionListed(_ h: HeaderList) -> Set<String> {
+        var out: Set<String> = []
+        for i in 0..<h.count where h.isNamed(i, "connection") {
+            for item in h.value(at: i).split(separator: ",") {
+                let n = String(item).trimmedSpaces().lowercased()
+                if !n.isEmpty { out.insert(n) }
+            }
+        }
+        return out
+    }
+}
+
+/// A request head in request mode, from either protocol.
+struct RequestHead {
+    var method = ""
+    var scheme = ""
+    /// `:authority`, or `Host` when the request had no authority.
+    var authority = ""
+    var path = ""
+    /// Regular fields (no pseudo-header fields), lower-case names.
+    var fields = HeaderList()
+    /// The declared body length, if any.
+    var contentLength: Int?
+    /// The request ended with its head (no body at all).
+    var endStream = false
+    /// HTTP/1.1 request bodies: chunked framing.
+    var chunked = false
+    /// The client's HTTP/1.x minor version (HTTP/1.0 needs `Connection: keep-alive` to stay open).
+    var http10 = false
+
+    var isGRPC: Bool { (fields.first("content-type") ?? "").lowercased().hasPrefix("application/grpc") }
+
+    /// What the router matches on.
+    func routingInfo() -> RequestInfo {
+        var info = RequestInfo()
+        info.method = method
+        info.path = path
+        info.host = HTTP1HeadParser.hostWithoutPort(authority)
+        info.contentType = fields.first("content-type") ?? ""
+        info.upgrade = (fields.first("upgrade") ?? "").lowercased()
+        return info
+    }
+
+    /// Whether a request may be sent again after a backend failed without answering (RFC 9110
+    /// section 9.2.2: idempotent methods).
+    var idempotent: Bool {
+        switch method {
+        case "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE": return true
+        default: return false
+        }
+    }
+}
+
+/// A response head in request mode (final or interim).
+struct ResponseHead {
+    var status: Int
+    var fields = HeaderList()
+}
+
+/// Who the client is, for the forwarding fields.
+struct ClientIdentity {
+    /// The client address (from the socket, or the PROXY header).
+    var address: String
+    /// "https" or "http", as the client spoke to edgemux.
+    var scheme: String
+}
+
+// MARK: - HTTP/1.1 serialisation
+
+enum HTTP1Serializer {
+    /// The request head for an HTTP/1.1 backend: request line, `Host` from the authority, the
+    /// fields less hop-by-hop ones (and `te`), cookies joined again (RFC 9113 section 8.2.3),
+    /// forwarding fields per `forwarded`, and the body framing: `Content-Length` when known,
+    /// chunked when a body of unknown length follows.
+    static func requestHead(_ r: RequestHead, forwarded: ForwardedMode, via: Bool, client: ClientIdentity, keepAlive: Bool = true) -> (bytes: [UInt8], chunked: Bool) {
+        var out: [UInt8] = []
+        out.reserveCapacity(256 + r.fields.byteCount + 4 * r.fields.count)
+        func add(_ s: String) { out.append(contentsOf: s.utf8) }
+        add(r.method)
+        add(" ")
+        add(r.path.isEmpty ? "/" : r.path)
+        add(" HTTP/1.1\r\nHost: ")
+        add(r.authority)
+        add("\r\n")
+        let listed = FieldRules.connectionListed(r.fields)
+        var cookies: [String] = []
+        r.fields.bytes.withUnsafeBytes { b in
+            for i in 0..<r.fields.count {
+                let h = r.fields
+                if FieldRules.isHopByHop(h, i) || h.isNamed(i, "host") || h.isNamed(i, "te") || h.isNamed(i, "content-length") { continue }
+                if forwarded != .off, isForwardingField(h, i) { if forwarded == .replace { continue } }
+                if !listed.isEmpty, listed.contains(h.name(at: i)) { continue }
+                if h.isNamed(i, "cookie") {
+                    cookies.append(h.value(at: i))
+                    continue
+                }
+                appendCanonical(&out, UnsafeRawBufferPointer(rebasing: b[h.fields[i].name]))
+                add(": ")
+                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[h.fields[i].value]))
+                add("\r\n")
+            }
+        }
+        if !cookies.isEmpty {
+            add("Cookie: ")
+            add(cookies.joined(separator: "; "))
+            add("\r\n")
+        }
+        if forwarded != .off { addForwarding(&out, r, forwarded: forwarded, client: client, http1: true) }
+        if via { add("Via: \(r.http10 ? "1.0" : (r.scheme.isEmpty ? "1.1" : "2")) edgemux\r\n") }
+        var chunked = false
+        if let n = r.contentLength {
+            add("Content-Length: \(n)\r\n")
+        } else if !r.endStream {
+            add("Transfer-Encoding: chunked\r\n")
+            chunked = true
+        } else if ["POST", "PUT", "PATCH"].contains(r.method) {
+            // RFC 9110 section 8.6: a request whose method defines a body says when it is empty.
+            add("Content-Length: 0\r\n")
+        }
+        if !keepAlive { add("Connection: close\r\n") }
+        add("\r\n")
+        return (out, chunked)
+    }
+
+    /// `X-Forwarded-*` and `Forwarded`: what the backend needs to know about the client.
+    static func isForwardingField(_ h: HeaderList, _ i: Int) -> Bool {
+        h.isNamed(i, "x-forwarded-for") || h.isNamed(i, "x-forwarded-proto") || h.isNamed(i, "x-forwarded-host") || h.isNamed(i, "forwarded")
+    }
+
+    static func forwardingValues(_ r: RequestHead, forwarded: ForwardedMode, client: ClientIdentity) -> [(String, String)] {
+        var xff = client.address
+        var fwd = "for=\(forwardedNode(client.address));proto=\(client.scheme)"
+        if !r.authority.isEmpty { fwd += ";host=\"\(r.authority)\"" }
+        if forwarded == .append {
+            if let prior = r.fields.first("x-forwarded-for"), !prior.isEmpty { xff = prior + ", " + xff }
+            if let prior = r.fields.first("forwarded"), !prior.isEmpty { fwd = prior + ", " + fwd }
+        }
+        var out = [("x-forwarded-for", xff), ("x-forwarded-proto", client.scheme)]
+        if !r.authority.isEmpty { out.append(("x-forwarded-host", r.authority)) }
+        out.append(("forwarded", fwd))
+        return out
+    }
+
+    /// RFC 7239 section 6: IPv6 addresses are quoted and bracketed.
+    static func forwardedNode(_ address: String) -> String {
+        address.contains(":") ? "\"[\(address)]\"" : address
+    }
+
+    private static func addForwarding(_ out: inout [UInt8], _ r: RequestHead, forwarded: ForwardedMode, client: ClientIdentity, http1: Bool) {
+        for (name, value) in forwardingValues(r, forwarded: forwarded, client: client) {
+            switch name {
+            case "x-forwarded-for": out.append(contentsOf: "X-Forwarded-For: ".utf8)
+            case "x-forwarded-proto": out.append(contentsOf: "X-Forwarded-Proto: ".utf8)
+            case "x-forwarded-host": out.append(contentsOf: "X-Forwarded-Host: ".utf8)
+            default: out.append(contentsOf: "Forwarded: ".utf8)
+            }
+            out.append(contentsOf: value.utf8)
+            out.append(contentsOf: [13, 10])
+        }
+    }
+
+    /// `content-type` → `Content-Type`: HTTP/1.1 names are case-insensitive, but some old
+    /// servers and many humans reading a capture expect the usual spelling.
+    static func appendCanonical(_ out: inout [UInt8], _ name: UnsafeRawBufferPointer) {
+        var upper = true
+        for b in name {
+            out.append(upper && b >= 97 && b <= 122 ? b - 32 : b)
+            upper = b == UInt8(ascii: "-")
+        }
+    }
+
+    /// A response head for an HTTP/1.1 client. `chunked` when the body's length is unknown;
+    /// `close` ends the connection after this response.
+    static func responseHead(_ h: ResponseHead, chunked: Bool, close: Bool, http10: Bool) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(128 + h.fields.byteCount + 4 * h.fields.count)
+        out.append(contentsOf: "HTTP/1.1 \(h.status) \(reasonPhrase(h.status))\r\n".utf8)
+        h.fields.bytes.withUnsafeBytes { b in
+            for i in 0..<h.fields.count {
+                if FieldRules.isHopByHop(h.fields, i) || (chunked && h.fields.isNamed(i, "content-length")) { continue }
+                appendCanonical(&out, UnsafeRawBufferPointer(rebasing: b[h.fields.fields[i].name]))
+                out.append(contentsOf: ": ".utf8)
+                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[h.fields.fields[i].value]))
+                out.append(contentsOf: [13, 10])
+            }
+        }
+        if chunked { out.append(contentsOf: "Transfer-Encoding: chunked\r\n".utf8) }
+        if close {
+            out.append(contentsOf: "Connection: close\r\n".utf8)
+        } else if http10 {
+            out.append(contentsOf: "Connection: keep-alive\r\n".utf8)
+        }
+        out.append(contentsOf: [13, 10])
+        return out
+    }
+
+    static func reasonPhrase(_ status: Int) -> String {
+        switch status {
+        case 100: return "Continue"
+        case 101: return "Switching Protocols"
+        case 103: return "Early Hints"
+        case 200: return "OK"
+        case 201: return "Created"
+        case 202: return "Accepted"
+        case 204: return "No Content"
+        case 206: return "Partial Content"
+        case 301: return "Moved Permanently"
+        case 302: return "Found"
+        case 303: return "See Other"
+        case 304: return "Not Modified"
+        case 307: return "Temporary Redirect"
+        case 308: return "Permanent Redirect"
+        case 400: return "Bad Request"
+        case 401: return "Unauthorized"
+        case 403: return "Forbidden"
+        case 404: return "Not Found"
+        case 405: return "Method Not Allowed"
+        case 408: return "Request Timeout"
+        case 409: return "Conflict"
+        case 411: return "Length Required"
+        case 413: return "Content Too Large"
+        case 414: return "URI Too Long"
+        case 421: return "Misdirected Request"
+        case 429: return "Too Many Requests"
+        case 431: return "Request Header Fields Too Large"
+        case 500: return "Internal Server Error"
+        case 501: return "Not Implemented"
+        case 502: return "Bad Gateway"
+        case 503: return "Service Unavailable"
+        case 504: return "Gateway Timeout"
+        default: return status < 300 ? "OK" : "Status"
+        }
+    }
+
+    /// The fields of an HTTP/1.1 response head for another hop: hop-by-hop fields and the ones
+    /// `Connection` names are dropped (the framing is the next hop's own).
+    static func responseFields(_ head: UnsafeRawBufferPointer) -> HeaderList {
+        var list = HeaderList()
+        HTTP1Fields.forEachLine(head) { l in
+            if HTTP1Fields.isConnectionField(head, l) { return }
+            if HTTP1Fields.equalsIgnoringCase(head, l.name, "transfer-encoding") || HTTP1Fields.equalsIgnoringCase(head, l.name, "upgrade") { return }
+            list.append(name: UnsafeRawBufferPointer(rebasing: head[l.name]), value: UnsafeRawBufferPointer(rebasing: head[l.value]))
+        }
+        return list
+    }
+}
