@@ -210,15 +210,36 @@ class HTTP2Endpoint: EventHandler {
         return o
     }
 
-    // MARK: what subclasses provide (called from nghttp2's callbacks)
+    // MARK: the bodies this session sends (nghttp2's read and send-data callbacks)
+
+    /// Which body of a request this session sends (the server: responses; a backend session:
+    /// requests).
+    var outgoing: ProxyRequest.Outgoing { .response }
+
+    /// The request carried on `stream`, if any (and not cancelled).
+    func request(onStream stream: Int32) -> ProxyRequest? { nil }
 
     /// Copies `dest.count` payload bytes of `stream`'s outgoing body into `dest` and consumes them.
-    func copyData(stream: Int32, into dest: UnsafeMutableRawBufferPointer) -> Int { 0 }
-    /// How many payload bytes `stream` can send now (read callback): the queue's size, or
-    /// `nil` when nothing waits and the body goes on (deferred), with `eof` when it has ended.
-    func dataAvailable(stream: Int32, max: Int) -> (count: Int, eof: Bool, trailers: Bool)? { nil }
-    /// Submits the trailers of `stream` (called when its body has ended with trailers to send).
-    func submitTrailers(stream: Int32) {}
+    final func copyData(stream: Int32, into dest: UnsafeMutableRawBufferPointer) -> Int {
+        request(onStream: stream)?.takeBody(outgoing, into: dest) ?? 0
+    }
+
+    /// How many payload bytes `stream` can send now (read callback), or `nil` when nothing waits
+    /// and the body goes on (deferred), with `eof` when it has ended.
+    final func dataAvailable(stream: Int32, max: Int) -> (count: Int, eof: Bool, trailers: Bool)? {
+        guard let r = request(onStream: stream) else { return (0, true, false) }
+        return r.bodyAvailable(outgoing, max: max)
+    }
+
+    /// Submits the trailers of `stream` (its body has ended with trailers to send), less any
+    /// connection-specific field.
+    final func submitTrailers(stream: Int32) {
+        guard let session, let t = request(onStream: stream)?.trailers(outgoing) else { return }
+        _ = t.withNameValues(leading: [], keep: { !FieldRules.isHopByHop(t, $0) }) { nva, n in nghttp2_submit_trailer(session, stream, nva, n) }
+    }
+
+    // MARK: what subclasses provide (called from nghttp2's callbacks)
+
     func beginHeaders(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 { 0 }
     func header(_ frame: UnsafePointer<nghttp2_frame>, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Int32 { 0 }
     func frameReceived(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 { 0 }

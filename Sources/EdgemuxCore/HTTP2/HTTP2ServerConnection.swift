@@ -371,26 +371,7 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
         nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), hd.stream_id, NGHTTP2_NO_ERROR.rawValue)
     }
 
-    override func dataAvailable(stream: Int32, max: Int) -> (count: Int, eof: Bool, trailers: Bool)? {
-        guard let r = requests[stream] else { return (0, true, false) }
-        let n = min(max, r.responseBody.count)
-        if n > 0 { return (n, false, false) }
-        if r.responseEnded { return (0, true, r.responseTrailers != nil) }
-        return nil
-    }
-
-    override func copyData(stream: Int32, into dest: UnsafeMutableRawBufferPointer) -> Int {
-        guard let r = requests[stream] else { return 0 }
-        let n = r.responseBody.read(into: dest, pool: pool)
-        r.responseTaken(n)
-        return n
-    }
-
-    override func submitTrailers(stream: Int32) {
-        guard let session, let r = requests[stream], let t = r.responseTrailers else { return }
-        let keep = { (i: Int) in !FieldRules.isHopByHop(t, i) }
-        _ = t.withNameValues(leading: [], keep: keep) { nva, n in nghttp2_submit_trailer(session, stream, nva, n) }
-    }
+    override func request(onStream stream: Int32) -> ProxyRequest? { requests[stream] }
 
     // MARK: RequestDownstream
 

@@ -571,6 +571,42 @@ final class ProxyRequest: EventHandler {
     }
 }
 
+// MARK: - bodies handed to an HTTP/2 session
+
+extension ProxyRequest {
+    /// Which of a request's bodies an HTTP/2 session sends: the response (edgemux's server, to
+    /// the client) or the request (a backend session).
+    enum Outgoing {
+        case response
+        case request
+    }
+
+    /// How many bytes of the `which` body can go out now, at most `max`; its end (and whether
+    /// trailers follow) when nothing is left; nil when nothing waits and more will come.
+    func bodyAvailable(_ which: Outgoing, max: Int) -> (count: Int, eof: Bool, trailers: Bool)? {
+        let queued = which == .response ? responseBody.count : requestBody.count
+        if queued > 0 { return (min(max, queued), false, false) }
+        let ended = which == .response ? responseEnded : requestEnded
+        guard ended else { return nil }
+        return (0, true, (which == .response ? responseTrailers : requestTrailers) != nil)
+    }
+
+    /// Copies the next bytes of the `which` body into `dest`, drops them, and tells the side
+    /// that filled the queue it may send more.
+    func takeBody(_ which: Outgoing, into dest: UnsafeMutableRawBufferPointer) -> Int {
+        if which == .response {
+            let n = responseBody.read(into: dest, pool: pool)
+            responseTaken(n)
+            return n
+        }
+        let n = requestBody.read(into: dest, pool: pool)
+        requestBodySent(n)
+        return n
+    }
+
+    func trailers(_ which: Outgoing) -> HeaderList? { which == .response ? responseTrailers : requestTrailers }
+}
+
 /// A client side that can say which names its connection's certificate covers (TLS).
 protocol CertificateCoverage {
     func certificateCovers(_ host: String) -> Bool

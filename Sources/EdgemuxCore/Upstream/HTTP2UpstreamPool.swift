@@ -277,24 +277,10 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
 
     // MARK: nghttp2 callbacks
 
-    override func dataAvailable(stream: Int32, max: Int) -> (count: Int, eof: Bool, trailers: Bool)? {
-        guard let r = streams[stream], !cancelled.contains(stream) else { return (0, true, false) }
-        let n = min(max, r.requestBody.count)
-        if n > 0 { return (n, false, false) }
-        if r.requestEnded { return (0, true, r.requestTrailers != nil) }
-        return nil
-    }
+    override var outgoing: ProxyRequest.Outgoing { .request }
 
-    override func copyData(stream: Int32, into dest: UnsafeMutableRawBufferPointer) -> Int {
-        guard let r = streams[stream] else { return 0 }
-        let n = r.requestBody.read(into: dest, pool: pool)
-        r.requestBodySent(n)
-        return n
-    }
-
-    override func submitTrailers(stream: Int32) {
-        guard let session, let r = streams[stream], let t = r.requestTrailers else { return }
-        _ = t.withNameValues(leading: []) { nva, n in nghttp2_submit_trailer(session, stream, nva, n) }
+    override func request(onStream stream: Int32) -> ProxyRequest? {
+        cancelled.contains(stream) ? nil : streams[stream]
     }
 
     override func beginHeaders(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
