@@ -21,9 +21,9 @@ enum H2Peers {
 
 /// A listener in front of an HTTP/1.1-only web backend and an h2c backend, with the usual gRPC
 /// relay route first: request mode for everything but gRPC.
-func requestModeConfig(port: UInt16, http1: UInt16, h2c: UInt16? = nil, grpc: [UInt16] = [], grpcMode: String? = nil, extraListener: String = "", extraRoute: String = "", admin: UInt16? = nil, workers: Int = 1) -> String {
+func requestModeConfig(port: UInt16, http1: UInt16, h2c: UInt16? = nil, grpc: [UInt16] = [], grpcMode: String? = nil, admin: UInt16? = nil) -> String {
     """
-    workers: \(workers)
+    workers: 1
     access_log: stdout
     drain_timeout: 20s
     \(admin.map { "admin:\n  listen: 127.0.0.1:\($0)" } ?? "")
@@ -31,14 +31,12 @@ func requestModeConfig(port: UInt16, http1: UInt16, h2c: UInt16? = nil, grpc: [U
       - name: public
         listen: 127.0.0.1:\(port)
     \(tlsBlock())
-    \(extraListener)
         routes:
           - name: agents
             match: { alpn: h2, content_type: application/grpc }
             backend: grpc
             \(grpcMode.map { "mode: \($0)" } ?? "")
     \(h2c == nil ? "" : "      - name: files\n        match: { alpn: h2, path_prefix: /files/ }\n        backend: files")
-    \(extraRoute)
           - name: web
             backend: web
     backends:

@@ -22,8 +22,9 @@ public final class WorkerMetrics: Sendable {
         var upstreamRetries = 0
         var upstreamIdle = 0
         var badResponses: [String: Int] = [:]
-        /// Request mode: requests by "listener\u{0}route\u{0}class".
-        var requests: [String: Int] = [:]
+        /// Request mode: requests by listener, route and status class (the names are the
+        /// config's own strings: counting allocates nothing).
+        var requests: [RequestKey: Int] = [:]
         /// Request mode: duration histograms by route.
         var durations: [String: DurationHistogram] = [:]
         /// HTTP/2 backend sessions open now, and the streams on them.
@@ -33,11 +34,12 @@ public final class WorkerMetrics: Sendable {
         var serverConnections: [String: Int] = [:]
         /// GOAWAYs edgemux sent to clients, by reason.
         var goaways: [String: Int] = [:]
+        /// HTTP/2 streams refused (REFUSED_STREAM) beyond a connection's stream limit.
+        var refusedStreams = 0
 
         /// Counts one finished request-mode request.
         mutating func recordRequest(listener: String, route: String, status: Int, millis: Int64) {
-            let cls = status >= 100 && status < 600 ? "\(status / 100)xx" : "none"
-            requests["\(listener)\u{0}\(route)\u{0}\(cls)", default: 0] += 1
+            requests[RequestKey(listener: listener, route: route, statusClass: status >= 100 && status < 600 ? status / 100 : 0), default: 0] += 1
             durations[route, default: DurationHistogram()].observe(millis)
         }
     }
@@ -49,6 +51,16 @@ public final class WorkerMetrics: Sendable {
     func update(_ body: (inout Values) -> Void) {
         values.withLock { body(&$0) }
     }
+}
+
+/// One series of `edgemux_requests_total`.
+struct RequestKey: Hashable {
+    let listener: String
+    let route: String
+    /// 1 to 5 for 1xx to 5xx; 0: no response.
+    let statusClass: Int
+
+    var label: String { statusClass == 0 ? "none" : "\(statusClass)xx" }
 }
 
 /// A Prometheus histogram of request durations (seconds), kept in milliseconds.
@@ -109,6 +121,7 @@ public final class Metrics: Sendable {
             total.upstreamStreams += v.upstreamStreams
             total.serverConnections.merge(v.serverConnections, uniquingKeysWith: +)
             total.goaways.merge(v.goaways, uniquingKeysWith: +)
+            total.refusedStreams += v.refusedStreams
         }
         var out = ""
         func counter(_ name: String, _ help: String, _ value: Int) {
@@ -137,9 +150,8 @@ public final class Metrics: Sendable {
         out += "# HELP edgemux_upstream_idle_connections Backend connections kept idle for reuse now.\n# TYPE edgemux_upstream_idle_connections gauge\nedgemux_upstream_idle_connections \(total.upstreamIdle)\n"
         labelled("edgemux_backend_bad_responses_total", "Backend responses edgemux could not follow (answered 502 or cut), by backend.", "backend", total.badResponses)
         out += "# HELP edgemux_requests_total Requests handled in request mode, by listener, route and status class.\n# TYPE edgemux_requests_total counter\n"
-        for (k, v) in total.requests.sorted(by: { $0.key < $1.key }) {
-            let p = k.split(separator: "\u{0}", omittingEmptySubsequences: false)
-            out += "edgemux_requests_total{listener=\"\(p[0])\",route=\"\(p[1])\",code_class=\"\(p[2])\"} \(v)\n"
+        for (k, v) in total.requests.sorted(by: { ($0.key.listener, $0.key.route, $0.key.statusClass) < ($1.key.listener, $1.key.route, $1.key.statusClass) }) {
+            out += "edgemux_requests_total{listener=\"\(k.listener)\",route=\"\(k.route)\",code_class=\"\(k.label)\"} \(v)\n"
         }
         out += "# HELP edgemux_request_duration_seconds Request-mode request durations, from the head to the end of the response, by route.\n# TYPE edgemux_request_duration_seconds histogram\n"
         for (route, h) in total.durations.sorted(by: { $0.key < $1.key }) {
@@ -156,6 +168,7 @@ public final class Metrics: Sendable {
         out += "# HELP edgemux_upstream_h2_streams Streams open now on HTTP/2 backend sessions (divide by the sessions for streams per session).\n# TYPE edgemux_upstream_h2_streams gauge\nedgemux_upstream_h2_streams \(total.upstreamStreams)\n"
         out += "# HELP edgemux_server_connections Request-mode client connections open now, by protocol.\n# TYPE edgemux_server_connections gauge\n"
         for (k, v) in total.serverConnections.sorted(by: { $0.key < $1.key }) { out += "edgemux_server_connections{protocol=\"\(k)\"} \(v)\n" }
+        counter("edgemux_h2_streams_refused_total", "HTTP/2 streams refused with REFUSED_STREAM because their connection had max_concurrent_streams open (backend sides included).", total.refusedStreams)
         labelled("edgemux_goaway_sent_total", "GOAWAY frames edgemux sent to HTTP/2 clients, by reason.", "reason", total.goaways)
         counter("edgemux_client_bytes_received_total", "Bytes received from clients (after TLS).", total.bytesIn)
         counter("edgemux_client_bytes_sent_total", "Bytes sent to clients (before TLS).", total.bytesOut)

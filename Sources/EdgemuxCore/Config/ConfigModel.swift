@@ -60,11 +60,12 @@ public final class ListenerConfig: Sendable {
 
     /// Every route is a request route: an HTTP/2 connection needs no sniffing, edgemux's HTTP/2
     /// server takes it from its preface.
-    public var requestModeOnly: Bool { !routes.isEmpty && routes.allSatisfy { $0.mode == .request } }
+    public let requestModeOnly: Bool
 
     public init(name: String, address: SocketAddress, proxyProtocol: Bool, tls: ListenerTLSConfig?, handshakeTimeoutMillis: Int64, requestTimeoutMillis: Int64, maxRequestHeadBytes: Int, routes: [RouteConfig], tunnel: TunnelConfig?,
                 http2: HTTP2ServerSettings = HTTP2ServerSettings(), maxConnectionAgeMillis: Int64 = 0, keepaliveTimeoutMillis: Int64 = 75_000) {
         self.http2 = http2
+        self.requestModeOnly = !routes.isEmpty && routes.allSatisfy { $0.mode == .request }
         self.maxConnectionAgeMillis = maxConnectionAgeMillis
         self.keepaliveTimeoutMillis = keepaliveTimeoutMillis
         self.name = name

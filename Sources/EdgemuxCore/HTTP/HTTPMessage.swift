@@ -54,52 +54,37 @@ struct HeaderList {
         return nil
     }
 
-    func contains(_ lower: StaticString) -> Bool {
-        for i in 0..<fields.count where isNamed(i, lower) { return true }
-        return false
-    }
-
-    /// A copy without the fields for which `drop` is true.
-    func filter(keeping keep: (Int) -> Bool) -> HeaderList {
-        var out = HeaderList()
-        out.bytes.reserveCapacity(bytes.count)
-        out.fields.reserveCapacity(fields.count)
-        bytes.withUnsafeBytes { b in
-            for i in 0..<fields.count where keep(i) {
-                out.append(name: UnsafeRawBufferPointer(rebasing: b[fields[i].name]), value: UnsafeRawBufferPointer(rebasing: b[fields[i].value]))
-            }
-        }
-        return out
-    }
-
     /// Calls `body` with nghttp2 name/value pairs: `leading` first (pseudo-header fields), then
     /// every field for which `keep` holds. The pointers are valid only inside `body` (nghttp2
-    /// copies what it submits).
+    /// copies what it submits, and only reads through them: the fields are not copied here).
     func withNameValues<R>(leading: [(String, String)], keep: (Int) -> Bool = { _ in true }, _ body: (UnsafeMutablePointer<nghttp2_nv>, Int) -> R) -> R {
-        var all = bytes
-        var lead: [(Range<Int>, Range<Int>)] = []
-        lead.reserveCapacity(leading.count)
+        var lead: [UInt8] = []
+        var ranges: [(Range<Int>, Range<Int>)] = []
+        ranges.reserveCapacity(leading.count)
         for (n, v) in leading {
-            let ns = all.count
-            all.append(contentsOf: n.utf8)
-            let vs = all.count
-            all.append(contentsOf: v.utf8)
-            lead.append((ns..<vs, vs..<all.count))
+            let ns = lead.count
+            lead.append(contentsOf: n.utf8)
+            let vs = lead.count
+            lead.append(contentsOf: v.utf8)
+            ranges.append((ns..<vs, vs..<lead.count))
         }
-        all.append(0)  // never empty: a base address exists
-        return all.withUnsafeMutableBufferPointer { buf in
-            let base = buf.baseAddress!
-            var nva: [nghttp2_nv] = []
-            nva.reserveCapacity(lead.count + fields.count)
-            let none = UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
-            for (n, v) in lead {
-                nva.append(nghttp2_nv(name: base + n.lowerBound, value: base + v.lowerBound, namelen: n.count, valuelen: v.count, flags: none))
+        lead.append(0)  // never empty: a base address exists
+        return lead.withUnsafeMutableBufferPointer { leadBuf in
+            bytes.withUnsafeBufferPointer { fieldBuf in
+                let l = leadBuf.baseAddress!
+                let f = UnsafeMutablePointer(mutating: fieldBuf.baseAddress ?? UnsafePointer(l))
+                let none = UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
+                var nva: [nghttp2_nv] = []
+                nva.reserveCapacity(ranges.count + fields.count)
+                for (n, v) in ranges {
+                    nva.append(nghttp2_nv(name: l + n.lowerBound, value: l + v.lowerBound, namelen: n.count, valuelen: v.count, flags: none))
+                }
+                for i in 0..<fields.count where keep(i) {
+                    let e = fields[i]
+                    nva.append(nghttp2_nv(name: f + Int(e.nameStart), value: f + Int(e.valueStart), namelen: Int(e.nameLength), valuelen: Int(e.valueLength), flags: none))
+                }
+                return nva.withUnsafeMutableBufferPointer { body($0.baseAddress!, $0.count) }
             }
-            for i in 0..<fields.count where keep(i) {
-                let f = fields[i]
-                nva.append(nghttp2_nv(name: base + Int(f.nameStart), value: base + Int(f.valueStart), namelen: Int(f.nameLength), valuelen: Int(f.valueLength), flags: none))
-            }
-            return nva.withUnsafeMutableBufferPointer { body($0.baseAddress!, $0.count) }
         }
     }
 }
@@ -144,10 +129,6 @@ struct RequestHead {
     var contentLength: Int?
     /// The request ended with its head (no body at all).
     var endStream = false
-    /// HTTP/1.1 request bodies: chunked framing.
-    var chunked = false
-    /// The client's HTTP/1.x minor version (HTTP/1.0 needs `Connection: keep-alive` to stay open).
-    var http10 = false
 
     var isGRPC: Bool { (fields.first("content-type") ?? "").lowercased().hasPrefix("application/grpc") }
 
@@ -193,7 +174,8 @@ enum HTTP1Serializer {
     /// fields less hop-by-hop ones (and `te`), cookies joined again (RFC 9113 section 8.2.3),
     /// forwarding fields per `forwarded`, and the body framing: `Content-Length` when known,
     /// chunked when a body of unknown length follows.
-    static func requestHead(_ r: RequestHead, forwarded: ForwardedMode, via: Bool, client: ClientIdentity, keepAlive: Bool = true) -> (bytes: [UInt8], chunked: Bool) {
+    /// `via`: the protocol version the client spoke ("2", "1.1") for a `Via` field; nil: none.
+    static func requestHead(_ r: RequestHead, forwarded: ForwardedMode, via: String?, client: ClientIdentity) -> (bytes: [UInt8], chunked: Bool) {
         var out: [UInt8] = []
         out.reserveCapacity(256 + r.fields.byteCount + 4 * r.fields.count)
         func add(_ s: String) { out.append(contentsOf: s.utf8) }
@@ -226,8 +208,8 @@ enum HTTP1Serializer {
             add(cookies.joined(separator: "; "))
             add("\r\n")
         }
-        if forwarded != .off { addForwarding(&out, r, forwarded: forwarded, client: client, http1: true) }
-        if via { add("Via: \(r.http10 ? "1.0" : (r.scheme.isEmpty ? "1.1" : "2")) edgemux\r\n") }
+        if forwarded != .off { addForwarding(&out, r, forwarded: forwarded, client: client) }
+        if let via { add("Via: \(via) edgemux\r\n") }
         var chunked = false
         if let n = r.contentLength {
             add("Content-Length: \(n)\r\n")
@@ -238,7 +220,6 @@ enum HTTP1Serializer {
             // RFC 9110 section 8.6: a request whose method defines a body says when it is empty.
             add("Content-Length: 0\r\n")
         }
-        if !keepAlive { add("Connection: close\r\n") }
         add("\r\n")
         return (out, chunked)
     }
@@ -267,14 +248,11 @@ enum HTTP1Serializer {
         address.contains(":") ? "\"[\(address)]\"" : address
     }
 
-    private static func addForwarding(_ out: inout [UInt8], _ r: RequestHead, forwarded: ForwardedMode, client: ClientIdentity, http1: Bool) {
+    private static func addForwarding(_ out: inout [UInt8], _ r: RequestHead, forwarded: ForwardedMode, client: ClientIdentity) {
         for (name, value) in forwardingValues(r, forwarded: forwarded, client: client) {
-            switch name {
-            case "x-forwarded-for": out.append(contentsOf: "X-Forwarded-For: ".utf8)
-            case "x-forwarded-proto": out.append(contentsOf: "X-Forwarded-Proto: ".utf8)
-            case "x-forwarded-host": out.append(contentsOf: "X-Forwarded-Host: ".utf8)
-            default: out.append(contentsOf: "Forwarded: ".utf8)
-            }
+            var n = name
+            n.withUTF8 { appendCanonical(&out, UnsafeRawBufferPointer($0)) }
+            out.append(contentsOf: ": ".utf8)
             out.append(contentsOf: value.utf8)
             out.append(contentsOf: [13, 10])
         }
@@ -287,69 +265,6 @@ enum HTTP1Serializer {
         for b in name {
             out.append(upper && b >= 97 && b <= 122 ? b - 32 : b)
             upper = b == UInt8(ascii: "-")
-        }
-    }
-
-    /// A response head for an HTTP/1.1 client. `chunked` when the body's length is unknown;
-    /// `close` ends the connection after this response.
-    static func responseHead(_ h: ResponseHead, chunked: Bool, close: Bool, http10: Bool) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(128 + h.fields.byteCount + 4 * h.fields.count)
-        out.append(contentsOf: "HTTP/1.1 \(h.status) \(reasonPhrase(h.status))\r\n".utf8)
-        h.fields.bytes.withUnsafeBytes { b in
-            for i in 0..<h.fields.count {
-                if FieldRules.isHopByHop(h.fields, i) || (chunked && h.fields.isNamed(i, "content-length")) { continue }
-                appendCanonical(&out, UnsafeRawBufferPointer(rebasing: b[h.fields.fields[i].name]))
-                out.append(contentsOf: ": ".utf8)
-                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[h.fields.fields[i].value]))
-                out.append(contentsOf: [13, 10])
-            }
-        }
-        if chunked { out.append(contentsOf: "Transfer-Encoding: chunked\r\n".utf8) }
-        if close {
-            out.append(contentsOf: "Connection: close\r\n".utf8)
-        } else if http10 {
-            out.append(contentsOf: "Connection: keep-alive\r\n".utf8)
-        }
-        out.append(contentsOf: [13, 10])
-        return out
-    }
-
-    static func reasonPhrase(_ status: Int) -> String {
-        switch status {
-        case 100: return "Continue"
-        case 101: return "Switching Protocols"
-        case 103: return "Early Hints"
-        case 200: return "OK"
-        case 201: return "Created"
-        case 202: return "Accepted"
-        case 204: return "No Content"
-        case 206: return "Partial Content"
-        case 301: return "Moved Permanently"
-        case 302: return "Found"
-        case 303: return "See Other"
-        case 304: return "Not Modified"
-        case 307: return "Temporary Redirect"
-        case 308: return "Permanent Redirect"
-        case 400: return "Bad Request"
-        case 401: return "Unauthorized"
-        case 403: return "Forbidden"
-        case 404: return "Not Found"
-        case 405: return "Method Not Allowed"
-        case 408: return "Request Timeout"
-        case 409: return "Conflict"
-        case 411: return "Length Required"
-        case 413: return "Content Too Large"
-        case 414: return "URI Too Long"
-        case 421: return "Misdirected Request"
-        case 429: return "Too Many Requests"
-        case 431: return "Request Header Fields Too Large"
-        case 500: return "Internal Server Error"
-        case 501: return "Not Implemented"
-        case 502: return "Bad Gateway"
-        case 503: return "Service Unavailable"
-        case 504: return "Gateway Timeout"
-        default: return status < 300 ? "OK" : "Status"
         }
     }
 

@@ -35,8 +35,9 @@ struct HTTP1ResponseParser {
     }
 
     /// Parses the head at the start of `bytes`; `headRequest` says the request was HEAD (its
-    /// response has no body whatever its fields say).
-    func parse(_ bytes: UnsafeRawBufferPointer, headRequest: Bool) -> Result {
+    /// response has no body whatever its fields say). `forClient: false` leaves
+    /// `HTTP1ResponseHead.forClient` empty (request mode builds its own head for the client).
+    func parse(_ bytes: UnsafeRawBufferPointer, headRequest: Bool, forClient: Bool = true) -> Result {
         guard let end = Self.headEnd(bytes, limit: cap) else {
             return bytes.count > cap ? .error("response head exceeds \(cap) bytes") : .needMore
         }
@@ -101,8 +102,8 @@ struct HTTP1ResponseParser {
         // Transfer-Encoding with Content-Length smells of request smuggling (RFC 9112 section
         // 6.3): the body is read by Transfer-Encoding, and the connection is not used again.
         let reusable = !close && framing != .untilClose && !(transferEncoding && contentLength != nil)
-        let forClient = HTTP1Fields.withoutConnectionFields(head, adding: "Connection: close\r\n")
-        return .done(HTTP1ResponseHead(status: status, headLength: end, framing: framing, reusable: reusable, forClient: forClient))
+        let clientHead = forClient ? HTTP1Fields.withoutConnectionFields(head, adding: "Connection: close\r\n") : []
+        return .done(HTTP1ResponseHead(status: status, headLength: end, framing: framing, reusable: reusable, forClient: clientHead))
     }
 
     /// Offset just past the first CRLFCRLF, looking no further than `limit` bytes.

@@ -180,27 +180,28 @@ class HTTP2Endpoint: EventHandler {
 
     /// nghttp2's send-data callback (DATA frames with NGHTTP2_DATA_FLAG_NO_COPY): the frame
     /// header, then `length` payload bytes from the stream's queue, straight into the chunk.
+    /// Nothing is taken from the queue unless the whole frame fits.
     final func sessionWants(toSendData header: UnsafeRawBufferPointer, length: Int, stream: Int32) -> Int32 {
         let o = outputChunk()
-        if outputFilter != nil || o.storage.count - o.writeIndex < H2.frameHeaderLength + length {
-            return outputFilter != nil && o.isEmpty ? writeDataThroughFilter(header, length: length, stream: stream) : NGHTTP2_ERR_WOULDBLOCK.rawValue
+        let frameLength = H2.frameHeaderLength + length
+        // Room for the frame, and for the frame header the output filter may hold back.
+        let room = o.storage.count - o.writeIndex - (outputFilter == nil ? 0 : H2.frameHeaderLength)
+        guard room >= frameLength else { return NGHTTP2_ERR_WOULDBLOCK.rawValue }
+        if outputFilter != nil {
+            // Rare: DATA before the session's first SETTINGS ACK has gone through the filter.
+            var frame = [UInt8](repeating: 0, count: frameLength)
+            let copied = frame.withUnsafeMutableBytes { f in
+                f.copyMemory(from: UnsafeRawBufferPointer(rebasing: header[0..<H2.frameHeaderLength]))
+                return copyData(stream: stream, into: UnsafeMutableRawBufferPointer(rebasing: f[H2.frameHeaderLength...]))
+            }
+            let taken = frame.withUnsafeBytes { sessionWants(toSend: $0) }
+            return copied == length && taken == frameLength ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
         }
         o.append(UnsafeRawBufferPointer(rebasing: header[0..<H2.frameHeaderLength]))
         let dest = UnsafeMutableRawBufferPointer(rebasing: o.storage[o.writeIndex..<(o.writeIndex + length)])
         let copied = copyData(stream: stream, into: dest)
         o.writeIndex += copied
         return copied == length ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
-    }
-
-    /// Rare: a DATA frame while the output filter still waits for its ACK (both pass through it).
-    private func writeDataThroughFilter(_ header: UnsafeRawBufferPointer, length: Int, stream: Int32) -> Int32 {
-        var frame = [UInt8](repeating: 0, count: H2.frameHeaderLength + length)
-        frame.withUnsafeMutableBytes { f in
-            f.copyMemory(from: UnsafeRawBufferPointer(rebasing: header[0..<H2.frameHeaderLength]))
-            _ = copyData(stream: stream, into: UnsafeMutableRawBufferPointer(rebasing: f[H2.frameHeaderLength...]))
-        }
-        let taken = frame.withUnsafeBytes { sessionWants(toSend: $0) }
-        return taken == frame.count ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
     }
 
     private func outputChunk() -> Chunk {

@@ -36,10 +36,12 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
     private(set) var phase: Phase = .serving
     /// Requests by stream id, from their HEADERS until both sides are done with them.
     private var requests: [Int32: ProxyRequest] = [:]
-    /// Requests accepted in this loop pass (bounded by `requestsPerPass`).
+    /// Requests accepted since this connection's reading last yielded to the loop (bounded by
+    /// `requestsPerPass`: the rest wait for the loop's next pass).
     private var acceptedThisPass = 0
-    private var passStamp: Int64 = -1
     var timer: TimerHandle?
+    /// When `timer` fires (.max: no timer).
+    private var timerAt: Int64 = .max
     var finalAnswer: FinalAnswer?
     private(set) var lingering = false
     private var idleSince: Int64
@@ -64,7 +66,8 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
         super.init(loop: worker.loop, pool: worker.pool, transport: transport)
     }
 
-    /// The front door's `start()` is the only one a connection needs; this one is `begin`.
+    /// `ClientConnection.start()`: nothing to do, the front door has started the connection;
+    /// the hand-over is `start(replay:inputFilter:acknowledgedSettings:pendingOutput:)`.
     func start() {}
 
     /// Creates the session, announces edgemux's SETTINGS, and feeds it what the front door read.
@@ -135,21 +138,14 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
     /// connection is over.
     private func pumpClient() {
         guard phase != .closed else { return }
-        if passStamp != loop.now {
-            passStamp = loop.now
-            acceptedThisPass = 0
-        }
+        acceptedThisPass = 0
         let perPass = listener.http2.requestsPerPass
         switch receive(mayRead: { [unowned self] in self.acceptedThisPass < perPass }) {
         case .waiting:
             break
         case .eof:
-            if phase == .closing || requests.isEmpty {
-                close()
-            } else {
-                worker.logger.debug("\(logPrefix): client closed with \(requests.count) requests open")
-                close()
-            }
+            if !requests.isEmpty { worker.logger.debug("\(logPrefix): client closed with \(requests.count) requests open") }
+            close()
             return
         case .failed(let why):
             protocolFailure(why)
@@ -186,19 +182,22 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
 
     // MARK: timers: idle keep-alive, connection age, drain steps
 
+    /// One timer for the nearest deadline. Called after every flush: a timer already due sooner
+    /// is kept (it looks again when it fires), so a busy connection costs no timer churn.
     private func armTimer() {
-        loop.cancel(timer)
-        timer = nil
         var next: Int64 = .max
         if requests.isEmpty, phase == .serving, listener.keepaliveTimeoutMillis > 0 { next = idleSince + listener.keepaliveTimeoutMillis }
         if ageDeadline > 0, phase == .serving { next = min(next, ageDeadline) }
         if phaseDeadline > 0 { next = min(next, phaseDeadline) }
-        guard next != .max else { return }
+        guard next < timerAt else { return }
+        loop.cancel(timer)
+        timerAt = next
         timer = loop.schedule(afterMillis: max(1, next - loop.now), for: self)
     }
 
     override func timerFired() {
         timer = nil
+        timerAt = .max
         let now = loop.now
         switch phase {
         case .serving:
@@ -271,7 +270,7 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
             guard let session else { return 0 }
             if requests.count >= listener.http2.maxConcurrentStreams || phase == .goawaySent || phase == .closing {
                 // Streams count until their backend side is done, beyond nghttp2's own count.
-                worker.metrics.update { $0.timeouts["refused_stream", default: 0] += 1 }
+                worker.metrics.update { $0.refusedStreams += 1 }
                 nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_REFUSED_STREAM.rawValue)
                 return 0
             }
@@ -436,6 +435,7 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
         phase = .closed
         loop.cancel(timer)
         timer = nil
+        timerAt = .max
         for r in Array(requests.values) { r.clientClosed(code: NGHTTP2_CANCEL.rawValue) }
         requests = [:]
         transport.close(on: loop)

@@ -63,6 +63,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
         var attempt = 0
         var currentEndpoint: Endpoint?
         var backendConnected = false
+        /// The connect (and TLS handshake) to `currentEndpoint`.
+        var dial = BackendDial(alpn: .http1)
         var failures: [String] = []
         /// Client-to-backend filter decided while sniffing (HTTP/2: drop the ACK of our SETTINGS).
         var ackFilter: SettingsAckFilter?
@@ -507,6 +509,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             attempt += 1
             currentEndpoint = endpoint
             backendConnected = false
+            exchange.dial = BackendDial(alpn: proto)
             do {
                 // TCP keepalive (first probe after 2 h by default) matters only where no idle
                 // timeout closes the connection sooner: long-lived routes such as gRPC.
@@ -522,52 +525,17 @@ final class ProxyConnection: EventHandler, ClientConnection {
     }
 
     private func backendProgress(events: UInt32) {
-        guard let backend else { return }
-        if !backendConnected {
-            switch backend.connectProgress(events: events) {
-            case .pending: return
-            case .failed(let why):
-                connectFailed(why)
-                return
-            case .connected: break
-            }
-            backendConnected = true
-            if backendConfig?.proto == .tls {
-                guard let ctx = snapshot.clientTLS[backendConfig!.name] else {
-                    connectFailed("no TLS context")
-                    return
-                }
-                do {
-                    backend.tls = try TLSStream(client: ctx, fd: backend.fd, alpn: proto.rawValue)
-                } catch {
-                    connectFailed("\(error)")
-                    return
-                }
-            }
+        guard let backend, let cfg = backendConfig else { return }
+        let progress = exchange.dial.advance(backend, events: events, backend: cfg, snapshot: snapshot)
+        backendConnected = exchange.dial.connected
+        switch progress {
+        case .pending: return
+        case .failed(let why):
+            connectFailed(why)
+            return
+        case .ready: break
         }
-        if let tls = backend.tls {
-            switch tls.handshake() {
-            case .bytes:
-                let alpn = tls.negotiatedALPN
-                if proto == .h2 && alpn != "h2" {
-                    connectFailed("TLS backend did not accept ALPN h2 (got '\(alpn)')")
-                    return
-                }
-                if proto == .http1 && !(alpn.isEmpty || alpn == "http/1.1") {
-                    connectFailed("TLS backend chose ALPN '\(alpn)' for an HTTP/1.1 client")
-                    return
-                }
-            case .wantRead, .wantWrite:
-                return
-            case .eof:
-                connectFailed("closed during the TLS handshake")
-                return
-            case .failed(let why):
-                connectFailed(why)
-                return
-            }
-        }
-        if let e = currentEndpoint { worker.balancer(for: backendConfig!.name).markHealthy(e) }
+        if let e = currentEndpoint { worker.balancer(for: cfg.name).markHealthy(e) }
         if exchangeStorage?.pooled == true { startExchange() } else { startRelay() }
     }
 

@@ -15,7 +15,7 @@ final class Worker {
     /// Idle HTTP/1.1 backend connections for reuse.
     let upstreams: UpstreamPool
     /// HTTP/2 backend sessions, shared by the requests of every client of this worker.
-    private(set) var h2Upstreams: HTTP2UpstreamPool!
+    private(set) lazy var h2Upstreams = HTTP2UpstreamPool(worker: self)
     /// Requests open per backend endpoint on this worker (least-request balancing).
     private var outstanding: [UpstreamPool.Key: Int] = [:]
     /// The request-mode connections open now (drain and reload reach them through this).
@@ -29,18 +29,18 @@ final class Worker {
         self.metrics = metrics
         self.logger = logger
         self.upstreams = UpstreamPool(loop: loop, metrics: metrics)
-        self.h2Upstreams = HTTP2UpstreamPool(worker: self)
     }
 
     /// The order in which a request tries `endpoints` of `backend`: round robin (healthy first),
     /// or for least-request balancing the better of two random picks first.
     func endpointPlan(backend: BackendConfig, endpoints: [Endpoint], protocol proto: ClientProtocol) -> [Endpoint] {
-        let rr = balancer(for: backend.name).plan(endpoints, protocol: proto, now: loop.now)
+        let b = balancer(for: backend.name)
+        let rr = b.plan(endpoints, protocol: proto, now: loop.now)
         guard backend.balance == .leastRequest, rr.count > 1 else { return rr }
         let healthy = rr.prefix { e in rr.firstIndex(of: e)! < rr.count }
-        let a = healthy.randomElement()!, b = healthy.randomElement()!
+        let a = healthy.randomElement()!, c = healthy.randomElement()!
         let load = { (e: Endpoint) in self.outstanding[UpstreamPool.Key(backend: ObjectIdentifier(backend), endpoint: e)] ?? 0 }
-        let best = load(a) <= load(b) ? a : b
+        let best = load(a) <= load(c) ? a : c
         return [best] + rr.filter { $0 != best }
     }
 

@@ -46,7 +46,6 @@ enum RequestOutcome: String {
     case clientCancelled = "client_cancelled"
     case clientError = "client_error"
     case badRequest = "bad_request"
-    case draining
 }
 
 /// One request in request mode, from its head to the end of its response: it pairs the client
@@ -94,6 +93,9 @@ final class ProxyRequest: EventHandler {
     private(set) var upstream: RequestUpstream?
     /// An upstream has the request and has not released it yet.
     private var upstreamHeld = false
+    /// The endpoint this request counts as open against (least-request balancing), until its
+    /// attempt there ends.
+    private var countedAt: Endpoint?
     private var clientDone = false
 
     // Request body (client → backend).
@@ -114,6 +116,8 @@ final class ProxyRequest: EventHandler {
     /// Body bytes the client has taken.
     private(set) var responseBytes = 0
     private(set) var outcome: RequestOutcome = .completed
+    /// The gRPC status the response carried (or edgemux's own answer set).
+    private(set) var grpcStatus: String?
 
     /// The stream of this request on its HTTP/2 backend session (0: none).
     var upstreamStreamID: Int32 = 0
@@ -126,6 +130,8 @@ final class ProxyRequest: EventHandler {
     private let startedAt: Int64
     private var lastActivity: Int64
     private var timer: TimerHandle?
+    /// When `timer` fires (.max: no timer).
+    private var timerAt: Int64 = .max
     /// When the response head is due (0: no limit).
     private var responseDeadline: Int64 = 0
     /// When a gRPC call's own deadline (`grpc-timeout`) passes (0: none).
@@ -146,7 +152,10 @@ final class ProxyRequest: EventHandler {
 
     var pool: BufferPool { worker.pool }
     var loop: EventLoop { worker.loop }
-    var isGRPC: Bool { head.isGRPC }
+    /// A gRPC call (decided once, from the complete head).
+    private(set) lazy var isGRPC: Bool = head.isGRPC
+    /// The `Via` protocol version when the route asks for one.
+    var viaVersion: String? { route?.via == true ? (clientProtocol == .h2 ? "2" : "1.1") : nil }
     var isFinished: Bool { state == .finished }
     /// The response head has been decided (the backend's or edgemux's own).
     var responseStarted: Bool { response != nil }
@@ -223,7 +232,7 @@ final class ProxyRequest: EventHandler {
             return
         }
         self.route = route
-        if let why = misdirection(route: route, host: info.host) {
+        if let why = misdirection(route: route, info: info) {
             worker.logger.info("\(logPrefix): \(why): 421")
             answer(status: 421, message: why, outcome: .misdirected)
             return
@@ -249,13 +258,14 @@ final class ProxyRequest: EventHandler {
     /// A request that this connection should not carry (RFC 9110 section 15.5.20): its host is
     /// not covered by the certificate the connection was set up with, or SNI-based routing would
     /// have chosen another route for it. Browsers then retry on a connection of its own.
-    private func misdirection(route: RouteConfig, host: String) -> String? {
+    private func misdirection(route: RouteConfig, info: RequestInfo) -> String? {
+        let host = info.host
         guard listener.tls != nil, let sni, !host.isEmpty, host != sni.lowercased() else { return nil }
         if let covers = (downstream as? CertificateCoverage)?.certificateCovers(host), !covers {
             return "host '\(host)' is not covered by the certificate of this connection (SNI '\(sni)')"
         }
         if let router = snapshot.routers[listener.name],
-           let other = router.select(protocol: clientProtocol, sni: host, request: head.routingInfo()), other !== route, other.match.sni != nil || route.match.sni != nil {
+           let other = router.select(protocol: clientProtocol, sni: host, request: info), other !== route, other.match.sni != nil || route.match.sni != nil {
             return "host '\(host)' routes by SNI to '\(other.name)', not to '\(route.name)' as this connection's SNI '\(sni)' does"
         }
         return nil
@@ -273,11 +283,26 @@ final class ProxyRequest: EventHandler {
         attempt += 1
         endpoint = e
         upstreamHeld = true
+        countedAt = e
         worker.noteRequestStarted(backend: backend, endpoint: e)
-        if proto == .h2 {
-            upstream = worker.h2Upstreams.attach(self, backend: backend, endpoint: e)
-        } else {
-            upstream = HTTP1Upstream.start(self, backend: backend, endpoint: e, worker: worker)
+        do {
+            upstream = proto == .h2
+                ? try worker.h2Upstreams.attach(self, backend: backend, endpoint: e)
+                : try HTTP1Upstream.start(self, backend: backend, endpoint: e, worker: worker)
+        } catch {
+            // No socket to connect with: reported on the next pass, never from inside this call.
+            let why = "\(error)"
+            loop.runSoon { [self] in self.upstreamFailed(why, sent: false, connect: true) }
+        }
+    }
+
+    /// The attempt at `countedAt` is over (least-request counts).
+    private func endAttempt() {
+        upstreamHeld = false
+        upstream = nil
+        if let e = countedAt {
+            countedAt = nil
+            worker.noteRequestEnded(backend: backend, endpoint: e)
         }
     }
 
@@ -328,24 +353,19 @@ final class ProxyRequest: EventHandler {
 
     /// The backend side is done with the request (after its response, or after a cancel).
     func upstreamReleased() {
-        upstreamHeld = false
-        upstream = nil
+        endAttempt()
         maybeFinish()
     }
 
     /// The backend side failed. `sent`: the request (some of it) reached the backend;
     /// `connect`: the endpoint could not be reached at all (passive health).
     func upstreamFailed(_ why: String, sent: Bool, connect: Bool) {
-        upstreamHeld = false
-        upstream = nil
+        endAttempt()
         guard !clientDone, !ownAnswer else { return maybeFinish() }
         let name = backend?.name ?? "?"
-        if let e = endpoint {
-            if connect {
-                worker.balancer(for: name).markFailed(e, now: loop.now)
-                worker.metrics.update { $0.backendConnectFailures["\(name)/\(e)", default: 0] += 1 }
-            }
-            worker.noteRequestEnded(backend: backend, endpoint: e)
+        if let e = endpoint, connect {
+            worker.balancer(for: name).markFailed(e, now: loop.now)
+            worker.metrics.update { $0.backendConnectFailures["\(name)/\(e)", default: 0] += 1 }
         }
         // A request the backend never saw may go elsewhere; one it saw only if it is idempotent,
         // unanswered and its body was not consumed (nothing would be left to send again).
@@ -370,15 +390,11 @@ final class ProxyRequest: EventHandler {
     /// The backend reset its stream with `code` (HTTP/2). REFUSED_STREAM before an answer means
     /// the backend did not process it (RFC 9113 section 8.7): it is retried elsewhere.
     func upstreamReset(code: UInt32) {
+        endAttempt()
         if code == NGHTTP2_REFUSED_STREAM.rawValue, response == nil, requestBytesSent == 0, attempt < plan.count, !clientDone {
-            upstreamHeld = false
-            upstream = nil
-            if let e = endpoint { worker.noteRequestEnded(backend: backend, endpoint: e) }
             tryNextEndpoint()
             return
         }
-        upstreamHeld = false
-        upstream = nil
         guard !clientDone, !ownAnswer else { return maybeFinish() }
         outcome = .backendReset
         if response == nil && !isGRPC {
@@ -453,21 +469,23 @@ final class ProxyRequest: EventHandler {
     // MARK: timers
 
     /// One timer for the nearest of: the response head's deadline, the gRPC deadline, the
-    /// stream's idle timeout.
+    /// stream's idle timeout. A timer already due sooner is kept (it looks again when it fires),
+    /// so activity costs no timer churn.
     private func armTimer() {
-        loop.cancel(timer)
-        timer = nil
         guard !clientDone else { return }
         var next: Int64 = .max
         if response == nil, responseDeadline > 0 { next = min(next, responseDeadline) }
         if grpcDeadline > 0 { next = min(next, grpcDeadline) }
         if let idle = route?.idleTimeoutMillis, idle > 0 { next = min(next, lastActivity + idle) }
-        guard next != .max else { return }
+        guard next < timerAt else { return }
+        loop.cancel(timer)
+        timerAt = next
         timer = loop.schedule(afterMillis: max(1, next - loop.now), for: self)
     }
 
     override func timerFired() {
         timer = nil
+        timerAt = .max
         guard !clientDone, state != .finished else { return }
         let now = loop.now
         let name = backend?.name ?? "?"
@@ -527,13 +545,11 @@ final class ProxyRequest: EventHandler {
         state = .finished
         loop.cancel(timer)
         timer = nil
+        timerAt = .max
         releaseQueues()
-        if let e = endpoint, upstreamProtocol != nil { worker.noteRequestEnded(backend: backend, endpoint: e) }
         record()
         downstream.requestFinished(self)
     }
-
-    private(set) var grpcStatus: String?
 
     /// Metrics and the access-log line.
     private func record() {

@@ -1,4 +1,4 @@
-/// Reaching one backend endpoint for request mode: the non-blocking TCP connect, then for a
+/// Reaching one backend endpoint (relays, exchanges and request mode): the non-blocking TCP connect, then for a
 /// `protocol: tls` backend the TLS handshake offering `alpn` (which the backend must accept).
 /// No I/O of its own beyond what the transport does; each event answers pending / ready / failed.
 struct BackendDial {
@@ -9,7 +9,8 @@ struct BackendDial {
     }
 
     let alpn: ClientProtocol
-    private var connected = false
+    /// The TCP connect has completed (the TLS handshake may still be under way).
+    private(set) var connected = false
 
     init(alpn: ClientProtocol) { self.alpn = alpn }
 
@@ -36,7 +37,7 @@ struct BackendDial {
             let got = tls.negotiatedALPN
             switch alpn {
             case .h2 where got != "h2": return .failed("TLS backend did not accept ALPN h2 (got '\(got)')")
-            case .http1 where !(got.isEmpty || got == "http/1.1"): return .failed("TLS backend chose ALPN '\(got)' for HTTP/1.1")
+            case .http1 where !(got.isEmpty || got == "http/1.1"): return .failed("TLS backend chose ALPN '\(got)' for an HTTP/1.1 client")
             default: return .ready
             }
         case .wantRead, .wantWrite: return .pending

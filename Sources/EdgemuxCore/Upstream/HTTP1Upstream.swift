@@ -60,26 +60,21 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
         self.headRequest = request.head.method == "HEAD"
     }
 
-    /// Starts `request` on a kept connection to `endpoint`, or a new one. Progress and failures
-    /// are reported on the loop's next pass, never from inside this call.
-    static func start(_ request: ProxyRequest, backend: BackendConfig, endpoint: Endpoint, worker: Worker) -> HTTP1Upstream {
+    /// Starts `request` on a kept connection to `endpoint`, or a new one (throws when no socket
+    /// could be had). Progress and failures are reported on the loop's next pass, never from
+    /// inside this call.
+    static func start(_ request: ProxyRequest, backend: BackendConfig, endpoint: Endpoint, worker: Worker) throws -> HTTP1Upstream {
         let u = HTTP1Upstream(request: request, backend: backend, endpoint: endpoint, worker: worker)
         if let kept = worker.upstreams.take(backend: backend, endpoint: endpoint, for: u) {
             u.transport = kept
             u.reused = true
             u.state = .awaitingHead
+            // EPOLLOUT edges went to the pool while it was idle: try a write (EAGAIN resets it).
             kept.writable = true
         } else {
-            do {
-                let t = try Transport.connecting(to: endpoint.address, keepalive: (request.route?.idleTimeoutMillis ?? 0) == 0)
-                try worker.loop.register(fd: t.fd, events: EventLoop.relayEvents, handler: u)
-                u.transport = t
-                u.timer = worker.loop.schedule(afterMillis: backend.connectTimeoutMillis, for: u)
-            } catch {
-                let why = "\(error)"
-                worker.loop.runSoon { [u] in u.fail(why, connect: true) }
-                return u
-            }
+            // TCP keepalive matters only where no idle timeout closes the connection sooner.
+            u.transport = try Transport.connecting(to: endpoint.address, keepalive: (request.route?.idleTimeoutMillis ?? 0) == 0, loop: worker.loop, handler: u)
+            u.timer = worker.loop.schedule(afterMillis: backend.connectTimeoutMillis, for: u)
         }
         worker.loop.runSoon { [weak u] in u?.pump() }
         return u
@@ -161,7 +156,7 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
         if !headQueued {
             headQueued = true
             let route = r.route
-            let (bytes, chunked) = HTTP1Serializer.requestHead(r.head, forwarded: route?.forwarded ?? .replace, via: route?.via ?? false, client: r.client)
+            let (bytes, chunked) = HTTP1Serializer.requestHead(r.head, forwarded: route?.forwarded ?? .replace, via: r.viaVersion, client: r.client)
             chunkedRequest = chunked
             bytes.withUnsafeBytes { out.append($0, pool: pool) }
             if r.head.endStream { requestComplete = true }
@@ -216,9 +211,14 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
             body(bytes, r)
             return
         }
+        if headBuffer.isEmpty, case .done(let head) = parser.parse(bytes, headRequest: headRequest, forClient: false) {
+            // The usual case: the whole head in one read, parsed where it lies (no copy).
+            headDone(head, bytes, readSize: bytes.count, r)
+            return
+        }
         headBuffer.append(contentsOf: bytes)
         while state == .awaitingHead {
-            let result = headBuffer.withUnsafeBytes { parser.parse($0, headRequest: headRequest) }
+            let result = headBuffer.withUnsafeBytes { parser.parse($0, headRequest: headRequest, forClient: false) }
             switch result {
             case .needMore:
                 return
@@ -229,31 +229,38 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
                 headBuffer.removeSubrange(0..<length)
                 r.upstreamInterim(h)
             case .done(let head):
-                framing = head.framing
-                reusable = head.reusable
-                if case .length(let n) = framing { remaining = n }
-                let fields = headBuffer.withUnsafeBytes { HTTP1Serializer.responseFields(UnsafeRawBufferPointer(rebasing: $0[0..<head.headLength])) }
-                let rest = Array(headBuffer[head.headLength...])
+                let buffered = headBuffer
                 headBuffer = []
-                state = .receivingBody
-                r.upstreamResponse(ResponseHead(status: head.status, fields: fields), endStream: framing == .none)
-                if framing != .none, bytes.count < 1400, let t = transport {
-                    // A backend without TCP_NODELAY that writes head and body apart holds the body
-                    // until the head is acknowledged, which a kept connection delays by up to
-                    // 40 ms: acknowledge now.
-                    try? Posix.setOption(t.fd, level: Int32(IPPROTO_TCP), name: TCP_QUICKACK, value: 1)
-                }
-                if framing == .none {
-                    if !rest.isEmpty { reusable = false }
-                    responseDone(r)
-                    return
-                }
-                if !rest.isEmpty { rest.withUnsafeBytes { body($0, r) } }
+                buffered.withUnsafeBytes { headDone(head, $0, readSize: bytes.count, r) }
+                return
             case .error(let why):
                 fail("bad response: \(why)", connect: false)
                 return
             }
         }
+    }
+
+    /// The final response head is complete at the start of `bytes`; what follows it is body.
+    private func headDone(_ head: HTTP1ResponseHead, _ bytes: UnsafeRawBufferPointer, readSize: Int, _ r: ProxyRequest) {
+        framing = head.framing
+        reusable = head.reusable
+        if case .length(let n) = framing { remaining = n }
+        let fields = HTTP1Serializer.responseFields(UnsafeRawBufferPointer(rebasing: bytes[0..<head.headLength]))
+        let rest = UnsafeRawBufferPointer(rebasing: bytes[head.headLength...])
+        state = .receivingBody
+        r.upstreamResponse(ResponseHead(status: head.status, fields: fields), endStream: framing == .none)
+        if framing == .none {
+            if !rest.isEmpty { reusable = false }
+            responseDone(r)
+            return
+        }
+        if readSize < 1400, let t = transport {
+            // A backend without TCP_NODELAY that writes head and body apart holds the body until
+            // the head is acknowledged, which a kept connection delays by up to 40 ms: acknowledge
+            // now (as HTTP1Exchange does).
+            try? Posix.setOption(t.fd, level: Int32(IPPROTO_TCP), name: TCP_QUICKACK, value: 1)
+        }
+        if !rest.isEmpty { body(rest, r) }
     }
 
     private static func status(_ b: UnsafeRawBufferPointer) -> Int {

@@ -18,18 +18,18 @@ final class HTTP2UpstreamPool {
 
     init(worker: Worker) { self.worker = worker }
 
-    /// Gives `request` to a session of `endpoint` with room (a new one if none has).
-    func attach(_ request: ProxyRequest, backend: BackendConfig, endpoint: Endpoint) -> RequestUpstream {
+    /// Gives `request` to a session of `endpoint` with room (a new one if none has); throws when
+    /// no socket could be had for a new one.
+    func attach(_ request: ProxyRequest, backend: BackendConfig, endpoint: Endpoint) throws -> RequestUpstream {
         let key = UpstreamPool.Key(backend: ObjectIdentifier(backend), endpoint: endpoint)
         if let s = sessions[key]?.first(where: { $0.hasRoom }) {
             s.enqueue(request)
             return s
         }
-        let s = HTTP2UpstreamSession(pool: self, backend: backend, endpoint: endpoint, snapshot: request.snapshot)
+        let s = try HTTP2UpstreamSession(pool: self, backend: backend, endpoint: endpoint, snapshot: request.snapshot)
         sessions[key, default: []].append(s)
         openSessions += 1
         worker.metrics.update { $0.upstreamSessions += 1 }
-        s.connect()
         s.enqueue(request)
         return s
     }
@@ -87,29 +87,21 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
     var load: Int { streams.count + waiting.count }
     var hasRoom: Bool { (state == .connecting || state == .ready) && load < maxStreams }
 
-    init(pool: HTTP2UpstreamPool, backend: BackendConfig, endpoint: Endpoint, snapshot: Snapshot) {
+    /// Starts the connect to `endpoint` (the session takes requests from now on).
+    init(pool: HTTP2UpstreamPool, backend: BackendConfig, endpoint: Endpoint, snapshot: Snapshot) throws {
         self.owner = pool
         self.backend = backend
         self.endpoint = endpoint
         self.snapshot = snapshot
-        // The transport is set up in connect(); a placeholder descriptor until then.
-        super.init(loop: pool.worker.loop, pool: pool.worker.pool, transport: Transport(fd: -1))
-    }
-
-    /// The connect has started: `transport` is the backend socket.
-    private var hasSocket = false
-
-    func connect() {
+        let t = try Transport.connecting(to: endpoint.address, keepalive: true)
+        super.init(loop: pool.worker.loop, pool: pool.worker.pool, transport: t)
         do {
-            let t = try Transport.connecting(to: endpoint.address, keepalive: true)
             try loop.register(fd: t.fd, events: EventLoop.relayEvents, handler: self)
-            transport = t
-            hasSocket = true
-            timer = loop.schedule(afterMillis: backend.connectTimeoutMillis, for: self)
         } catch {
-            let why = "\(error)"
-            loop.runSoon { [weak self] in self?.failAll(why, connect: true) }
+            Posix.close(t.fd)
+            throw error
         }
+        timer = loop.schedule(afterMillis: backend.connectTimeoutMillis, for: self)
     }
 
     func enqueue(_ r: ProxyRequest) {
@@ -127,7 +119,7 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
 
     override func handleEvent(fd: Int32, events: UInt32) {
         let t = transport
-        guard hasSocket, fd == t.fd else { return }
+        guard state != .closed, fd == t.fd else { return }
         t.note(events: events)
         if state == .connecting {
             switch dial.advance(t, events: events, backend: backend, snapshot: snapshot) {
@@ -216,22 +208,19 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
         var leading: [(String, String)] = [(":method", h.method), (":scheme", scheme), (":authority", h.authority), (":path", h.path.isEmpty ? "/" : h.path)]
         let forwarded = r.route?.forwarded ?? .replace
         if forwarded != .off { leading += HTTP1Serializer.forwardingValues(h, forwarded: forwarded, client: r.client) }
-        if r.route?.via == true { leading.append(("via", "\(r.clientProtocol == .h2 ? "2" : "1.1") edgemux")) }
+        if let via = r.viaVersion { leading.append(("via", "\(via) edgemux")) }
         let listed = r.clientProtocol == .http1 ? FieldRules.connectionListed(h.fields) : []
         let fields = h.fields
-        var hasLength = false
         var prd = HTTP2Callbacks.bodyProvider()
         let id: Int32 = fields.withNameValues(leading: leading, keep: { i in
             if FieldRules.isHopByHop(fields, i) || fields.isNamed(i, "host") { return false }
             if fields.isNamed(i, "te") { return FieldRules.isTrailersTE(fields, i) }
             if forwarded != .off, HTTP1Serializer.isForwardingField(fields, i) { return false }
             if !listed.isEmpty, listed.contains(fields.name(at: i)) { return false }
-            if fields.isNamed(i, "content-length") { hasLength = true }
             return true
         }) { nva, n in
             h.endStream ? nghttp2_submit_request(session, nil, nva, n, nil, nil) : nghttp2_submit_request(session, nil, nva, n, &prd, nil)
         }
-        _ = hasLength
         guard id > 0 else {
             let why = String(cString: nghttp2_strerror(id))
             loop.runSoon { r.upstreamFailed("cannot submit the request: \(why)", sent: false, connect: false) }
@@ -377,11 +366,12 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
             nghttp2_session_terminate_session(session, NGHTTP2_NO_ERROR.rawValue)
             _ = flush()
         }
-        failAll("session closed", connect: false)
+        failAll("session closed", connect: false, quiet: true)
     }
 
     /// The session is over: every request on it fails (those never sent may be retried).
-    private func failAll(_ why: String, connect: Bool) {
+    /// `quiet`: an orderly close of edgemux's own (nothing to log).
+    private func failAll(_ why: String, connect: Bool, quiet: Bool = false) {
         guard state != .closed else { return }
         let wasConnecting = state == .connecting
         state = .closed
@@ -393,14 +383,9 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
         worker.metrics.update { $0.upstreamStreams -= count }
         streams = [:]
         waiting = []
-        if hasSocket {
-            hasSocket = false
-            transport.close(on: loop)
-        }
+        transport.close(on: loop)
         owner.removed(self)
-        if !(why == "session closed") {
-            worker.logger.notice("backend '\(backend.name)' endpoint \(endpoint): HTTP/2 session: \(why)")
-        }
+        if !quiet { worker.logger.notice("backend '\(backend.name)' endpoint \(endpoint): HTTP/2 session: \(why)") }
         for (id, r) in open {
             if cancelled.contains(id) { r.upstreamReleased() } else { r.upstreamFailed(why, sent: true, connect: false) }
         }
