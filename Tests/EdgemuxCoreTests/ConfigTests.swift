@@ -95,6 +95,9 @@ struct ConfigTests {
         #expect(issues(grpcToH1).contains { $0.message.contains("carries gRPC but backend 'grpc' has no HTTP/2 endpoints") }, "\(issues(grpcToH1))")
         let badMode = good.replacingOccurrences(of: "backend: grpc", with: "backend: grpc\n        mode: sometimes")
         #expect(issues(badMode).contains { $0.message.contains("expected relay or request") })
+        #expect(cfg.listeners[0].http2.maxHeaderListSize == 64 * 1024, "the documented default, above max_request_head's 32 KiB")
+        let bigHeads = try ConfigLoader.load(yaml: good.replacingOccurrences(of: "    routes:", with: "    max_request_head: 128KiB\n    routes:"), file: "t.yaml")
+        #expect(bigHeads.listeners[0].http2.maxHeaderListSize == 128 * 1024, "never below max_request_head")
         let h2Settings = good.replacingOccurrences(of: "    routes:", with: "    http2: { max_concurrent_streams: 0, initial_window_size: 1MiB }\n    routes:")
         #expect(issues(h2Settings).map(\.path) == ["listeners[0].http2.max_concurrent_streams"], "\(issues(h2Settings))")
     }

@@ -25,7 +25,9 @@ struct UpstreamTests {
         #expect(c.plan(three, protocol: .http1, now: 400).map(\.address.port) == [2, 1, 3])
         let later = 100 + BackendBalancer.cooldownMillis + 1
         #expect(c.plan(three, protocol: .http1, now: later).map(\.address.port) == [3, 1, 2], "cooled down: back in turn")
+        #expect(!c.isCoolingDown(endpoint(3), now: later))
         c.markFailed(endpoint(1), now: later)
+        #expect(c.isCoolingDown(endpoint(1), now: later + 1) && !c.isCoolingDown(endpoint(2), now: later + 1))
         c.markHealthy(endpoint(1))
         c.markHealthy(endpoint(3))
         #expect(c.plan(three, protocol: .http1, now: later).map(\.address.port) == [1, 2, 3], "healthy again at once")

@@ -351,7 +351,8 @@ struct NodeReader {
             fail(node, join(path, "routes"), "missing: at least one route (or a tunnel)")
         }
         var http2 = HTTP2ServerSettings()
-        http2.maxHeaderListSize = max(maxHead, 16 * 1024)
+        // Never below what an HTTP/1.1 client of the same listener may send as its head.
+        http2.maxHeaderListSize = max(maxHead, http2.maxHeaderListSize)
         if let h = m["http2"] { readHTTP2Settings(h, join(path, "http2"), into: &http2) }
         let age = m["max_connection_age"].flatMap { duration($0, join(path, "max_connection_age")) } ?? 0
         let keepalive = m["keepalive_timeout"].flatMap { duration($0, join(path, "keepalive_timeout")) } ?? 75_000

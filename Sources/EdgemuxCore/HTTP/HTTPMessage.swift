@@ -54,6 +54,13 @@ struct HeaderList {
         return nil
     }
 
+    /// Every value of `lower`, joined with ", " (a list field sent as several lines), if present.
+    func joined(_ lower: StaticString) -> String? {
+        var out: String?
+        for i in 0..<fields.count where isNamed(i, lower) { out = out.map { "\($0), \(value(at: i))" } ?? value(at: i) }
+        return out
+    }
+
     /// Calls `body` with nghttp2 name/value pairs: `leading` first (pseudo-header fields), then
     /// every field for which `keep` holds. The pointers are valid only inside `body` (nghttp2
     /// copies what it submits, and only reads through them: the fields are not copied here).
@@ -191,7 +198,8 @@ enum HTTP1Serializer {
             for i in 0..<r.fields.count {
                 let h = r.fields
                 if FieldRules.isHopByHop(h, i) || h.isNamed(i, "host") || h.isNamed(i, "te") || h.isNamed(i, "content-length") { continue }
-                if forwarded != .off, isForwardingField(h, i) { if forwarded == .replace { continue } }
+                // The forwarding fields are written below (with the prior values when appending).
+                if forwarded != .off, isForwardingField(h, i) { continue }
                 if !listed.isEmpty, listed.contains(h.name(at: i)) { continue }
                 if h.isNamed(i, "cookie") {
                     cookies.append(h.value(at: i))
@@ -234,8 +242,8 @@ enum HTTP1Serializer {
         var fwd = "for=\(forwardedNode(client.address));proto=\(client.scheme)"
         if !r.authority.isEmpty { fwd += ";host=\"\(r.authority)\"" }
         if forwarded == .append {
-            if let prior = r.fields.first("x-forwarded-for"), !prior.isEmpty { xff = prior + ", " + xff }
-            if let prior = r.fields.first("forwarded"), !prior.isEmpty { fwd = prior + ", " + fwd }
+            if let prior = r.fields.joined("x-forwarded-for"), !prior.isEmpty { xff = prior + ", " + xff }
+            if let prior = r.fields.joined("forwarded"), !prior.isEmpty { fwd = prior + ", " + fwd }
         }
         var out = [("x-forwarded-for", xff), ("x-forwarded-proto", client.scheme)]
         if !r.authority.isEmpty { out.append(("x-forwarded-host", r.authority)) }

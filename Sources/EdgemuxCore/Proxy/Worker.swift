@@ -37,8 +37,8 @@ final class Worker {
         let b = balancer(for: backend.name)
         let rr = b.plan(endpoints, protocol: proto, now: loop.now)
         guard backend.balance == .leastRequest, rr.count > 1 else { return rr }
-        let healthy = rr.prefix { e in rr.firstIndex(of: e)! < rr.count }
-        let a = healthy.randomElement()!, c = healthy.randomElement()!
+        let healthy = rr.filter { !b.isCoolingDown($0, now: loop.now) }
+        guard let a = healthy.randomElement(), let c = healthy.randomElement() else { return rr }
         let load = { (e: Endpoint) in self.outstanding[UpstreamPool.Key(backend: ObjectIdentifier(backend), endpoint: e)] ?? 0 }
         let best = load(a) <= load(c) ? a : c
         return [best] + rr.filter { $0 != best }

@@ -26,6 +26,11 @@ final class BackendBalancer {
         return healthy + cooling
     }
 
+    /// Whether `endpoint` failed lately and sits out its cooldown.
+    func isCoolingDown(_ endpoint: Endpoint, now: Int64) -> Bool {
+        (failedUntil[endpoint.address] ?? 0) > now
+    }
+
     func markFailed(_ endpoint: Endpoint, now: Int64) {
         failedUntil[endpoint.address] = now + BackendBalancer.cooldownMillis
     }
