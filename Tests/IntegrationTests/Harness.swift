@@ -227,7 +227,16 @@ final class Edgemux {
     }
 
     var log: String { background.log }
-    func stop() { background.stop(signal: SIGTERM) }
+
+    /// Stops edgemux; a crash before that (it died of a signal: a trap, an abort) fails the test
+    /// that started it, whatever the test itself checked.
+    func stop() {
+        if !background.process.isRunning, background.process.terminationReason == .uncaughtSignal {
+            Issue.record("edgemux crashed (signal \(background.process.terminationStatus)): \(log.suffix(4000))")
+        }
+        background.stop(signal: SIGTERM)
+    }
+
     deinit { stop() }
 }
 

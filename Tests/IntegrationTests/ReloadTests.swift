@@ -25,9 +25,6 @@ final class ReloadFixture {
         let port = web == "A" ? aPort : bPort
         return std.config(port: self.port, listenerExtra: listenerExtra, webEndpoints: "{ http1: [\"127.0.0.1:\(port)\"], h2c: [\"127.0.0.1:\(std.h2cPort)\"] }", workers: 2, admin: admin)
             .replacingOccurrences(of: "workers: 2", with: "workers: 2\ndrain_timeout: \(drain)\n\(extra)")
-            // These tests are about relayed connections across reloads (request mode drains are
-            // RequestModeTests'): keep the web route a relay route.
-            .replacingOccurrences(of: "- name: web\n        backend: web", with: "- name: web\n        backend: web\n        mode: relay")
     }
 
     func get(_ path: String = "/who") -> String {

@@ -73,7 +73,9 @@ final class ProxyRequest: EventHandler {
     static let highWater = 64 * 1024
 
     unowned let worker: Worker
-    unowned let downstream: any RequestDownstream
+    /// Weak: a client connection that closed with streams still open at the backend is gone
+    /// before those streams' backend sides finish (and release the request).
+    private(set) weak var downstream: (any RequestDownstream)?
     let snapshot: Snapshot
     let listener: ListenerConfig
     let client: ClientIdentity
@@ -181,7 +183,7 @@ final class ProxyRequest: EventHandler {
         lastActivity = loop.now
         if upstream == nil && (state == .finished || response != nil) {
             // Nobody will take them (edgemux answered): acknowledge and drop.
-            downstream.requestBodyTaken(self, bytes.count)
+            downstream?.requestBodyTaken(self, bytes.count)
             return
         }
         requestBody.append(bytes, pool: pool)
@@ -312,7 +314,7 @@ final class ProxyRequest: EventHandler {
     func upstreamInterim(_ h: ResponseHead) {
         guard !clientDone, response == nil else { return }
         lastActivity = loop.now
-        downstream.interimResponse(self, h)
+        downstream?.interimResponse(self, h)
     }
 
     /// The backend's final response head; `endStream`: nothing follows it (gRPC trailers-only).
@@ -324,7 +326,7 @@ final class ProxyRequest: EventHandler {
         lastActivity = loop.now
         if let s = h.fields.first("grpc-status") { grpcStatus = s }
         armTimer()
-        downstream.responseHeadReady(self)
+        downstream?.responseHeadReady(self)
     }
 
     /// Response body bytes from the backend.
@@ -332,7 +334,7 @@ final class ProxyRequest: EventHandler {
         guard !clientDone, !ownAnswer else { return }
         lastActivity = loop.now
         responseBody.append(bytes, pool: pool)
-        downstream.responseBodyReady(self)
+        downstream?.responseBodyReady(self)
     }
 
     /// The response has ended (with trailers from an HTTP/2 backend).
@@ -341,14 +343,14 @@ final class ProxyRequest: EventHandler {
         responseEnded = true
         responseTrailers = trailers
         if let s = trailers?.first("grpc-status") { grpcStatus = s }
-        downstream.responseBodyReady(self)
+        downstream?.responseBodyReady(self)
     }
 
     /// The backend side took `count` bytes of the request body.
     func requestBodySent(_ count: Int) {
         requestBytesSent += count
         lastActivity = loop.now
-        downstream.requestBodyTaken(self, count)
+        downstream?.requestBodyTaken(self, count)
     }
 
     /// The backend side is done with the request (after its response, or after a cancel).
@@ -383,7 +385,7 @@ final class ProxyRequest: EventHandler {
         } else {
             worker.logger.notice("\(logPrefix): backend '\(name)' failed mid-response: \(why)")
             outcome = .backendError
-            downstream.resetStream(self, code: NGHTTP2_INTERNAL_ERROR.rawValue)
+            downstream?.resetStream(self, code: NGHTTP2_INTERNAL_ERROR.rawValue)
         }
     }
 
@@ -401,7 +403,7 @@ final class ProxyRequest: EventHandler {
             answer(status: 502, message: "backend '\(backend?.name ?? "?")' reset the stream (code \(code))", outcome: .backendReset)
         } else {
             // gRPC clients read the RST code (CANCEL, REFUSED_STREAM, …): pass it on unchanged.
-            downstream.resetStream(self, code: code)
+            downstream?.resetStream(self, code: code)
         }
     }
 
@@ -436,7 +438,7 @@ final class ProxyRequest: EventHandler {
             responseEnded = true
         }
         state = .streaming
-        downstream.responseHeadReady(self)
+        downstream?.responseHeadReady(self)
     }
 
     /// 502/503 → UNAVAILABLE, 504 → DEADLINE_EXCEEDED, 404 → UNIMPLEMENTED, else INTERNAL, as
@@ -526,10 +528,10 @@ final class ProxyRequest: EventHandler {
             grpcStatus = String(grpcCode)
             responseEnded = true
             responseTrailers = t
-            downstream.responseBodyReady(self)
+            downstream?.responseBodyReady(self)
         } else {
             self.outcome = outcome
-            downstream.resetStream(self, code: NGHTTP2_CANCEL.rawValue)
+            downstream?.resetStream(self, code: NGHTTP2_CANCEL.rawValue)
         }
     }
 
@@ -548,7 +550,7 @@ final class ProxyRequest: EventHandler {
         timerAt = .max
         releaseQueues()
         record()
-        downstream.requestFinished(self)
+        downstream?.requestFinished(self)
     }
 
     /// Metrics and the access-log line.

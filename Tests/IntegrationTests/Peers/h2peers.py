@@ -433,6 +433,12 @@ def cancel(args):
     if s.got < args.after_bytes:
         fail(f"only {s.got} bytes before the stream ended (status {s.status}, reset {s.reset}, {c.closed_word()})")
     got = s.got
+    if args.close:
+        # No RST_STREAM: the connection goes away under the open stream (a client killed, a
+        # network gone); the proxy must cancel the backend's side all the same.
+        c.sock.close()
+        print(f"closed after {got} bytes status {s.status}")
+        return
     c.conn.reset_stream(sid, ErrorCodes.CANCEL)
     c.flush()
     c.linger(1.0)
@@ -763,6 +769,7 @@ def main():
     sp.add_argument("--after-bytes", type=int, default=1)
     sp.add_argument("--grpc", action="store_true", help="a gRPC POST carrying --grpc-message")
     sp.add_argument("--grpc-message", default="1000,50")
+    sp.add_argument("--close", action="store_true", help="close the connection instead of resetting the stream")
     sp = client_parser(sub, "many-streams", "many concurrent slow requests on one connection")
     sp.add_argument("--count", type=int, default=100)
     sp.add_argument("--path", required=True)
