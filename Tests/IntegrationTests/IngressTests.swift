@@ -174,7 +174,7 @@ extension Integration {
                 let r = curl(["--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(port3)/slow\(i)"], port: port3)
                 #expect(r.stdout == "200", "request \(i): \(r.stdout) \(r.stderr) \(slow.log)")
             }
-            #expect(slow.log.contains("endpoint 127.0.0.1:\(holePort): timed out after 500 ms"), "\(slow.log)")
+            #expect(slow.log.contains("endpoint 127.0.0.1:\(holePort): connect timed out after 500 ms"), "\(slow.log)")
             slow.stop()
 
             let port2 = freePort()

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 extension Integration {
-    @Suite("kept backend connections: one-request clients (Connection: close) reuse them", .serialized)
+    @Suite("kept backend connections on relay routes: one-request clients (Connection: close) reuse them", .serialized)
     struct PoolTests {
         func config(port: UInt16, admin: UInt16, backend: String, extraBackend: String = "") -> String {
             """
@@ -18,8 +18,10 @@ extension Integration {
                   - name: tls-backend
                     match: { path_prefix: /tls/ }
                     backend: secure
+                    mode: relay
                   - name: web
                     backend: web
+                    mode: relay
             backends:
               web:
             \(backend)

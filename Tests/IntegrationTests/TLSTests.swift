@@ -127,20 +127,20 @@ extension Integration {
                         - { cert: \(TestCerts.cert), key: \(TestCerts.key) }
                       alpn: [h2, http/1.1]
                     routes:
-                      - { name: web, backend: secure }
+                      - { name: web, backend: secure, mode: relay }
                 backends:
                   secure:
                     protocol: tls
                     endpoints: ["127.0.0.1:\(backendPort)"]
                     tls: { ca: \(TestCerts.ca), server_name: localhost, alpn: [h2] }
                 """
-            // Declared h2-only, the backend cannot take the listener's HTTP/1.1 clients: check says so.
+            // Declared h2-only, the backend cannot take a relay route's HTTP/1.1 clients: check says so.
             let scratch = Scratch("alpn")
             try yaml.write(toFile: scratch.file("e.yaml"), atomically: true, encoding: .utf8)
             let check = Command.run(Paths.edgemux, ["check", "--config", scratch.file("e.yaml")])
             #expect(check.status == 1 && check.stderr.contains("route 'web' can receive http/1.1 connections but backend 'secure' cannot speak http/1.1"), "\(check.stderr)")
             // The fix check suggests: HTTP/2 to this backend, HTTP/1.1 elsewhere.
-            let fixed = yaml.replacingOccurrences(of: "      - { name: web, backend: secure }", with: "      - { name: web, match: { alpn: h2 }, backend: secure }\n      - { name: rest, backend: fallback }")
+            let fixed = yaml.replacingOccurrences(of: "      - { name: web, backend: secure, mode: relay }", with: "      - { name: web, match: { alpn: h2 }, backend: secure }\n      - { name: rest, backend: fallback }")
                 + "\n  fallback:\n    endpoints: [\"127.0.0.1:1\"]\n"
             let e = try Edgemux(config: fixed, port: port)
             let h2 = curl(["--http2", "-w", " %{http_version}", "https://localhost:\(port)/hello"], port: port)
@@ -148,6 +148,11 @@ extension Integration {
             let load = Command.run("/usr/bin/h2load", ["-n", "500", "-c", "2", "-m", "5", "https://127.0.0.1:\(port)/hello"], timeout: 60)
             #expect(load.stdout.contains("500 succeeded, 0 failed"), "\(load.stdout)")
             e.stop()
+            // A request route translates: HTTP/1.1 clients reach the h2-only backend too.
+            let requestMode = try Edgemux(config: yaml.replacingOccurrences(of: ", mode: relay }", with: " }"), port: port)
+            let h1 = curl(["--http1.1", "-w", " %{http_version}", "https://localhost:\(port)/hello", "https://localhost:\(port)/hello"], port: port)
+            #expect(h1.stdout == "h2-over-tls\n 1.1h2-over-tls\n 1.1", "\(h1.stdout) \(h1.stderr) \(requestMode.log)")
+            requestMode.stop()
             // The same backend reached under a name its certificate does not carry: refused (502).
             let port2 = freePort()
             let wrong = try Edgemux(config: """

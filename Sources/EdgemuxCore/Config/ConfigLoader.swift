@@ -429,10 +429,10 @@ struct NodeReader {
                     continue
                 }
             }
-            // HTTP/2 clients of a request route are translated to what the backend speaks;
-            // HTTP/1.1 clients are still relayed (HTTP/1.1 request mode is not built yet), so
-            // their backend must speak HTTP/1.1.
-            let needed = route.mode == .request ? receives.intersection([.http1]) : receives
+            // A request route translates each request to what the backend speaks, except
+            // HTTP/1.1 Upgrade requests (WebSocket), which are relayed as they are: a route made
+            // for them needs HTTP/1.1 endpoints.
+            let needed = route.mode == .request ? (route.match.upgrade != nil ? receives.intersection([.http1]) : []) : receives
             let missing = needed.subtracting(backend.protocols)
             for p in missing.sorted(by: { $0.rawValue < $1.rawValue }) {
                 let fix: String

@@ -110,14 +110,30 @@ final class ProxyConnection: EventHandler, ClientConnection {
     /// How the connection ended, for the access log (kept with the exchange: set on the way out).
     var outcome: String { get { exchangeStorage?.outcome ?? "closed" } set { exchange.outcome = newValue } }
 
-    init(worker: Worker, snapshot: Snapshot, listener: ListenerConfig, fd: Int32, peer: SocketAddress) {
+    convenience init(worker: Worker, snapshot: Snapshot, listener: ListenerConfig, fd: Int32, peer: SocketAddress) {
+        self.init(worker: worker, snapshot: snapshot, listener: listener, transport: Transport(fd: fd), peer: peer)
+    }
+
+    /// `transport`: a new connection's, or one that edgemux's HTTP/1.1 server gives back for an
+    /// Upgrade request (registered, and rebound to this object, already).
+    init(worker: Worker, snapshot: Snapshot, listener: ListenerConfig, transport: Transport, peer: SocketAddress) {
         self.worker = worker
         self.loop = worker.loop
         self.snapshot = snapshot
         self.listener = listener
         self.peer = peer
-        self.client = Transport(fd: fd)
+        self.client = transport
         self.startedAt = worker.loop.now
+    }
+
+    /// Relays the connection from an Upgrade request (its head, and what followed it, in
+    /// `bytes`): routed, connected and relayed as a relay route's first request is.
+    func takeUpgrade(_ bytes: [UInt8]) {
+        proto = .http1
+        sniffed = bytes
+        phase = .awaitingRequest
+        armTimer(listener.requestTimeoutMillis)
+        parseRequest()
     }
 
     var logPrefix: String { "client \(peer) on '\(listener.name)'" }
@@ -240,7 +256,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 close()
             }
         case .awaitingBackend:
-            connectFailed("timed out after \(backendConfig?.connectTimeoutMillis ?? 0) ms")
+            connectFailed("connect timed out after \(backendConfig?.connectTimeoutMillis ?? 0) ms")
         case .relaying, .exchanging:
             guard let route, route.idleTimeoutMillis > 0 else { return }
             let last = phase == .relaying ? (relay?.lastActivity ?? startedAt) : exchange.lastActivity
@@ -468,6 +484,10 @@ final class ProxyConnection: EventHandler, ClientConnection {
             handOverToHTTP2(replay: sniffed, acked: sentSettingsAck)
             return
         }
+        if route.mode == .request, proto == .http1, request.upgrade.isEmpty {
+            handOverToHTTP1()
+            return
+        }
         guard let backend = snapshot.config.backends[route.backend], let endpoints = backend.endpoints[proto], !endpoints.isEmpty else {
             worker.logger.error("\(logPrefix): route '\(route.name)' has no \(proto.rawValue) endpoint in backend '\(route.backend)'")
             answerError(status: 502, message: "backend '\(route.backend)' cannot serve \(proto.rawValue)")
@@ -593,6 +613,19 @@ final class ProxyConnection: EventHandler, ClientConnection {
         phase = .closed
         server.start(replay: replay, inputFilter: sentSettings ? ackFilter : nil, acknowledgedSettings: acked, pendingOutput: pending)
         if let pending { worker.pool.give(pending) }
+    }
+
+    /// edgemux's HTTP/1.1 server takes the connection with what was read so far (the first
+    /// request head, and what followed it).
+    private func handOverToHTTP1() {
+        loop.cancel(timer)
+        timer = nil
+        let server = HTTP1ServerConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer)
+        loop.rebind(fd: client.fd, to: server)
+        phase = .closed
+        let replay = sniffed
+        sniffed = []
+        server.start(replay: replay)
     }
 
     // MARK: relaying

@@ -91,6 +91,8 @@ final class ProxyRequest: EventHandler {
     private(set) var upstreamProtocol: ClientProtocol?
     private(set) var endpoint: Endpoint?
     private var plan: [Endpoint] = []
+    /// "endpoint (why)" for each attempt that failed, for the log line that gives up.
+    private var failures: [String] = []
     private var attempt = 0
     private(set) var upstream: RequestUpstream?
     /// An upstream has the request and has not released it yet.
@@ -277,7 +279,8 @@ final class ProxyRequest: EventHandler {
         guard let backend, let proto = upstreamProtocol else { return }
         guard attempt < plan.count else {
             worker.metrics.update { $0.backendUnavailable[backend.name, default: 0] += 1 }
-            worker.logger.error("\(logPrefix): backend '\(backend.name)' unavailable for route '\(route?.name ?? "?")' (tried \(plan.count) endpoint\(plan.count == 1 ? "" : "s"))")
+            let tried = failures.isEmpty ? "no endpoint is available" : "tried \(failures.joined(separator: ", "))"
+            worker.logger.error("\(logPrefix): backend '\(backend.name)' unavailable for route '\(route?.name ?? "?")': \(tried)")
             answer(status: 502, message: "backend '\(backend.name)' is unavailable", outcome: .backendUnavailable)
             return
         }
@@ -372,9 +375,15 @@ final class ProxyRequest: EventHandler {
         // A request the backend never saw may go elsewhere; one it saw only if it is idempotent,
         // unanswered and its body was not consumed (nothing would be left to send again).
         let retryable = response == nil && requestBytesSent == 0 && (!sent || head.idempotent)
+        failures.append("\(endpoint?.text ?? "?") (\(why))")
         if retryable, attempt < plan.count {
             if sent { worker.metrics.update { $0.upstreamRetries += 1 } }
             worker.logger.warning("\(logPrefix): backend '\(name)' endpoint \(endpoint?.text ?? "?"): \(why); trying the next endpoint")
+            tryNextEndpoint()
+            return
+        }
+        if retryable, connect {
+            // Every endpoint of the plan failed to connect: the backend is unavailable.
             tryNextEndpoint()
             return
         }

@@ -27,7 +27,18 @@ public struct HTTP1HeadParser {
         // RFC 9112 section 2.2: a server SHOULD ignore at least one empty line before the request line.
         var start = 0
         while start + 1 < bytes.count, bytes[start] == 13, bytes[start + 1] == 10, start < 4 { start += 2 }
-        guard let end = findHeadEnd(bytes, from: start) else {
+        // A bare LF (or CR) ends a line for some parsers and not for others: refused before
+        // anything else reads the head (RFC 9112 section 2.2, request smuggling).
+        let headEnd = findHeadEnd(bytes, from: start)
+        let scanned = headEnd ?? min(bytes.count, cap + 4)
+        var k = start
+        while k < scanned {
+            let b = bytes[k]
+            if b == 10, k == 0 || bytes[k - 1] != 13 { return .error(.malformedHead("bare LF in the request head")) }
+            if b == 13, k + 1 < bytes.count, bytes[k + 1] != 10 { return .error(.malformedHead("bare CR in the request head")) }
+            k += 1
+        }
+        guard let end = headEnd else {
             if bytes.count > cap { return .error(.headTooLarge(cap)) }
             // Fail fast on garbage: the request line must start with a token character.
             if bytes.count > start, !Self.tokenChars[Int(bytes[start])] {

@@ -740,6 +740,60 @@ def grpc_call(args):
         fail(f"rpc failed: {e.code().name} {e.details()}")
 
 
+# MARK: 10. h2c-digest backend
+
+def serve_h2c_digest(args):
+    """A strict HTTP/2 (h2c, prior knowledge) backend, one thread per connection: a POST/PUT is
+    answered with the SHA-256 and size of its body; anything else with "NAME METHOD PATH
+    authority=AUTHORITY"; both with no content-length (the body's end is END_STREAM) and a
+    trailer x-digest-done, so a proxy must frame them itself."""
+    import hashlib
+
+    def handle(sock):
+        conn = h2.connection.H2Connection(config=H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        streams = {}
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        streams[ev.stream_id] = [dict(ev.headers), hashlib.sha256(), 0]
+                    elif isinstance(ev, h2.events.DataReceived):
+                        st = streams.get(ev.stream_id)
+                        if st:
+                            st[1].update(ev.data)
+                            st[2] += len(ev.data)
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        hd, digest, n = streams.pop(ev.stream_id)
+                        if hd[":method"] in ("POST", "PUT"):
+                            body = f"{digest.hexdigest()} {n}\n".encode()
+                        else:
+                            body = f"{args.name} {hd[':method']} {hd[':path']} authority={hd.get(':authority')}\n".encode()
+                        conn.send_headers(ev.stream_id, [(":status", "200"), ("content-type", "text/plain")])
+                        conn.send_data(ev.stream_id, body)
+                        conn.send_headers(ev.stream_id, [("x-digest-done", "1")], end_stream=True)
+                sock.sendall(conn.data_to_send())
+        except (OSError, h2.exceptions.ProtocolError):
+            return
+        finally:
+            sock.close()
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", args.port))
+    srv.listen(1024)
+    stop_after(args.max_seconds)
+    ready(srv.getsockname()[1])
+    while True:
+        c, _ = srv.accept()
+        threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+
 # MARK: command line
 
 def client_parser(sub, name, help):
@@ -786,6 +840,10 @@ def main():
     sp.add_argument("--name", required=True)
     sp.add_argument("--log", required=True)
     sp.add_argument("--max-seconds", type=float, default=300)
+    sp = sub.add_parser("h2c-digest", help="h2c backend answering with the SHA-256 of request bodies")
+    sp.add_argument("--port", type=int, default=0)
+    sp.add_argument("--name", default="h2c-digest")
+    sp.add_argument("--max-seconds", type=float, default=300)
     sp = sub.add_parser("grpc-call", help="gRPC client for grpc-named")
     sp.add_argument("--target", required=True)
     sp.add_argument("--ca")
@@ -797,7 +855,7 @@ def main():
     {
         "settings-ack-wait": settings_ack_wait, "rapid-reset": rapid_reset,
         "continuation-flood": continuation_flood, "slow-reader": slow_reader, "cancel": cancel,
-        "many-streams": many_streams, "frames": frames_probe, "slow-http1": serve_slow_http1,
+        "many-streams": many_streams, "frames": frames_probe, "slow-http1": serve_slow_http1, "h2c-digest": serve_h2c_digest,
         "grpc-named": serve_grpc_named, "grpc-call": grpc_call,
     }[args.cmd](args)
 

@@ -647,12 +647,12 @@ def raw_tls(args):
                 break
             data += chunk
     except (socket.timeout, TimeoutError):
-        print(f"timeout after {time.monotonic() - start:.1f}s received {data[:120]!r}")
+        print(f"timeout after {time.monotonic() - start:.1f}s received {data[:args.show]!r}")
         return
     except (ConnectionResetError, ssl.SSLError, BrokenPipeError) as e:
-        print(f"closed after {time.monotonic() - start:.1f}s error {type(e).__name__} received {data[:120]!r}")
+        print(f"closed after {time.monotonic() - start:.1f}s error {type(e).__name__} received {data[:args.show]!r}")
         return
-    print(f"closed after {time.monotonic() - start:.1f}s received {data[:120]!r}")
+    print(f"closed after {time.monotonic() - start:.1f}s received {data[:args.show]!r}")
 
 
 # MARK: raw HTTP/2 probe of a backend's strictness
@@ -760,6 +760,7 @@ def main():
     r.add_argument("--then")
     r.add_argument("--pause", type=float, default=0)
     r.add_argument("--timeout", type=float, default=10)
+    r.add_argument("--show", type=int, default=120, help="bytes of the answer to print")
     s = sub.add_parser("stray-ack-probe")
     s.add_argument("--port", type=int, required=True)
     args = p.parse_args()
