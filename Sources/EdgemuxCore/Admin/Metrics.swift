@@ -11,6 +11,8 @@ public final class WorkerMetrics: Sendable {
         var routed: [String: Int] = [:]
         var noRoute = 0
         var backendConnectFailures: [String: Int] = [:]
+        /// Connections opened to each backend (relays, HTTP/1.1 requests, HTTP/2 sessions).
+        var backendConnections: [String: Int] = [:]
         var backendUnavailable: [String: Int] = [:]
         var timeouts: [String: Int] = [:]
         var bytesIn = 0
@@ -106,6 +108,7 @@ public final class Metrics: Sendable {
             total.sniffErrors.merge(v.sniffErrors, uniquingKeysWith: +)
             total.routed.merge(v.routed, uniquingKeysWith: +)
             total.backendConnectFailures.merge(v.backendConnectFailures, uniquingKeysWith: +)
+            total.backendConnections.merge(v.backendConnections, uniquingKeysWith: +)
             total.backendUnavailable.merge(v.backendUnavailable, uniquingKeysWith: +)
             total.timeouts.merge(v.timeouts, uniquingKeysWith: +)
             total.closedWithError.merge(v.closedWithError, uniquingKeysWith: +)
@@ -139,6 +142,7 @@ public final class Metrics: Sendable {
         labelled("edgemux_sniff_errors_total", "Connections closed for a bad first request, by kind.", "kind", total.sniffErrors)
         labelled("edgemux_routed_total", "Connections routed, by route.", "route", total.routed)
         counter("edgemux_no_route_total", "Connections no route matched.", total.noRoute)
+        labelled("edgemux_backend_connections_opened_total", "Connections edgemux opened to a backend (relayed connections, HTTP/1.1 requests not served by a kept one, HTTP/2 sessions).", "backend", total.backendConnections)
         labelled("edgemux_backend_connect_failures_total", "Failed connects to a backend endpoint.", "endpoint", total.backendConnectFailures)
         labelled("edgemux_backend_unavailable_total", "Connections answered 502 because no endpoint of the backend was reachable.", "backend", total.backendUnavailable)
         labelled("edgemux_timeouts_total", "Connections closed by a timeout, by phase.", "phase", total.timeouts)

@@ -58,14 +58,9 @@ public final class ListenerConfig: Sendable {
     /// How long an idle request-mode connection (no request open) is kept.
     public let keepaliveTimeoutMillis: Int64
 
-    /// Every route is a request route: an HTTP/2 connection needs no sniffing, edgemux's HTTP/2
-    /// server takes it from its preface.
-    public let requestModeOnly: Bool
-
     public init(name: String, address: SocketAddress, proxyProtocol: Bool, tls: ListenerTLSConfig?, handshakeTimeoutMillis: Int64, requestTimeoutMillis: Int64, maxRequestHeadBytes: Int, routes: [RouteConfig], tunnel: TunnelConfig?,
                 http2: HTTP2ServerSettings = HTTP2ServerSettings(), maxConnectionAgeMillis: Int64 = 0, keepaliveTimeoutMillis: Int64 = 75_000) {
         self.http2 = http2
-        self.requestModeOnly = !routes.isEmpty && routes.allSatisfy { $0.mode == .request }
         self.maxConnectionAgeMillis = maxConnectionAgeMillis
         self.keepaliveTimeoutMillis = keepaliveTimeoutMillis
         self.name = name
@@ -268,7 +263,8 @@ public final class BackendConfig: Sendable {
     public let balance: BalancePolicy
 
     /// The client protocols this backend can carry.
-    public var protocols: Set<ClientProtocol> { Set(endpoints.filter { !$0.value.isEmpty }.keys) }
+    /// The protocols some endpoint speaks (kept: request mode asks for every request).
+    public let protocols: Set<ClientProtocol>
 
     /// The protocol request mode speaks to this backend for a client in `client`'s protocol
     /// (`grpc`: HTTP/2 is required for trailers): the client's own when the backend serves it
@@ -286,6 +282,7 @@ public final class BackendConfig: Sendable {
         self.pool = pool
         self.proto = proto
         self.endpoints = endpoints
+        self.protocols = Set(endpoints.filter { !$0.value.isEmpty }.keys)
         self.tls = tls
         self.connectTimeoutMillis = connectTimeoutMillis
         self.idleTimeoutMillis = idleTimeoutMillis

@@ -22,13 +22,25 @@ struct HeaderList {
     /// Bytes of names and values (the measure of RFC 9113's header list size, less 32 per field).
     var byteCount: Int { bytes.count }
 
+    init() {}
+
+    /// An empty list with room for a head of about this size (a head grown one field at a time
+    /// would reallocate both arrays several times).
+    init(reservingBytes byteCount: Int, fields fieldCount: Int) {
+        bytes.reserveCapacity(byteCount)
+        fields.reserveCapacity(fieldCount)
+    }
+
     /// Appends a field; the name is lower-cased on the way in.
     mutating func append(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
-        let ns = Int32(bytes.count)
-        for b in name { bytes.append(b >= 65 && b <= 90 ? b | 0x20 : b) }
+        let ns = bytes.count
+        bytes.append(contentsOf: name)
+        bytes.withUnsafeMutableBufferPointer { b in
+            for i in ns..<(ns + name.count) where b[i] >= 65 && b[i] <= 90 { b[i] |= 0x20 }
+        }
         let vs = Int32(bytes.count)
         bytes.append(contentsOf: value)
-        fields.append(Field(nameStart: ns, nameLength: Int32(name.count), valueStart: vs, valueLength: Int32(value.count)))
+        fields.append(Field(nameStart: Int32(ns), nameLength: Int32(name.count), valueStart: vs, valueLength: Int32(value.count)))
     }
 
     mutating func append(_ name: String, _ value: String) {
@@ -54,6 +66,22 @@ struct HeaderList {
         return nil
     }
 
+    /// Whether the first value of `lower` starts with `prefix` (lower-case ASCII), ignoring case:
+    /// no string is made.
+    func firstValueStarts(_ lower: StaticString, withLowercase prefix: StaticString) -> Bool {
+        for i in 0..<fields.count where isNamed(i, lower) {
+            let v = fields[i].value
+            guard v.count >= prefix.utf8CodeUnitCount else { return false }
+            let p = prefix.utf8Start
+            for k in 0..<prefix.utf8CodeUnitCount {
+                let b = bytes[v.lowerBound + k]
+                if (b >= 65 && b <= 90 ? b | 0x20 : b) != p[k] { return false }
+            }
+            return true
+        }
+        return false
+    }
+
     /// Every value of `lower`, joined with ", " (a list field sent as several lines), if present.
     func joined(_ lower: StaticString) -> String? {
         var out: String?
@@ -66,31 +94,36 @@ struct HeaderList {
     /// copies what it submits, and only reads through them: the fields are not copied here).
     func withNameValues<R>(leading: [(String, String)], keep: (Int) -> Bool = { _ in true }, _ body: (UnsafeMutablePointer<nghttp2_nv>, Int) -> R) -> R {
         var lead: [UInt8] = []
-        var ranges: [(Range<Int>, Range<Int>)] = []
-        ranges.reserveCapacity(leading.count)
+        var leadBytes = 1
+        for (n, v) in leading { leadBytes += n.utf8.count + v.utf8.count }
+        lead.reserveCapacity(leadBytes)
         for (n, v) in leading {
-            let ns = lead.count
             lead.append(contentsOf: n.utf8)
-            let vs = lead.count
             lead.append(contentsOf: v.utf8)
-            ranges.append((ns..<vs, vs..<lead.count))
         }
         lead.append(0)  // never empty: a base address exists
-        return lead.withUnsafeMutableBufferPointer { leadBuf in
-            bytes.withUnsafeBufferPointer { fieldBuf in
-                let l = leadBuf.baseAddress!
-                let f = UnsafeMutablePointer(mutating: fieldBuf.baseAddress ?? UnsafePointer(l))
-                let none = UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
-                var nva: [nghttp2_nv] = []
-                nva.reserveCapacity(ranges.count + fields.count)
-                for (n, v) in ranges {
-                    nva.append(nghttp2_nv(name: l + n.lowerBound, value: l + v.lowerBound, namelen: n.count, valuelen: v.count, flags: none))
+        // The pairs live on the stack for the call (nghttp2 copies what it submits).
+        return withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(1, leading.count + fields.count)) { nva in
+            lead.withUnsafeMutableBufferPointer { leadBuf in
+                bytes.withUnsafeBufferPointer { fieldBuf in
+                    let l = leadBuf.baseAddress!
+                    let f = UnsafeMutablePointer(mutating: fieldBuf.baseAddress ?? UnsafePointer(l))
+                    let none = UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
+                    var n = 0
+                    var at = 0
+                    for (name, value) in leading {
+                        let nl = name.utf8.count, vl = value.utf8.count
+                        nva[n] = nghttp2_nv(name: l + at, value: l + at + nl, namelen: nl, valuelen: vl, flags: none)
+                        at += nl + vl
+                        n += 1
+                    }
+                    for i in 0..<fields.count where keep(i) {
+                        let e = fields[i]
+                        nva[n] = nghttp2_nv(name: f + Int(e.nameStart), value: f + Int(e.valueStart), namelen: Int(e.nameLength), valuelen: Int(e.valueLength), flags: none)
+                        n += 1
+                    }
+                    return body(nva.baseAddress!, n)
                 }
-                for i in 0..<fields.count where keep(i) {
-                    let e = fields[i]
-                    nva.append(nghttp2_nv(name: f + Int(e.nameStart), value: f + Int(e.valueStart), namelen: Int(e.nameLength), valuelen: Int(e.valueLength), flags: none))
-                }
-                return nva.withUnsafeMutableBufferPointer { body($0.baseAddress!, $0.count) }
             }
         }
     }
@@ -137,7 +170,7 @@ struct RequestHead {
     /// The request ended with its head (no body at all).
     var endStream = false
 
-    var isGRPC: Bool { (fields.first("content-type") ?? "").lowercased().hasPrefix("application/grpc") }
+    var isGRPC: Bool { fields.firstValueStarts("content-type", withLowercase: "application/grpc") }
 
     /// What the router matches on.
     func routingInfo() -> RequestInfo {
@@ -169,9 +202,17 @@ struct ResponseHead {
 /// Who the client is, for the forwarding fields.
 struct ClientIdentity {
     /// The client address (from the socket, or the PROXY header).
-    var address: String
+    let address: String
     /// "https" or "http", as the client spoke to edgemux.
-    var scheme: String
+    let scheme: String
+    /// `for=…;proto=…` of RFC 7239, the same for every request of the connection.
+    let forwardedElement: String
+
+    init(address: String, scheme: String) {
+        self.address = address
+        self.scheme = scheme
+        forwardedElement = "for=\(HTTP1Serializer.forwardedNode(address));proto=\(scheme)"
+    }
 }
 
 // MARK: - HTTP/1.1 serialisation
@@ -239,8 +280,13 @@ enum HTTP1Serializer {
 
     static func forwardingValues(_ r: RequestHead, forwarded: ForwardedMode, client: ClientIdentity) -> [(String, String)] {
         var xff = client.address
-        var fwd = "for=\(forwardedNode(client.address));proto=\(client.scheme)"
-        if !r.authority.isEmpty { fwd += ";host=\"\(r.authority)\"" }
+        var fwd = client.forwardedElement
+        if !r.authority.isEmpty {
+            fwd.reserveCapacity(fwd.utf8.count + r.authority.utf8.count + 8)
+            fwd += ";host=\""
+            fwd += r.authority
+            fwd += "\""
+        }
         if forwarded == .append {
             if let prior = r.fields.joined("x-forwarded-for"), !prior.isEmpty { xff = prior + ", " + xff }
             if let prior = r.fields.joined("forwarded"), !prior.isEmpty { fwd = prior + ", " + fwd }
@@ -279,9 +325,20 @@ enum HTTP1Serializer {
     /// The fields of an HTTP/1.1 response head for another hop: hop-by-hop fields and the ones
     /// `Connection` names are dropped (the framing is the next hop's own).
     static func responseFields(_ head: UnsafeRawBufferPointer) -> HeaderList {
-        var list = HeaderList()
+        var list = HeaderList(reservingBytes: head.count, fields: 16)
+        // Most heads have no Connection field, or one without names of other fields in it: the
+        // per-line check (which walks the head again) is needed only for one that lists others.
+        var listsOthers = false
         HTTP1Fields.forEachLine(head) { l in
-            if HTTP1Fields.isConnectionField(head, l) { return }
+            guard HTTP1Fields.equalsIgnoringCase(head, l.name, "connection") else { return }
+            HTTP1Fields.forEachItem(head, l.value) { item in
+                if !HTTP1Fields.equalsIgnoringCase(head, item, "close") && !HTTP1Fields.equalsIgnoringCase(head, item, "keep-alive") { listsOthers = true }
+            }
+        }
+        HTTP1Fields.forEachLine(head) { l in
+            if HTTP1Fields.equalsIgnoringCase(head, l.name, "connection") || HTTP1Fields.equalsIgnoringCase(head, l.name, "keep-alive")
+                || HTTP1Fields.equalsIgnoringCase(head, l.name, "proxy-connection") { return }
+            if listsOthers, HTTP1Fields.isConnectionField(head, l) { return }
             if HTTP1Fields.equalsIgnoringCase(head, l.name, "transfer-encoding") || HTTP1Fields.equalsIgnoringCase(head, l.name, "upgrade") { return }
             list.append(name: UnsafeRawBufferPointer(rebasing: head[l.name]), value: UnsafeRawBufferPointer(rebasing: head[l.value]))
         }

@@ -97,6 +97,7 @@ struct HTTP1RequestParser {
         }
         guard let requestLine = lines.first else { return .error(.bad("empty request")) }
         var r = HTTP1Request(head: RequestHead(), headLength: headLength, body: .none, http10: false, keepAlive: true, upgrade: false)
+        r.head.fields = HeaderList(reservingBytes: head.count, fields: lines.count)
         var hostFromTarget = false
         if let e = parseRequestLine(UnsafeRawBufferPointer(rebasing: head[requestLine]), into: &r, hostFromTarget: &hostFromTarget) { return .error(e) }
 

@@ -275,6 +275,7 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
                 return 0
             }
             let r = ProxyRequest(worker: worker, downstream: self, snapshot: snapshot, listener: listener, client: identity, sni: sni, clientProtocol: .h2, streamID: id)
+            r.head.fields = HeaderList(reservingBytes: 512, fields: 16)
             requests[id] = r
             acceptedThisPass += 1
         } else if let r = requests[id] {

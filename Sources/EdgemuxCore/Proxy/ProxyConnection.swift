@@ -294,10 +294,6 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 proto = .http1
                 protocolUndecided = alpn.isEmpty && (listener.tls?.alpn.contains("h2") ?? false)
             }
-            if proto == .h2 && listener.requestModeOnly {
-                handOverToHTTP2(replay: [], acked: false)
-                return
-            }
             enterAwaitingRequest()
         case .wantRead, .wantWrite:
             return
@@ -389,12 +385,6 @@ final class ProxyConnection: EventHandler, ClientConnection {
             guard var sniffer = h2Sniffer else { return }
             let result = sniffed.withUnsafeBytes { sniffer.parse($0) }
             h2Sniffer = sniffer
-            if sniffer.prefaceReceived && listener.requestModeOnly && !sentSettings {
-                // Every route is a request route: edgemux's HTTP/2 server takes the connection
-                // from its preface, nothing to sniff.
-                handOverToHTTP2(replay: sniffed, acked: false)
-                return
-            }
             var early: [UInt8] = []
             if sniffer.prefaceReceived && !sentSettings {
                 // Who speaks first: gRPC clients send nothing after their preface until they
@@ -535,6 +525,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 // timeout closes the connection sooner: long-lived routes such as gRPC.
                 let keepalive = route.map { $0.idleTimeoutMillis == 0 || $0.idleTimeoutMillis >= 7_200_000 } ?? true
                 backend = try Transport.connecting(to: endpoint.address, keepalive: keepalive, loop: loop, handler: self)
+                worker.metrics.update { $0.backendConnections[backendConfig.name, default: 0] += 1 }
                 armTimer(backendConfig.connectTimeoutMillis)
                 return
             } catch {

@@ -75,6 +75,7 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
             // TCP keepalive matters only where no idle timeout closes the connection sooner.
             u.transport = try Transport.connecting(to: endpoint.address, keepalive: (request.route?.idleTimeoutMillis ?? 0) == 0, loop: worker.loop, handler: u)
             u.timer = worker.loop.schedule(afterMillis: backend.connectTimeoutMillis, for: u)
+            worker.metrics.update { $0.backendConnections[backend.name, default: 0] += 1 }
         }
         worker.loop.runSoon { [weak u] in u?.pump() }
         return u
@@ -254,7 +255,12 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
             responseDone(r)
             return
         }
-        if readSize < 1400, let t = transport {
+        let bodyIncomplete: Bool
+        switch framing {
+        case .length(let n): bodyIncomplete = rest.count < n
+        default: bodyIncomplete = true
+        }
+        if readSize < 1400, bodyIncomplete, let t = transport {
             // A backend without TCP_NODELAY that writes head and body apart holds the body until
             // the head is acknowledged, which a kept connection delays by up to 40 ms: acknowledge
             // now (as HTTP1Exchange does).

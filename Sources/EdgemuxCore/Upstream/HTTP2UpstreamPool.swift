@@ -94,6 +94,7 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
         self.endpoint = endpoint
         self.snapshot = snapshot
         let t = try Transport.connecting(to: endpoint.address, keepalive: true)
+        pool.worker.metrics.update { $0.backendConnections[backend.name, default: 0] += 1 }
         super.init(loop: pool.worker.loop, pool: pool.worker.pool, transport: t)
         do {
             try loop.register(fd: t.fd, events: EventLoop.relayEvents, handler: self)
@@ -274,7 +275,7 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
 
     override func beginHeaders(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
         if let r = streams[frame.pointee.hd.stream_id] {
-            r.incoming = HeaderList()
+            r.incoming = HeaderList(reservingBytes: 256, fields: 8)
             r.incomingStatus = 0
         }
         return 0
