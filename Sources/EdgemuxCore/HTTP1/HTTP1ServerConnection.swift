@@ -23,7 +23,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         case closed
     }
 
-    unowned let worker: Worker
+    unowned(unsafe) let worker: Worker  // workers live as long as the process: no check per access
     let loop: EventLoop
     let snapshot: Snapshot
     let listener: ListenerConfig
@@ -298,7 +298,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         requestBodyDone = true
         closeAfterResponse = true
         if r.responseStarted {
-            loop.runSoon { [weak self] in self?.close() }
+            loop.runSoon { [self] in self.close() }
         } else {
             r.answer(status: 400, message: "bad chunked request body: \(why)", outcome: .badRequest)
         }
@@ -534,7 +534,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         // HTTP/1.1 has no stream to reset: the connection is cut (the client sees the response
         // end early, not complete).
         guard r === current else { return }
-        loop.runSoon { [weak self] in self?.close() }
+        loop.runSoon { [self] in self.close() }
     }
 
     func requestFinished(_ r: ProxyRequest) {}
@@ -544,8 +544,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
     private func scheduleFlush() {
         guard !flushScheduled, phase == .serving else { return }
         flushScheduled = true
-        loop.runSoon { [weak self] in
-            guard let self else { return }
+        loop.runSoon { [self] in
             self.flushScheduled = false
             self.pump()
         }

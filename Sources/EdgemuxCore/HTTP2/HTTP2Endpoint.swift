@@ -59,7 +59,7 @@ class HTTP2Endpoint: EventHandler {
         var n = 0
         while transport.readable {
             guard n < rounds, mayRead() else {
-                loop.runSoon { [weak self] in self?.resumeReading() }
+                loop.runSoon { [self] in self.resumeReading() }
                 return .waiting
             }
             n += 1
@@ -95,8 +95,9 @@ class HTTP2Endpoint: EventHandler {
     func scheduleFlush() {
         guard !flushQueued else { return }
         flushQueued = true
-        loop.runSoon { [weak self] in
-            guard let self else { return }
+        // Strong captures here and below: the closure runs on this pass, and a weak reference
+        // would give the session a side table (slower reference counting for its whole life).
+        loop.runSoon { [self] in
             self.flushQueued = false
             self.flushNow()
         }

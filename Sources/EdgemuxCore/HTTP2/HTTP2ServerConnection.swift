@@ -27,7 +27,7 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
         case closed
     }
 
-    unowned let worker: Worker
+    unowned(unsafe) let worker: Worker  // workers live as long as the process: no check per access
     let snapshot: Snapshot
     let listener: ListenerConfig
     let peer: SocketAddress

@@ -72,10 +72,14 @@ final class ProxyRequest: EventHandler {
     /// A queue that holds this much stops its filling side (HTTP/1.1 backends, HTTP/1.1 clients).
     static let highWater = 64 * 1024
 
-    unowned let worker: Worker
-    /// Weak: a client connection that closed with streams still open at the backend is gone
-    /// before those streams' backend sides finish (and release the request).
-    private(set) weak var downstream: (any RequestDownstream)?
+    /// Unchecked: workers live as long as the process, and a request touches its worker often.
+    unowned(unsafe) let worker: Worker
+    /// Held until the request is finished (then dropped: the client connection's table of
+    /// requests and this reference do not keep each other alive). A client connection that
+    /// closed with streams still open at the backend lives on, closed, until those finish.
+    /// Not weak: a weak reference would give every client connection a side table, and every
+    /// retain of it the slow path.
+    private(set) var downstream: (any RequestDownstream)?
     let snapshot: Snapshot
     let listener: ListenerConfig
     let client: ClientIdentity
@@ -560,6 +564,7 @@ final class ProxyRequest: EventHandler {
         releaseQueues()
         record()
         downstream?.requestFinished(self)
+        downstream = nil
     }
 
     /// Metrics and the access-log line.

@@ -23,7 +23,7 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
         case done
     }
 
-    unowned let worker: Worker
+    unowned(unsafe) let worker: Worker  // workers live as long as the process: no check per access
     private var request: ProxyRequest?
     let backend: BackendConfig
     let endpoint: Endpoint
@@ -77,7 +77,7 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
             u.timer = worker.loop.schedule(afterMillis: backend.connectTimeoutMillis, for: u)
             worker.metrics.update { $0.backendConnections[backend.name, default: 0] += 1 }
         }
-        worker.loop.runSoon { [weak u] in u?.pump() }
+        worker.loop.runSoon { u.pump() }
         return u
     }
 
@@ -109,11 +109,11 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
 
     // MARK: RequestUpstream
 
-    func requestBodyReady(_ r: ProxyRequest) { worker.loop.runSoon { [weak self] in self?.pump() } }
+    func requestBodyReady(_ r: ProxyRequest) { worker.loop.runSoon { [self] in self.pump() } }
 
     func responseBodyTaken(_ r: ProxyRequest, _ count: Int) {
         if r.responseBody.count < ProxyRequest.highWater, transport?.readable == true {
-            worker.loop.runSoon { [weak self] in self?.pump() }
+            worker.loop.runSoon { [self] in self.pump() }
         }
     }
 

@@ -12,7 +12,7 @@ final class HTTP2UpstreamPool {
     /// connection costs.
     static let streamsPerSession = 256
 
-    unowned let worker: Worker
+    unowned(unsafe) let worker: Worker  // workers live as long as the process: no check per access
     private var sessions: [UpstreamPool.Key: [HTTP2UpstreamSession]] = [:]
     private(set) var openSessions = 0
 
@@ -67,7 +67,7 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
         case closed
     }
 
-    unowned let owner: HTTP2UpstreamPool
+    unowned(unsafe) let owner: HTTP2UpstreamPool  // a worker's, as long-lived
     let backend: BackendConfig
     let endpoint: Endpoint
     let snapshot: Snapshot
