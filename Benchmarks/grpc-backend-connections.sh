@@ -42,7 +42,7 @@ listeners:
       alpn: [h2]
     routes:
       - name: agents
-        match: { content_type: application/grpc }
+        match: { alpn: h2, content_type: application/grpc }
         backend: grpc
         mode: $mode
 backends:

@@ -8,7 +8,10 @@
 # endpoints only, and the relay row is left out (a relay does not translate). The harness pins
 # each to CPU 1 like the peers. Beside them runs the relay floor (tools/bare-tls-relay.c on :8447:
 # TLS termination and a byte relay in C with edgemux's system calls and nothing else; FLOOR=0
-# leaves it out). Afterwards it prints the backend connections each edgemux opened in the run.
+# leaves it out), and the request-mode floor (tools/bare-h2-proxy.c on :8450: TLS, an nghttp2
+# server session and an nghttp2 client session to the h2c backend per client connection, passing
+# requests and responses between them and nothing else; HTTP/2 rows only; H2FLOOR=0 leaves it
+# out). Afterwards it prints the backend connections each edgemux opened in the run.
 # Extra arguments go to run.sh (e.g. --quick, --peers none).
 # Needs: apt-get install haproxy nginx nghttp2-client nghttp2-proxy wrk curl gcc libssl-dev
 set -euo pipefail
@@ -21,6 +24,9 @@ RELAY=${RELAY:-1}
 [[ ${H2_UPSTREAM:-h2c} == h1 ]] && RELAY=0
 FLOOR=${FLOOR:-1}
 FLOOR_PORT=${FLOOR_PORT:-8447}
+H2FLOOR=${H2FLOOR:-1}
+H2FLOOR_PORT=${H2FLOOR_PORT:-8450}
+[[ ${H2_UPSTREAM:-h2c} == h1 ]] && H2FLOOR=0
 "$PEERS/gen-certs.sh" >/dev/null
 swift build -c release --product edgemux >/dev/null
 BIN="$(swift build -c release --show-bin-path)/edgemux"
@@ -60,7 +66,8 @@ if [[ $RELAY == 1 ]]; then
   TARGETS+=(--target edgemux-relay=$RELAY_PORT)
 fi
 FLOOR_PID=""
-trap 'kill $EDGEMUX $RELAY_PID $FLOOR_PID 2>/dev/null || true' EXIT
+H2FLOOR_PID=""
+trap 'kill $EDGEMUX $RELAY_PID $FLOOR_PID $H2FLOOR_PID 2>/dev/null || true' EXIT
 if [[ $FLOOR == 1 ]]; then
   mkdir -p "$PEERS_WORK/bin"
   cc -O2 -o "$PEERS_WORK/bin/bare-tls-relay" Benchmarks/tools/bare-tls-relay.c -lssl -lcrypto
@@ -70,7 +77,16 @@ if [[ $FLOOR == 1 ]]; then
   FLOOR_PID=$!
   TARGETS+=(--target relay-floor=$FLOOR_PORT)
 fi
-for p in $PORT $([[ $RELAY == 1 ]] && echo $RELAY_PORT) $([[ $FLOOR == 1 ]] && echo $FLOOR_PORT); do
+
+if [[ $H2FLOOR == 1 ]]; then
+  mkdir -p "$PEERS_WORK/bin"
+  cc -O2 -o "$PEERS_WORK/bin/bare-h2-proxy" Benchmarks/tools/bare-h2-proxy.c -lssl -lcrypto -lnghttp2
+  "$PEERS_WORK/bin/bare-h2-proxy" $H2FLOOR_PORT "$PEERS_WORK/certs/server.pem" "$PEERS_WORK/certs/server.key" 9002 3600 \
+    > "$PEERS_WORK/h2-floor.log" 2>&1 &
+  H2FLOOR_PID=$!
+  TARGETS+=(--target h2-floor=$H2FLOOR_PORT)
+fi
+for p in $PORT $([[ $RELAY == 1 ]] && echo $RELAY_PORT) $([[ $FLOOR == 1 ]] && echo $FLOOR_PORT) $([[ $H2FLOOR == 1 ]] && echo $H2FLOOR_PORT); do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.05; done
 done
 "$PEERS/run.sh" "${TARGETS[@]}" "$@"

@@ -182,3 +182,58 @@ extension Integration {
         }
     }
 }
+
+extension Integration {
+    @Suite("a real browser through request mode", .serialized)
+    struct BrowserTests {
+        @Test("Chromium (headless) loads a page with several resources over HTTP/2 from an HTTP/1.1-only backend, and opens a WebSocket through it")
+        func chromiumPage() throws {
+            let www = Scratch("browser")
+            let port = freePort()
+            try """
+                <!doctype html><html><head><link rel="stylesheet" href="/style.css"><script src="/app.js"></script></head>
+                <body><img id="pixel" src="/pixel.svg"><p id="out">waiting</p></body></html>
+                """.write(toFile: www.file("index.html"), atomically: true, encoding: .utf8)
+            try "#out { color: rgb(1, 2, 3); }\n".write(toFile: www.file("style.css"), atomically: true, encoding: .utf8)
+            try #"<svg xmlns="http://www.w3.org/2000/svg" width="3" height="2"><rect width="3" height="2"/></svg>"#.write(toFile: www.file("pixel.svg"), atomically: true, encoding: .utf8)
+            try #"{"answer": 42}"#.write(toFile: www.file("data.json"), atomically: true, encoding: .utf8)
+            // The page reports what it saw with one more request, which the test finds in the log.
+            try """
+                window.addEventListener("load", async () => {
+                  const out = document.getElementById("out");
+                  const parts = [];
+                  parts.push("css-" + (getComputedStyle(out).color == "rgb(1, 2, 3)" ? "ok" : "bad"));
+                  parts.push("img-" + document.getElementById("pixel").naturalWidth);
+                  parts.push("json-" + (await (await fetch("/data.json")).json()).answer);
+                  const ws = new WebSocket("wss://localhost:\(port)/chat");
+                  ws.onopen = () => ws.send("hello-ws");
+                  ws.onmessage = (m) => {
+                    parts.push("ws-" + (m.data == "echo:hello-ws" ? "ok" : "bad"));
+                    ws.close();
+                    fetch("/report/" + parts.join("_"));
+                  };
+                  ws.onerror = () => fetch("/report/ws-error_" + parts.join("_"));
+                });
+                """.write(toFile: www.file("app.js"), atomically: true, encoding: .utf8)
+            let (h1, h1Port) = try startPeer("http1", ["--name", "site", "--www", www.path])
+            defer { h1.stop() }
+            let (ws, wsPort) = try startPeer("ws")
+            defer { ws.stop() }
+            let e = try Edgemux(config: http1RequestModeConfig(port: port, http1: h1Port, h2c: 1, ws: wsPort), port: port)
+            let profile = Scratch("chromium-profile")
+            let browser = try Background("chromium", "/usr/bin/chromium", ["--headless", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors", "--no-first-run",
+                                                                              "--user-data-dir=\(profile.path)", "--host-resolver-rules=MAP localhost 127.0.0.1",
+                                                                              "https://localhost:\(port)/index.html"])
+            defer { browser.stop() }
+            let report = eventually(timeout: 60) { requestLines(e.log, path: "/report/css-ok_img-3_json-42_ws-ok").first }
+            #expect(report != nil, "\(e.log) \(browser.log.suffix(3000))")
+            // The page and its resources came over HTTP/2, each a request of its own; the WebSocket
+            // went over HTTP/1.1 (Chromium opens it on a connection of its own) through the relay.
+            for path in ["/index.html", "/style.css", "/app.js", "/pixel.svg", "/data.json"] {
+                let lines = requestLines(e.log, path: path)
+                #expect(lines.contains { $0.contains("\"protocol\":\"h2\"") && $0.contains("\"status\":200") && $0.contains("\"upstream_protocol\":\"http/1.1\"") }, "\(path): \(lines) \(e.log)")
+            }
+            #expect(e.log.contains("\"route\":\"chat\""), "\(e.log)")
+        }
+    }
+}

@@ -301,13 +301,16 @@ public enum BalancePolicy: String, Sendable {
 /// The backend connections an HTTP/1.1 exchange leaves open, kept per worker and endpoint for
 /// the next one (nginx's upstream `keepalive`, HAProxy's idle server connections).
 public struct BackendPoolConfig: Sendable, Equatable {
-    /// Idle connections kept per endpoint and worker; 0 turns reuse off.
-    public var maxIdle: Int = 64
+    /// Idle connections kept per endpoint and worker; 0 turns reuse off. Request mode needs one
+    /// backend connection per concurrent request (640 for 64 HTTP/2 clients with 10 streams
+    /// each): a smaller cap closes and reopens connections under load. HAProxy keeps idle server
+    /// connections without a cap by default; the idle timeout returns them.
+    public var maxIdle: Int = 1024
     /// How long an idle connection is kept. Shorter than the backend's own keep-alive timeout
     /// avoids most races with its close (a request that meets one is retried on a new connection).
     public var idleTimeoutMillis: Int64 = 15_000
 
-    public init(maxIdle: Int = 64, idleTimeoutMillis: Int64 = 15_000) {
+    public init(maxIdle: Int = 1024, idleTimeoutMillis: Int64 = 15_000) {
         self.maxIdle = maxIdle
         self.idleTimeoutMillis = idleTimeoutMillis
     }

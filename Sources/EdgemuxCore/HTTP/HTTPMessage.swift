@@ -278,7 +278,8 @@ enum HTTP1Serializer {
         h.isNamed(i, "x-forwarded-for") || h.isNamed(i, "x-forwarded-proto") || h.isNamed(i, "x-forwarded-host") || h.isNamed(i, "forwarded")
     }
 
-    static func forwardingValues(_ r: RequestHead, forwarded: ForwardedMode, client: ClientIdentity) -> [(String, String)] {
+    /// The forwarding values for `r`: the client appended to (or replacing) the prior hops.
+    static func forwarding(_ r: RequestHead, forwarded: ForwardedMode, client: ClientIdentity) -> (xff: String, forwarded: String) {
         var xff = client.address
         var fwd = client.forwardedElement
         if !r.authority.isEmpty {
@@ -291,6 +292,12 @@ enum HTTP1Serializer {
             if let prior = r.fields.joined("x-forwarded-for"), !prior.isEmpty { xff = prior + ", " + xff }
             if let prior = r.fields.joined("forwarded"), !prior.isEmpty { fwd = prior + ", " + fwd }
         }
+        return (xff, fwd)
+    }
+
+    /// The forwarding fields as HTTP/2 name/value pairs.
+    static func forwardingValues(_ r: RequestHead, forwarded: ForwardedMode, client: ClientIdentity) -> [(String, String)] {
+        let (xff, fwd) = forwarding(r, forwarded: forwarded, client: client)
         var out = [("x-forwarded-for", xff), ("x-forwarded-proto", client.scheme)]
         if !r.authority.isEmpty { out.append(("x-forwarded-host", r.authority)) }
         out.append(("forwarded", fwd))
@@ -303,13 +310,16 @@ enum HTTP1Serializer {
     }
 
     private static func addForwarding(_ out: inout [UInt8], _ r: RequestHead, forwarded: ForwardedMode, client: ClientIdentity) {
-        for (name, value) in forwardingValues(r, forwarded: forwarded, client: client) {
-            var n = name
-            n.withUTF8 { appendCanonical(&out, UnsafeRawBufferPointer($0)) }
-            out.append(contentsOf: ": ".utf8)
+        let (xff, fwd) = forwarding(r, forwarded: forwarded, client: client)
+        func line(_ name: StaticString, _ value: String) {
+            out.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
             out.append(contentsOf: value.utf8)
             out.append(contentsOf: [13, 10])
         }
+        line("X-Forwarded-For: ", xff)
+        line("X-Forwarded-Proto: ", client.scheme)
+        if !r.authority.isEmpty { line("X-Forwarded-Host: ", r.authority) }
+        line("Forwarded: ", fwd)
     }
 
     /// `content-type` → `Content-Type`: HTTP/1.1 names are case-insensitive, but some old

@@ -2,40 +2,49 @@
 /// holds memory only while bytes wait, and what may wait is bounded by the side that fills it
 /// (an HTTP/2 stream window, or a high-water mark at which an HTTP/1.1 socket stops being read).
 struct ByteQueue {
-    private var chunks: [Chunk] = []
+    /// The first chunk, apart: most queues never hold more than one, and an array would cost an
+    /// allocation per request.
+    private var head: Chunk?
+    private var rest: [Chunk] = []
     private(set) var count = 0
 
     var isEmpty: Bool { count == 0 }
 
+    private var last: Chunk? { rest.last ?? head }
+
     mutating func append(_ bytes: UnsafeRawBufferPointer, pool: BufferPool) {
-        var rest = bytes
-        while !rest.isEmpty {
-            if chunks.isEmpty || chunks[chunks.count - 1].writeIndex == chunks[chunks.count - 1].storage.count {
-                chunks.append(pool.take())
+        var remaining = bytes
+        while !remaining.isEmpty {
+            let tail: Chunk
+            if let l = last, l.writeIndex < l.storage.count {
+                tail = l
+            } else {
+                tail = pool.take()
+                if head == nil { head = tail } else { rest.append(tail) }
             }
-            let last = chunks[chunks.count - 1]
-            let n = min(rest.count, last.storage.count - last.writeIndex)
-            last.append(UnsafeRawBufferPointer(rebasing: rest[0..<n]))
+            let n = min(remaining.count, tail.storage.count - tail.writeIndex)
+            tail.append(UnsafeRawBufferPointer(rebasing: remaining[0..<n]))
             count += n
-            rest = UnsafeRawBufferPointer(rebasing: rest[n...])
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[n...])
         }
     }
 
     /// The first contiguous run of waiting bytes (empty when none).
     var first: UnsafeRawBufferPointer {
-        chunks.first?.readable ?? UnsafeRawBufferPointer(start: nil, count: 0)
+        head?.readable ?? UnsafeRawBufferPointer(start: nil, count: 0)
     }
 
     /// Drops `n` bytes from the front.
     mutating func consume(_ n: Int, pool: BufferPool) {
         var left = n
-        while left > 0, let c = chunks.first {
+        while left > 0, let c = head {
             let k = min(left, c.readableBytes)
             c.consume(k)
             left -= k
             count -= k
             if c.isEmpty {
-                pool.give(chunks.removeFirst())
+                pool.give(c)
+                head = rest.isEmpty ? nil : rest.removeFirst()
             }
         }
     }
@@ -55,8 +64,10 @@ struct ByteQueue {
 
     /// Gives every chunk back.
     mutating func release(pool: BufferPool) {
-        for c in chunks { pool.give(c) }
-        chunks = []
+        if let h = head { pool.give(h) }
+        for c in rest { pool.give(c) }
+        head = nil
+        rest = []
         count = 0
     }
 }

@@ -66,6 +66,18 @@ def serve_http1(args):
             pass
 
         def do_GET(self):
+            if args.www:
+                local = os.path.join(args.www, self.path.split("?", 1)[0].lstrip("/"))
+                if os.path.isfile(local):
+                    types = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml", ".json": "application/json"}
+                    with open(local, "rb") as f:
+                        body = f.read()
+                    self.send_response(200)
+                    self.send_header("Content-Type", types.get(os.path.splitext(local)[1], "application/octet-stream"))
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
             if self.path.startswith("/blob"):
                 q = dict(p.split("=") for p in self.path.split("?", 1)[1].split("&"))
                 size, seed = int(q["size"]), int(q.get("seed", "1"))
@@ -696,6 +708,7 @@ def main():
         sp.add_argument("--cert")
         sp.add_argument("--key")
         sp.add_argument("--client-ca")
+        sp.add_argument("--www", help="http1: serve the files of this folder (GET), before the built-in paths")
     rh = sub.add_parser("raw-http1")
     rh.add_argument("--port", type=int, default=0)
     rh.add_argument("--behaviour", choices=["drop-second", "close-idle", "bad-status", "dribble"], required=True)
