@@ -101,6 +101,7 @@ static int flush_client(conn_t *c) {
 static int flush(conn_t *c) {
     const uint8_t *data;
     ssize_t n;
+    if (!c->established) return flush_client(c);  /* no sessions before the handshake */
     while ((n = nghttp2_session_mem_send(c->server, &data)) > 0) SSL_write(c->ssl, data, n);
     if (n < 0) return -1;
     if (flush_client(c) < 0) return -1;
