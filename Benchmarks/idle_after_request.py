@@ -21,6 +21,7 @@ p.add_argument("--cafile", required=True)
 p.add_argument("-n", type=int, default=2000)
 p.add_argument("--path", default="/small")
 p.add_argument("--max-seconds", type=float, default=120)
+p.add_argument("--hold", type=float, default=0, help="keep the connections open this long after the sample")
 a = p.parse_args()
 deadline = time.monotonic() + a.max_seconds
 
@@ -66,6 +67,8 @@ for i in range(a.n):
 time.sleep(2)
 after = rss_kib(a.pid)
 n = len(conns) - failed
+print(f"sampled rss_after_kib={after}", flush=True)
+time.sleep(min(a.hold, max(0, deadline - time.monotonic())))
 for s in conns:
     s.close()
 print(f"idle-after-request opened={len(conns)} failed={failed} rss_before_kib={before} rss_after_kib={after} "
