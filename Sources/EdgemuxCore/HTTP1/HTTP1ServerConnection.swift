@@ -225,8 +225,10 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
 
     private func startRequest(_ request: HTTP1Request) {
         requestCount += 1
-        let rest = Array(input[request.headLength...])
-        input = []
+        let rest = request.headLength < input.count ? Array(input[request.headLength...]) : []
+        // A small head buffer is kept for the next request (an allocation per request otherwise);
+        // a large one goes, so that an idle connection holds little.
+        if input.capacity <= 4096 { input.removeAll(keepingCapacity: true) } else { input = [] }
         headStartedAt = 0
         phase = .serving
         currentRequest = request
