@@ -237,3 +237,60 @@ extension Integration {
         }
     }
 }
+
+extension Integration {
+    @Suite("request mode: choosing the endpoint per request", .serialized)
+    struct BalanceTests {
+        func config(port: UInt16, fast: UInt16, slow: UInt16, balance: String) -> String {
+            """
+            workers: 1
+            access_log: stdout
+            listeners:
+              - name: public
+                listen: 127.0.0.1:\(port)
+            \(tlsBlock())
+                routes:
+                  - name: web
+                    backend: web
+            backends:
+              web:
+                balance: \(balance)
+                endpoints: { http1: ["127.0.0.1:\(slow)", "127.0.0.1:\(fast)"] }
+            """
+        }
+
+        /// Requests of one run that each endpoint served, from the access log.
+        func served(_ log: String, _ port: UInt16) -> Int {
+            log.split(separator: "\n").filter { $0.contains("\"path\":\"/lr\"") && $0.contains("\"endpoint\":\"127.0.0.1:\(port)\"") }.count
+        }
+
+        @Test("least_request sends most requests to the endpoint that answers sooner; round_robin splits them evenly")
+        func leastRequest() throws {
+            let (fast, fastPort) = try startPeer("http1", ["--name", "fast"])
+            defer { fast.stop() }
+            let (slow, slowPort) = try H2Peers.start("slow-http1", ["--delay-ms", "300"])
+            defer { slow.stop() }
+            for balance in ["least_request", "round_robin"] {
+                let port = freePort()
+                let e = try Edgemux(config: config(port: port, fast: fastPort, slow: slowPort, balance: balance), port: port)
+                // 20 requests in flight at a time, 200 in all.
+                let load = Command.run("/usr/bin/h2load", ["-n", "200", "-c", "2", "-m", "10", "https://127.0.0.1:\(port)/lr"], timeout: 120)
+                #expect(load.stdout.contains("200 succeeded, 0 failed"), "\(load.stdout) \(e.log)")
+                let counts = eventually(timeout: 10) { () -> (Int, Int)? in
+                    let f = served(e.log, fastPort), s = served(e.log, slowPort)
+                    return f + s == 200 ? (f, s) : nil
+                }
+                guard let (f, s) = counts else {
+                    Issue.record("\(balance): not every request was logged: \(e.log.suffix(2000))")
+                    continue
+                }
+                if balance == "least_request" {
+                    #expect(f >= 4 * s, "least_request: fast \(f), slow \(s)")
+                } else {
+                    #expect(abs(f - s) <= 2, "round_robin: fast \(f), slow \(s)")
+                }
+                e.stop()
+            }
+        }
+    }
+}

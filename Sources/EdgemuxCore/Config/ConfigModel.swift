@@ -293,8 +293,8 @@ public final class BackendConfig: Sendable {
 public enum BalancePolicy: String, Sendable {
     /// In turn (passive health skips endpoints that failed lately).
     case roundRobin = "round_robin"
-    /// The one with the fewest requests open from this worker (two picked at random, the better
-    /// taken: the "power of two choices", as Envoy's LEAST_REQUEST).
+    /// The one with the fewest requests open from this worker (two different ones picked at
+    /// random, the better taken: the "power of two choices", as Envoy's LEAST_REQUEST).
     case leastRequest = "least_request"
 }
 

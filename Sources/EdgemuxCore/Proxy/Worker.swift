@@ -38,7 +38,13 @@ final class Worker {
         let rr = b.plan(endpoints, protocol: proto, now: loop.now)
         guard backend.balance == .leastRequest, rr.count > 1 else { return rr }
         let healthy = rr.filter { !b.isCoolingDown($0, now: loop.now) }
-        guard let a = healthy.randomElement(), let c = healthy.randomElement() else { return rr }
+        guard healthy.count > 1 else { return rr }
+        // Two different endpoints at random (the same one twice would waste the choice: with
+        // two endpoints, a quarter of the requests would go to the busier one regardless).
+        let i = Int.random(in: 0..<healthy.count)
+        var j = Int.random(in: 0..<(healthy.count - 1))
+        if j >= i { j += 1 }
+        let (a, c) = (healthy[i], healthy[j])
         let load = { (e: Endpoint) in self.outstanding[UpstreamPool.Key(backend: ObjectIdentifier(backend), endpoint: e)] ?? 0 }
         let best = load(a) <= load(c) ? a : c
         return [best] + rr.filter { $0 != best }
