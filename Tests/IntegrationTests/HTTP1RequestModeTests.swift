@@ -127,6 +127,8 @@ extension Integration {
                 ("space before colon", #"b"GET /s7 HTTP/1.1\r\nHost : localhost\r\n\r\n""#),
                 ("no Host", #"b"GET /s8 HTTP/1.1\r\n\r\n""#),
                 ("TE not ending in chunked", #"b"POST /s9 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked, identity\r\n\r\n""#),
+                ("two hosts in one Host", #"b"GET /s13 HTTP/1.1\r\nHost: localhost, other\r\n\r\n""#),
+                ("empty Transfer-Encoding", #"b"POST /s14 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: ,\r\nContent-Length: 3\r\n\r\nabc""#),
                 ("bad chunk size", #"b"POST /s10 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n""#),
             ]
             for (what, bytes) in cases {
@@ -142,6 +144,19 @@ extension Integration {
             let m = curl(["http://127.0.0.1:\(admin)/metrics"], port: admin).stdout
             #expect(m.contains("h1_framing"), "\(m)")
             #expect(curl(["--http1.1", "https://localhost:\(port)/after"], port: port).stdout.hasPrefix("plain GET /after"))
+        }
+
+        @Test("a backend response with both Transfer-Encoding: chunked and Content-Length is framed by its chunks for the client, over HTTP/1.1 and HTTP/2")
+        func chunkedWinsOverLength() throws {
+            let (raw, rawPort) = try startPeer("raw-http1", ["--behaviour", "chunked-and-length"])
+            defer { raw.stop() }
+            let port = freePort()
+            let e = try Edgemux(config: http1RequestModeConfig(port: port, http1: rawPort, h2c: 1), port: port)
+            // Two requests on one connection: the second answer is whole and the first did not spill into it.
+            let h1 = curl(["--http1.1", "https://localhost:\(port)/a", "https://localhost:\(port)/b"], port: port)
+            #expect(h1.stdout == "answer 1 framed by chunks, not by its length\nanswer 2 framed by chunks, not by its length\n", "\(h1.stdout) \(h1.stderr) \(e.log)")
+            let h2 = curl(["--http2", "https://localhost:\(port)/c"], port: port)
+            #expect(h2.status == 0 && h2.stdout == "answer 3 framed by chunks, not by its length\n", "\(h2.stdout) \(h2.stderr) \(e.log)")
         }
 
         @Test("a WebSocket upgrade after a plain request on the same connection becomes a relay")

@@ -334,7 +334,10 @@ enum HTTP1Serializer {
 
     /// The fields of an HTTP/1.1 response head for another hop: hop-by-hop fields and the ones
     /// `Connection` names are dropped (the framing is the next hop's own).
-    static func responseFields(_ head: UnsafeRawBufferPointer) -> HeaderList {
+    /// `dropContentLength`: the body is framed otherwise (chunked, or until close), so its
+    /// `Content-Length` (which RFC 9112 section 6.3 says to ignore then) must not reach a hop
+    /// that would frame by it.
+    static func responseFields(_ head: UnsafeRawBufferPointer, dropContentLength: Bool = false) -> HeaderList {
         var list = HeaderList(reservingBytes: head.count, fields: 16)
         // Most heads have no Connection field, or one without names of other fields in it: the
         // per-line check (which walks the head again) is needed only for one that lists others.
@@ -349,6 +352,7 @@ enum HTTP1Serializer {
             if HTTP1Fields.equalsIgnoringCase(head, l.name, "connection") || HTTP1Fields.equalsIgnoringCase(head, l.name, "keep-alive")
                 || HTTP1Fields.equalsIgnoringCase(head, l.name, "proxy-connection") { return }
             if listsOthers, HTTP1Fields.isConnectionField(head, l) { return }
+            if dropContentLength, HTTP1Fields.equalsIgnoringCase(head, l.name, "content-length") { return }
             if HTTP1Fields.equalsIgnoringCase(head, l.name, "transfer-encoding") || HTTP1Fields.equalsIgnoringCase(head, l.name, "upgrade") { return }
             list.append(name: UnsafeRawBufferPointer(rebasing: head[l.name]), value: UnsafeRawBufferPointer(rebasing: head[l.value]))
         }

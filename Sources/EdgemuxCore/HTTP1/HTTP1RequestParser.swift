@@ -133,7 +133,9 @@ struct HTTP1RequestParser {
                 }
                 contentLength = value.reduce(0) { $0 * 10 + Int(l[$1] - 48) }
             } else if HTTP1Fields.equalsIgnoringCase(l, nameRange, "transfer-encoding") {
+                let before = codings.count
                 HTTP1Fields.forEachItem(l, value) { codings.append(String(decoding: l[$0], as: UTF8.self).lowercased()) }
+                if codings.count == before { return .error(.smuggling("empty Transfer-Encoding")) }
             } else if HTTP1Fields.equalsIgnoringCase(l, nameRange, "connection") {
                 if HTTP1Fields.listContains(l, value, "close") { connectionClose = true }
                 if HTTP1Fields.listContains(l, value, "keep-alive") { connectionKeepAlive = true }
@@ -154,7 +156,7 @@ struct HTTP1RequestParser {
         } else if !r.http10 {
             return .error(.bad("HTTP/1.1 request without a Host field"))
         }
-        if r.head.authority.utf8.contains(where: { $0 == 32 || $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "@") }) {
+        if r.head.authority.utf8.contains(where: { $0 <= 32 || $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "@") || $0 == UInt8(ascii: ",") || $0 == 127 }) {
             return .error(.bad("invalid Host"))
         }
         if !codings.isEmpty {

@@ -170,6 +170,10 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         switch phase {
         case .awaitingHead: return input.count <= listener.maxRequestHeadBytes
         case .serving:
+            // Once edgemux has decided to close after this response (an early answer to a request
+            // whose body is still coming), the rest of the body waits in the socket: the lingering
+            // close drains it. Reading it now would only drop it, as fast as a client can send.
+            if !requestBodyDone, closeAfterResponse, current?.responseStarted == true { return false }
             if !requestBodyDone { return (current?.requestBody.count ?? 0) < ProxyRequest.highWater }
             return input.count <= listener.maxRequestHeadBytes && !closeAfterResponse
         case .closing, .closed: return false
@@ -224,7 +228,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
     }
 
     private func startRequest(_ request: HTTP1Request) {
-        requestCount += 1
+        requestCount &+= 1
         let rest = request.headLength < input.count ? Array(input[request.headLength...]) : []
         // A small head buffer is kept for the next request (an allocation per request otherwise);
         // a large one goes, so that an idle connection holds little.
@@ -379,7 +383,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         var contentLength: Int?
         if r.head.method == "HEAD" || h.status == 204 || h.status == 304 || h.status < 200 {
             responseFraming = .none
-        } else if let cl = h.fields.first("content-length"), Int(cl.trimmedSpaces()) != nil {
+        } else if let cl = h.fields.first("content-length"), !cl.isEmpty, cl.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) {
             responseFraming = .length
         } else if r.responseEnded, r.responseTrailers == nil {
             // The whole body is here already (a short answer, or a backend that sent it at once).
@@ -473,13 +477,18 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         timer = nil
         switch phase {
         case .awaitingHead:
-            if ageDeadline > 0, loop.now >= ageDeadline, input.isEmpty {
-                close(gracefully: true)
-                return
+            if ageDeadline > 0, loop.now >= ageDeadline {
+                ageDeadline = 0
+                if input.isEmpty {
+                    close(gracefully: true)
+                    return
+                }
+                // A head is arriving: its response is the connection's last.
+                draining = true
             }
             if input.isEmpty {
                 close(gracefully: true)
-            } else if loop.now - headStartedAt >= listener.requestTimeoutMillis {
+            } else if listener.requestTimeoutMillis > 0, loop.now - headStartedAt >= listener.requestTimeoutMillis {
                 worker.metrics.update { $0.timeouts["request", default: 0] += 1 }
                 worker.logger.notice("\(logPrefix): no complete request head within \(listener.requestTimeoutMillis) ms (\(input.count) bytes received); closed")
                 finishWith(HTTP1ResponseWriter.closing(status: 408, message: "request head not received in time"))

@@ -246,7 +246,12 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
         framing = head.framing
         reusable = head.reusable
         if case .length(let n) = framing { remaining = n }
-        let fields = HTTP1Serializer.responseFields(UnsafeRawBufferPointer(rebasing: bytes[0..<head.headLength]))
+        let framedByLength: Bool
+        switch framing {
+        case .length, .none: framedByLength = true
+        case .chunked, .untilClose: framedByLength = false
+        }
+        let fields = HTTP1Serializer.responseFields(UnsafeRawBufferPointer(rebasing: bytes[0..<head.headLength]), dropContentLength: !framedByLength)
         let rest = UnsafeRawBufferPointer(rebasing: bytes[head.headLength...])
         state = .receivingBody
         r.upstreamResponse(ResponseHead(status: head.status, fields: fields), endStream: framing == .none)

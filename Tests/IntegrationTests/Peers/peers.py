@@ -218,6 +218,12 @@ def serve_raw_http1(args):
                 if args.behaviour == "bad-status":
                     conn.sendall(b"HTTP/1.1 2x0 Fine\r\nContent-Length: 2\r\n\r\nok")
                     continue
+                if args.behaviour == "chunked-and-length":
+                    # Both framings (RFC 9112 section 6.3: chunked wins, the length is ignored).
+                    counter[0] += 1
+                    body = f"answer {counter[0]} framed by chunks, not by its length\n".encode()
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+                    continue
                 if args.behaviour == "dribble":
                     # A 103, then the final head in three pieces, each its own segment.
                     counter[0] += 1
@@ -711,7 +717,7 @@ def main():
         sp.add_argument("--www", help="http1: serve the files of this folder (GET), before the built-in paths")
     rh = sub.add_parser("raw-http1")
     rh.add_argument("--port", type=int, default=0)
-    rh.add_argument("--behaviour", choices=["drop-second", "close-idle", "bad-status", "dribble"], required=True)
+    rh.add_argument("--behaviour", choices=["drop-second", "close-idle", "bad-status", "dribble", "chunked-and-length"], required=True)
     rh.add_argument("--max-seconds", type=float, default=300)
     g = sub.add_parser("grpc-client")
     g.add_argument("--target", required=True)
