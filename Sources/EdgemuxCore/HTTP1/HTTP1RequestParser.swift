@@ -298,11 +298,4 @@ enum HTTP1ResponseWriter {
         out.append(contentsOf: [13, 10])
         return out
     }
-
-    /// A response edgemux gives and closes with (the request head could not be read).
-    static func closing(status: Int, message: String) -> [UInt8] {
-        let body = "edgemux: \(message)\n"
-        let head = "HTTP/1.1 \(status) \(reasons[status] ?? "Error")\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
-        return Array((head + body).utf8)
-    }
 }

@@ -223,7 +223,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
     private func refuse(_ e: HTTP1RequestError) -> Bool {
         worker.metrics.update { $0.sniffErrors[e.label, default: 0] += 1 }
         worker.logger.notice("\(logPrefix): \(e); closed")
-        finishWith(HTTP1ResponseWriter.closing(status: e.status, message: e.reason))
+        finishWith(ErrorAnswers.http1(status: e.status, message: e.reason))
         return false
     }
 
@@ -355,18 +355,8 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
                 r.responseTaken(n)
             }
         } else {
-            while out.count < ProxyRequest.highWater, !r.responseBody.isEmpty {
-                let run = r.responseBody.first
-                let n = min(run.count, ProxyRequest.highWater)
-                if responseFraming == .chunked {
-                    let size = Array((String(n, radix: 16) + "\r\n").utf8)
-                    size.withUnsafeBytes { out.append($0, pool: pool) }
-                }
-                out.append(UnsafeRawBufferPointer(rebasing: run[0..<n]), pool: pool)
-                if responseFraming == .chunked { [UInt8](arrayLiteral: 13, 10).withUnsafeBytes { out.append($0, pool: pool) } }
-                r.responseBody.consume(n, pool: pool)
-                r.responseTaken(n)
-            }
+            let moved = out.moveBody(from: &r.responseBody, chunked: responseFraming == .chunked, limit: ProxyRequest.highWater, pool: pool)
+            if moved > 0 { r.responseTaken(moved) }
         }
         if r.responseEnded, r.responseBody.isEmpty, !responseTerminated {
             responseTerminated = true
@@ -491,7 +481,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
             } else if listener.requestTimeoutMillis > 0, loop.now - headStartedAt >= listener.requestTimeoutMillis {
                 worker.metrics.update { $0.timeouts["request", default: 0] += 1 }
                 worker.logger.notice("\(logPrefix): no complete request head within \(listener.requestTimeoutMillis) ms (\(input.count) bytes received); closed")
-                finishWith(HTTP1ResponseWriter.closing(status: 408, message: "request head not received in time"))
+                finishWith(ErrorAnswers.http1(status: 408, message: "request head not received in time"))
             } else {
                 armTimer()
             }

@@ -1,14 +1,9 @@
 /// The bytes edgemux itself answers with when it cannot or will not relay a connection.
 enum ErrorAnswers {
-    static let reasons: [Int: String] = [
-        400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
-        431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
-    ]
-
     /// A complete HTTP/1.1 response that closes the connection.
     static func http1(status: Int, message: String) -> [UInt8] {
         let body = "edgemux: \(message)\n"
-        let head = "HTTP/1.1 \(status) \(reasons[status] ?? "Error")\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
+        let head = "HTTP/1.1 \(status) \(HTTP1ResponseWriter.reasons[status] ?? "Error")\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
         return Array((head + body).utf8)
     }
 

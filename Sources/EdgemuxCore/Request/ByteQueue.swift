@@ -71,3 +71,38 @@ struct ByteQueue {
         count = 0
     }
 }
+
+extension ByteQueue {
+    /// Moves bytes from the front of `source` to the end of this queue until this one holds
+    /// `limit` or `source` is empty, each run framed as an HTTP/1.1 chunk when `chunked` (the
+    /// size line written in place, no string made). Returns the body bytes moved.
+    mutating func moveBody(from source: inout ByteQueue, chunked: Bool, limit: Int, pool: BufferPool) -> Int {
+        var moved = 0
+        while count < limit, !source.isEmpty {
+            let run = source.first
+            let n = min(run.count, limit)
+            if chunked {
+                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 18) { line in
+                    var digits = 0
+                    var v = n
+                    repeat { digits += 1; v >>= 4 } while v > 0
+                    v = n
+                    for i in stride(from: digits - 1, through: 0, by: -1) {
+                        line[i] = hexDigits.utf8Start[v & 15]
+                        v >>= 4
+                    }
+                    line[digits] = 13
+                    line[digits + 1] = 10
+                    append(UnsafeRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(line)[0..<(digits + 2)]), pool: pool)
+                }
+            }
+            append(UnsafeRawBufferPointer(rebasing: run[0..<n]), pool: pool)
+            if chunked { withUnsafeBytes(of: UInt16(0x0A0D).littleEndian) { append($0, pool: pool) } }
+            source.consume(n, pool: pool)
+            moved += n
+        }
+        return moved
+    }
+}
+
+private let hexDigits: StaticString = "0123456789abcdef"

@@ -163,18 +163,8 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
             if r.head.endStream { requestComplete = true }
         }
         guard !requestComplete else { return }
-        while out.count < ProxyRequest.highWater, !r.requestBody.isEmpty {
-            let run = r.requestBody.first
-            let n = min(run.count, ProxyRequest.highWater)
-            if chunkedRequest {
-                let size = Array((String(n, radix: 16) + "\r\n").utf8)
-                size.withUnsafeBytes { out.append($0, pool: pool) }
-            }
-            out.append(UnsafeRawBufferPointer(rebasing: run[0..<n]), pool: pool)
-            if chunkedRequest { out.append(UnsafeRawBufferPointer(start: crlf, count: 2), pool: pool) }
-            r.requestBody.consume(n, pool: pool)
-            r.requestBodySent(n)
-        }
+        let moved = out.moveBody(from: &r.requestBody, chunked: chunkedRequest, limit: ProxyRequest.highWater, pool: pool)
+        if moved > 0 { r.requestBodySent(moved) }
         if r.requestEnded, r.requestBody.isEmpty {
             requestComplete = true
             if chunkedRequest {
@@ -345,7 +335,5 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
     }
 }
 
-private let crlfText: StaticString = "\r\n"
 private let lastChunkText: StaticString = "0\r\n\r\n"
-private var crlf: UnsafeRawPointer { UnsafeRawPointer(crlfText.utf8Start) }
 private var lastChunk: UnsafeRawPointer { UnsafeRawPointer(lastChunkText.utf8Start) }
