@@ -21,6 +21,8 @@ p.add_argument("--cafile", required=True)
 p.add_argument("-n", type=int, default=2000)
 p.add_argument("--path", default="/small")
 p.add_argument("--max-seconds", type=float, default=120)
+p.add_argument("--settle", type=float, default=4,
+               help="seconds between the last answer and the sample (edgemux gives an idle session's pages back after 2 s)")
 p.add_argument("--hold", type=float, default=0, help="keep the connections open this long after the sample")
 a = p.parse_args()
 deadline = time.monotonic() + a.max_seconds
@@ -64,7 +66,7 @@ for i in range(a.n):
         conns.append(s)
     except OSError:
         failed += 1
-time.sleep(2)
+time.sleep(a.settle)
 after = rss_kib(a.pid)
 n = len(conns) - failed
 print(f"sampled rss_after_kib={after}", flush=True)

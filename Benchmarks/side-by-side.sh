@@ -10,8 +10,10 @@
 # TLS termination and a byte relay in C with edgemux's system calls and nothing else; FLOOR=0
 # leaves it out), and the request-mode floor (tools/bare-h2-proxy.c on :8450: TLS, an nghttp2
 # server session and an nghttp2 client session to the h2c backend per client connection, passing
-# requests and responses between them and nothing else; HTTP/2 rows only; H2FLOOR=0 leaves it
-# out). Afterwards it prints the backend connections each edgemux opened in the run.
+# requests and responses between them and nothing else; with H2_UPSTREAM=h1 the same server
+# session in front of pooled HTTP/1.1 backend connections, one per request in flight; HTTP/2 rows
+# only; H2FLOOR=0 leaves it out). Afterwards it prints the backend connections each edgemux
+# opened in the run.
 # Extra arguments go to run.sh (e.g. --quick, --peers none).
 # Needs: apt-get install haproxy nginx nghttp2-client nghttp2-proxy wrk curl gcc libssl-dev
 set -euo pipefail
@@ -26,7 +28,8 @@ FLOOR=${FLOOR:-1}
 FLOOR_PORT=${FLOOR_PORT:-8447}
 H2FLOOR=${H2FLOOR:-1}
 H2FLOOR_PORT=${H2FLOOR_PORT:-8450}
-[[ ${H2_UPSTREAM:-h2c} == h1 ]] && H2FLOOR=0
+H2FLOOR_BACKEND="9002 3600 h2c"
+[[ ${H2_UPSTREAM:-h2c} == h1 ]] && H2FLOOR_BACKEND="9001 3600 h1"
 "$PEERS/gen-certs.sh" >/dev/null
 swift build -c release --product edgemux >/dev/null
 BIN="$(swift build -c release --show-bin-path)/edgemux"
@@ -81,7 +84,7 @@ fi
 if [[ $H2FLOOR == 1 ]]; then
   mkdir -p "$PEERS_WORK/bin"
   cc -O2 -o "$PEERS_WORK/bin/bare-h2-proxy" Benchmarks/tools/bare-h2-proxy.c -lssl -lcrypto -lnghttp2
-  "$PEERS_WORK/bin/bare-h2-proxy" $H2FLOOR_PORT "$PEERS_WORK/certs/server.pem" "$PEERS_WORK/certs/server.key" 9002 3600 \
+  "$PEERS_WORK/bin/bare-h2-proxy" $H2FLOOR_PORT "$PEERS_WORK/certs/server.pem" "$PEERS_WORK/certs/server.key" $H2FLOOR_BACKEND \
     > "$PEERS_WORK/h2-floor.log" 2>&1 &
   H2FLOOR_PID=$!
   TARGETS+=(--target h2-floor=$H2FLOOR_PORT)

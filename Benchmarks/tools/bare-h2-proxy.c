@@ -9,24 +9,36 @@
  * metrics. Requests with a body are not supported (h2load's GETs have none). So what it reaches
  * per core is what a proxy built on nghttp2's session API for both hops can reach on this machine.
  *
+ * With the last argument `h1` it is the floor of HTTP/2 -> HTTP/1.1 translation instead: the same
+ * server session, and each request goes to an HTTP/1.1 backend connection of its own taken from
+ * one process-wide keep-alive pool (LIFO; a new connection when none is idle), written as one
+ * request head (pseudo-headers to the request line and Host, the rest copied), its response head
+ * parsed just enough (status, fields, Content-Length: a response without one, or a chunked one,
+ * is not supported, as nginx's static /small and /big always carry one) and its body passed on.
+ *
  * HTTP/2 only: with ALPN http/1.1 it closes the connection (the harness's HTTP/1.1 rows are ERR for
  * it). Run by side-by-side.sh as `--target h2-floor=PORT`. Not a server to run for anything else.
  *
  * Build: cc -O2 -o bare-h2-proxy bare-h2-proxy.c -lssl -lcrypto -lnghttp2
- * Usage: bare-h2-proxy PORT CERT KEY H2C_PORT SECONDS   (127.0.0.1 only; exits after SECONDS)
+ * Usage: bare-h2-proxy PORT CERT KEY BACKEND_PORT SECONDS [h2c|h1]   (127.0.0.1 only; exits after SECONDS)
  */
 #define _GNU_SOURCE
 #include "bare-tls-common.h"
 #include <errno.h>
 #include <nghttp2/nghttp2.h>
 #include <signal.h>
+#include <strings.h>
 #include <string.h>
 #include <unistd.h>
 
 enum { GATHER = 65536, HBUF = 4096, MAXNV = 48 };
 
 typedef struct conn conn_t;
-typedef struct { conn_t *conn; int backend; } end_t;
+/* What an epoll event is for: the client socket, the h2c backend socket of a client connection,
+   or an HTTP/1.1 backend connection (h1_t, whose first member is its end_t). */
+enum { END_CLIENT, END_H2C, END_H1 };
+typedef struct { conn_t *conn; int kind; } end_t;
+typedef struct h1 h1_t;
 
 typedef struct stream {
     int32_t client_id;
@@ -34,7 +46,19 @@ typedef struct stream {
     char resp_buf[HBUF]; size_t resp_len; nghttp2_nv resp_nv[MAXNV]; size_t resp_n;
     uint8_t *body; size_t body_len, body_off, body_cap;
     int body_ended, client_closed, backend_closed;
+    h1_t *h1;  /* h1 mode: the backend connection carrying this request */
 } stream_t;
+
+/* h1 mode: one HTTP/1.1 backend connection, idle in the pool or carrying one request. */
+struct h1 {
+    end_t end;
+    int fd, connected, dead;
+    stream_t *st;
+    char out[HBUF]; size_t out_len, out_off;  /* the request head not yet sent */
+    char in[HBUF]; size_t in_len;             /* the response head until its end */
+    int head_done; long left;                 /* body bytes still to come */
+    h1_t *next_idle, *next_busy, *prev_busy;
+};
 
 struct conn {
     int fd, backend_fd, established, backend_up, closed;
@@ -43,11 +67,14 @@ struct conn {
     nghttp2_session *server, *client;
     uint8_t *backend_pending; size_t pending_len;  /* bytes the backend socket has not taken */
     end_t client_end, backend_end;
+    h1_t *busy;  /* h1 mode: the backend connections carrying this connection's requests */
     conn_t *next_closed;
 };
 
 static int epfd;
 static unsigned short h2c_port;
+static int h1_mode;
+static h1_t *h1_idle, *h1_dead;
 static conn_t *closed_in_batch;
 static char buf[GATHER];
 
@@ -70,7 +97,14 @@ static void close_conn(conn_t *c) {
     closed_in_batch = c;
 }
 
+static void h1_close(h1_t *b);
+
 static void free_conn(conn_t *c) {
+    while (c->busy) {  /* requests still at HTTP/1.1 backends: those connections cannot be reused */
+        h1_t *b = c->busy;
+        c->busy = b->next_busy;
+        h1_close(b);
+    }
     if (c->server) nghttp2_session_del(c->server);  /* streams are freed by their close callbacks */
     if (c->client) nghttp2_session_del(c->client);
     SSL_free(c->ssl);
@@ -105,7 +139,7 @@ static int flush(conn_t *c) {
     while ((n = nghttp2_session_mem_send(c->server, &data)) > 0) SSL_write(c->ssl, data, n);
     if (n < 0) return -1;
     if (flush_client(c) < 0) return -1;
-    if (!c->backend_up) return 0;
+    if (!c->backend_up || !c->client) return 0;
     while ((n = nghttp2_session_mem_send(c->client, &data)) > 0) {
         c->backend_pending = realloc(c->backend_pending, c->pending_len + n);
         memcpy(c->backend_pending + c->pending_len, data, n);
@@ -118,6 +152,210 @@ static int flush(conn_t *c) {
         if (w > 0) { memmove(c->backend_pending, c->backend_pending + w, c->pending_len - w); c->pending_len -= w; }
     }
     return 0;
+}
+
+/* ---- h1 mode: HTTP/1.1 backend connections ---- */
+
+static ssize_t read_body(nghttp2_session *s, int32_t id, uint8_t *out, size_t len, uint32_t *flags, nghttp2_data_source *src, void *u);
+static void add_nv(char *b, size_t *len, nghttp2_nv *nv, size_t *n, const uint8_t *name, size_t nl, const uint8_t *value, size_t vl);
+
+/* Freed after the event batch: a later event of the same batch may still name it. */
+static void h1_close(h1_t *b) {
+    close(b->fd);
+    b->dead = 1;
+    b->next_idle = h1_dead;
+    h1_dead = b;
+}
+
+/* The request is over for this connection (answered, failed or abandoned). */
+static void h1_unbusy(h1_t *b) {
+    conn_t *c = b->end.conn;
+    if (b->prev_busy) b->prev_busy->next_busy = b->next_busy; else c->busy = b->next_busy;
+    if (b->next_busy) b->next_busy->prev_busy = b->prev_busy;
+    b->next_busy = b->prev_busy = NULL;
+    b->st->h1 = NULL;
+    b->st->backend_closed = 1;
+    b->st = NULL;
+    b->end.conn = NULL;
+}
+
+/* The client gave up on the request: the connection cannot be reused. */
+static void h1_abandon(h1_t *b) {
+    h1_unbusy(b);
+    h1_close(b);
+}
+
+static int h1_write(h1_t *b) {
+    while (b->out_off < b->out_len) {
+        ssize_t w = send(b->fd, b->out + b->out_off, b->out_len - b->out_off, MSG_NOSIGNAL);
+        if (w < 0) return errno == EAGAIN ? 0 : -1;
+        b->out_off += w;
+    }
+    return 0;
+}
+
+static void h1_put(h1_t *b, const void *p, size_t n) {
+    if (b->out_len + n <= sizeof b->out) { memcpy(b->out + b->out_len, p, n); b->out_len += n; }
+}
+
+static int h1_send_request(conn_t *c, stream_t *st) {
+    h1_t *b = h1_idle;
+    if (b) {
+        h1_idle = b->next_idle;
+    } else {
+        b = calloc(1, sizeof *b);
+        b->end = (end_t){ NULL, END_H1 };
+        b->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        int one = 1;
+        setsockopt(b->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(h2c_port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        if (connect(b->fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) { h1_close(b); return -1; }
+        struct epoll_event e = { .events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = &b->end };
+        epoll_ctl(epfd, EPOLL_CTL_ADD, b->fd, &e);
+    }
+    b->end.conn = c;
+    b->st = st;
+    st->h1 = b;
+    b->prev_busy = NULL;
+    b->next_busy = c->busy;
+    if (c->busy) c->busy->prev_busy = b;
+    c->busy = b;
+    b->out_len = b->out_off = b->in_len = 0;
+    b->head_done = 0;
+    b->left = 0;
+    const nghttp2_nv *method = NULL, *path = NULL, *authority = NULL;
+    for (size_t i = 0; i < st->req_n; i++) {
+        const nghttp2_nv *nv = &st->req_nv[i];
+        if (nv->namelen == 7 && !memcmp(nv->name, ":method", 7)) method = nv;
+        else if (nv->namelen == 5 && !memcmp(nv->name, ":path", 5)) path = nv;
+        else if (nv->namelen == 10 && !memcmp(nv->name, ":authority", 10)) authority = nv;
+    }
+    if (!method || !path) return -1;
+    h1_put(b, method->value, method->valuelen);
+    h1_put(b, " ", 1);
+    h1_put(b, path->value, path->valuelen);
+    h1_put(b, " HTTP/1.1\r\n", 11);
+    if (authority) { h1_put(b, "Host: ", 6); h1_put(b, authority->value, authority->valuelen); h1_put(b, "\r\n", 2); }
+    for (size_t i = 0; i < st->req_n; i++) {
+        const nghttp2_nv *nv = &st->req_nv[i];
+        if (nv->namelen && nv->name[0] == ':') continue;
+        h1_put(b, nv->name, nv->namelen);
+        h1_put(b, ": ", 2);
+        h1_put(b, nv->value, nv->valuelen);
+        h1_put(b, "\r\n", 2);
+    }
+    h1_put(b, "\r\n", 2);
+    return b->connected ? h1_write(b) : 0;
+}
+
+/* The response head: status line and fields into the stream's response list (names lowercased,
+   connection-specific fields dropped), Content-Length kept for the body. */
+static int h1_parse_head(h1_t *b, size_t head_len) {
+    stream_t *st = b->st;
+    char *p = b->in, *end = b->in + head_len;
+    char *eol = memchr(p, '\n', end - p);
+    if (!eol || eol - p < 12) return -1;
+    add_nv(st->resp_buf, &st->resp_len, st->resp_nv, &st->resp_n, (const uint8_t *)":status", 7, (const uint8_t *)p + 9, 3);
+    b->left = -1;
+    for (p = eol + 1; p < end - 2; p = eol + 1) {
+        eol = memchr(p, '\n', end - p);
+        char *colon = memchr(p, ':', eol - p);
+        if (!colon) return -1;
+        size_t nl = colon - p;
+        char *v = colon + 1;
+        while (*v == ' ') v++;
+        size_t vl = (eol - v) - (eol[-1] == '\r');
+        for (size_t i = 0; i < nl; i++) p[i] = (p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i];
+        if (nl == 14 && !memcmp(p, "content-length", 14)) b->left = atol(v);
+        if ((nl == 10 && !memcmp(p, "connection", 10)) || (nl == 10 && !memcmp(p, "keep-alive", 10)) ||
+            (nl == 17 && !memcmp(p, "transfer-encoding", 17))) continue;
+        add_nv(st->resp_buf, &st->resp_len, st->resp_nv, &st->resp_n, (const uint8_t *)p, nl, (const uint8_t *)v, vl);
+    }
+    return b->left < 0 ? -1 : 0;
+}
+
+static void h1_body(h1_t *b, const char *data, size_t len) {
+    stream_t *st = b->st;
+    if (st->body_len + len > st->body_cap) {
+        st->body_cap = (st->body_len + len) * 2;
+        st->body = realloc(st->body, st->body_cap);
+    }
+    memcpy(st->body + st->body_len, data, len);
+    st->body_len += len;
+    b->left -= len;
+}
+
+/* The response is complete: the stream ends and the connection goes back to the pool. */
+static void h1_done(h1_t *b, int resume) {
+    stream_t *st = b->st;
+    conn_t *c = b->end.conn;
+    st->body_ended = 1;
+    if (resume) nghttp2_session_resume_data(c->server, st->client_id);
+    h1_unbusy(b);
+    b->next_idle = h1_idle;
+    h1_idle = b;
+    maybe_free_stream(st);
+}
+
+static void h1_fail(h1_t *b) {
+    stream_t *st = b->st;
+    if (st) {
+        conn_t *c = b->end.conn;
+        if (!st->client_closed) nghttp2_submit_rst_stream(c->server, NGHTTP2_FLAG_NONE, st->client_id, NGHTTP2_INTERNAL_ERROR);
+        h1_unbusy(b);
+        maybe_free_stream(st);
+    } else {  /* idle in the pool: take it out */
+        for (h1_t **q = &h1_idle; *q; q = &(*q)->next_idle) if (*q == b) { *q = b->next_idle; break; }
+    }
+    h1_close(b);
+}
+
+static int flush(conn_t *c);
+
+static void on_h1(h1_t *b, uint32_t events) {
+    conn_t *c = b->end.conn;
+    if (!b->connected) {
+        if (!(events & EPOLLOUT)) return;
+        int err = 0; socklen_t el = sizeof err;
+        getsockopt(b->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err) { h1_fail(b); if (c) flush(c); return; }
+        b->connected = 1;
+    }
+    if (b->st && h1_write(b) < 0) { h1_fail(b); flush(c); return; }
+    if (!(events & EPOLLIN)) return;
+    for (;;) {
+        ssize_t n = recv(b->fd, buf, sizeof buf, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN)) { h1_fail(b); if (c) flush(c); return; }
+        if (n < 0) break;
+        if (!b->st) continue;  /* bytes on an idle connection: dropped */
+        const char *data = buf;
+        size_t len = n;
+        if (!b->head_done) {
+            size_t take = len < sizeof b->in - b->in_len ? len : sizeof b->in - b->in_len;
+            memcpy(b->in + b->in_len, data, take);
+            size_t before = b->in_len;
+            b->in_len += take;
+            char *e = memmem(b->in, b->in_len, "\r\n\r\n", 4);
+            if (!e) { if (b->in_len == sizeof b->in) { h1_fail(b); flush(c); return; } continue; }
+            size_t head_len = e + 4 - b->in;
+            if (h1_parse_head(b, head_len) < 0) { h1_fail(b); flush(c); return; }
+            b->head_done = 1;
+            stream_t *st = b->st;
+            nghttp2_data_provider prd = { .source.ptr = st, .read_callback = read_body };
+            st->body_ended = 0;
+            nghttp2_submit_response(c->server, st->client_id, st->resp_nv, st->resp_n, b->left ? &prd : NULL);
+            data += head_len - before;
+            len -= head_len - before;
+            if (b->left == 0) { h1_done(b, 0); break; }
+        }
+        if (len) {
+            h1_body(b, data, len);
+            if (b->left <= 0) { h1_done(b, 1); break; }
+            nghttp2_session_resume_data(c->server, b->st->client_id);
+        }
+        if (n < (ssize_t)sizeof buf) break;
+    }
+    if (c) flush(c);
 }
 
 /* ---- the client side: nghttp2 server session ---- */
@@ -168,6 +406,10 @@ static int srv_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *u) {
     if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
     stream_t *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
     if (!st) return 0;
+    if (h1_mode) {
+        if (h1_send_request(c, st) < 0) { st->backend_closed = 1; nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_INTERNAL_ERROR); }
+        return 0;
+    }
     int32_t id = nghttp2_submit_request(c->client, NULL, st->req_nv, st->req_n, NULL, st);
     if (id < 0) { st->backend_closed = 1; nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_INTERNAL_ERROR); }
     return 0;
@@ -176,7 +418,11 @@ static int srv_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *u) {
 static int srv_stream_close(nghttp2_session *s, int32_t id, uint32_t code, void *u) {
     (void)code; (void)u;
     stream_t *st = nghttp2_session_get_stream_user_data(s, id);
-    if (st) { st->client_closed = 1; maybe_free_stream(st); }
+    if (st) {
+        st->client_closed = 1;
+        if (st->h1 && !st->backend_closed) h1_abandon(st->h1);  /* cancelled mid-response */
+        maybe_free_stream(st);
+    }
     return 0;
 }
 
@@ -236,9 +482,10 @@ static nghttp2_session_callbacks *server_cbs, *client_cbs;
 
 static int start_sessions(conn_t *c) {
     nghttp2_session_server_new(&c->server, server_cbs, c);
-    nghttp2_session_client_new(&c->client, client_cbs, c);
     nghttp2_settings_entry iv[] = { { NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 256 } };
     nghttp2_submit_settings(c->server, NGHTTP2_FLAG_NONE, iv, 1);
+    if (h1_mode) return 0;
+    nghttp2_session_client_new(&c->client, client_cbs, c);
     nghttp2_submit_settings(c->client, NGHTTP2_FLAG_NONE, NULL, 0);
     return 0;
 }
@@ -306,7 +553,8 @@ static void make_callbacks(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6) { fprintf(stderr, "usage: %s PORT CERT KEY H2C_PORT SECONDS\n", argv[0]); return 2; }
+    if (argc != 6 && argc != 7) { fprintf(stderr, "usage: %s PORT CERT KEY BACKEND_PORT SECONDS [h2c|h1]\n", argv[0]); return 2; }
+    h1_mode = argc == 7 && !strcmp(argv[6], "h1");
     signal(SIGPIPE, SIG_IGN);
     alarm(atoi(argv[5]));  /* bounded: it exits by itself */
     h2c_port = atoi(argv[4]);
@@ -330,29 +578,42 @@ int main(int argc, char **argv) {
                     c->to_client = BIO_new(BIO_s_mem());
                     SSL_set_bio(c->ssl, c->from_client, c->to_client);
                     SSL_set_accept_state(c->ssl);
-                    c->client_end = (end_t){ c, 0 };
-                    c->backend_end = (end_t){ c, 1 };
+                    c->client_end = (end_t){ c, END_CLIENT };
+                    c->backend_end = (end_t){ c, END_H2C };
+                    struct epoll_event e = { .events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = &c->client_end };
+                    epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &e);
+                    c->backend_fd = -1;
+                    if (h1_mode) continue;  /* backend connections come from the pool, per request */
                     c->backend_fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
                     int one = 1;
                     setsockopt(c->backend_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(h2c_port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
                     connect(c->backend_fd, (struct sockaddr *)&a, sizeof a);
-                    struct epoll_event e = { .events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = &c->client_end };
-                    epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &e);
                     struct epoll_event b = { .events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = &c->backend_end };
                     epoll_ctl(epfd, EPOLL_CTL_ADD, c->backend_fd, &b);
                 }
                 continue;
             }
+            if (end->kind == END_H1) {
+                h1_t *b = (h1_t *)end;
+                if (b->dead || (b->end.conn && b->end.conn->closed)) continue;  /* closed with it at the end of the batch */
+                on_h1(b, events[i].events);
+                continue;
+            }
             conn_t *c = end->conn;
             if (c->closed) continue;
-            int rv = end->backend ? on_backend(c, events[i].events) : ((events[i].events & EPOLLIN) ? on_client(c) : flush(c));
+            int rv = end->kind == END_H2C ? on_backend(c, events[i].events) : ((events[i].events & EPOLLIN) ? on_client(c) : flush(c));
             if (rv < 0) close_conn(c);
         }
         while (closed_in_batch) {
             conn_t *c = closed_in_batch;
             closed_in_batch = c->next_closed;
             free_conn(c);
+        }
+        while (h1_dead) {
+            h1_t *b = h1_dead;
+            h1_dead = b->next_idle;
+            free(b);
         }
     }
 }

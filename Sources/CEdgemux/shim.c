@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include "CEdgemux.h"
 
 int CEdgemux_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
@@ -367,4 +368,122 @@ int CEdgemux_BIO_socket_flush(BIO *bio) { return sock_flush_gather(BIO_get_data(
 size_t CEdgemux_BIO_socket_pending(BIO *bio) {
     edgemux_sock *st = BIO_get_data(bio);
     return st->gathered - st->sent;
+}
+
+// MARK: - memory an idle HTTP/2 session gives back
+
+/// nghttp2 1.52's frame buffer chunk: NGHTTP2_FRAMEBUF_CHUNKLEN (frame header, pad length byte,
+/// the largest payload it serialises), allocated once per session (nghttp2_session.c).
+#define H2_FRAMEBUF_LENGTH (9 + 1 + 16384)
+/// Blocks of at least this size go on page boundaries and may be tracked.
+#define H2_PAGE 4096
+#define H2_TRACKED 8
+
+typedef enum { H2_SCRATCH = 1, H2_ZERO_TABLE = 2 } h2_block_kind;
+
+struct CEdgemux_h2_memory {
+    nghttp2_mem mem;
+    void *blocks[H2_TRACKED];
+    size_t lengths[H2_TRACKED];
+    unsigned char kinds[H2_TRACKED];
+};
+
+static void h2_track(CEdgemux_h2_memory *m, void *p, size_t n, h2_block_kind kind) {
+    for (int i = 0; i < H2_TRACKED; i++) {
+        if (m->blocks[i] == NULL) {
+            m->blocks[i] = p;
+            m->lengths[i] = n;
+            m->kinds[i] = (unsigned char)kind;
+            return;
+        }
+    }
+    // More than H2_TRACKED large blocks at once: this one is simply never given back.
+}
+
+static void h2_untrack(CEdgemux_h2_memory *m, void *p) {
+    for (int i = 0; i < H2_TRACKED; i++) {
+        if (m->blocks[i] == p) {
+            m->blocks[i] = NULL;
+            return;
+        }
+    }
+}
+
+static void *h2_aligned(size_t n) {
+    void *p = NULL;
+    return posix_memalign(&p, H2_PAGE, n) == 0 ? p : NULL;
+}
+
+static void *h2_malloc(size_t n, void *user) {
+    if (n != H2_FRAMEBUF_LENGTH) return malloc(n);
+    void *p = h2_aligned(n);
+    if (p) h2_track(user, p, n, H2_SCRATCH);
+    return p;
+}
+
+static void h2_free(void *p, void *user) {
+    if (p == NULL) return;
+    h2_untrack(user, p);
+    free(p);
+}
+
+static void *h2_calloc(size_t count, size_t size, void *user) {
+    // Only the session object and the stream map's tables are calloc'd; the tables are large.
+    if (size != 0 && count > SIZE_MAX / size) return NULL;
+    size_t n = count * size;
+    if (n < H2_PAGE) return calloc(count, size);
+    void *p = h2_aligned(n);
+    if (p) {
+        memset(p, 0, n);
+        h2_track(user, p, n, H2_ZERO_TABLE);
+    }
+    return p;
+}
+
+static void *h2_realloc(void *p, size_t n, void *user) {
+    // nghttp2 makes its buffers with realloc(NULL, n) (nghttp2_buf_reserve).
+    if (p == NULL) return h2_malloc(n, user);
+    h2_untrack(user, p);
+    return realloc(p, n);
+}
+
+CEdgemux_h2_memory *CEdgemux_h2_memory_new(void) {
+    CEdgemux_h2_memory *m = calloc(1, sizeof(*m));
+    if (m == NULL) return NULL;
+    m->mem.mem_user_data = m;
+    m->mem.malloc = h2_malloc;
+    m->mem.free = h2_free;
+    m->mem.calloc = h2_calloc;
+    m->mem.realloc = h2_realloc;
+    return m;
+}
+
+void CEdgemux_h2_memory_free(CEdgemux_h2_memory *memory) { free(memory); }
+
+nghttp2_mem *CEdgemux_h2_memory_allocator(CEdgemux_h2_memory *memory) { return &memory->mem; }
+
+static int h2_all_zero(const unsigned char *p, size_t n) {
+    const uint64_t *w = (const uint64_t *)(const void *)p;  // page aligned
+    for (size_t i = 0; i < n / 8; i++) {
+        if (w[i] != 0) return 0;
+    }
+    for (size_t i = n & ~(size_t)7; i < n; i++) {
+        if (p[i] != 0) return 0;
+    }
+    return 1;
+}
+
+size_t CEdgemux_h2_memory_release_idle(CEdgemux_h2_memory *memory) {
+    size_t released = 0;
+    for (int i = 0; i < H2_TRACKED; i++) {
+        unsigned char *p = memory->blocks[i];
+        if (p == NULL) continue;
+        size_t whole = memory->lengths[i] & ~(size_t)(H2_PAGE - 1);
+        if (whole == 0) continue;
+        // A table may hold live entries (idle streams a PRIORITY frame made): only an all-zero
+        // one is empty, and zero pages are what it will read back.
+        if (memory->kinds[i] == H2_ZERO_TABLE && !h2_all_zero(p, memory->lengths[i])) continue;
+        if (madvise(p, whole, MADV_DONTNEED) == 0) released += whole;
+    }
+    return released;
 }

@@ -171,6 +171,19 @@ extension Integration {
             #expect(r.status == 0 && r.stdout.contains("fast ok status 200"), "\(r.stdout) \(r.stderr) \(e.log)")
         }
 
+        @Test("requests after idle gaps run on the pages an idle session gave back, also with idle streams from PRIORITY frames")
+        func idleSessionReleasesMemory() throws {
+            let (h1, h1Port) = try startPeer("http1", ["--name", "gaps"])
+            defer { h1.stop() }
+            let port = freePort()
+            let e = try Edgemux(config: requestModeConfig(port: port, http1: h1Port), port: port)
+            for extra in [[], ["--priority"]] {
+                let r = H2Peers.run(["idle-gaps", "--port", "\(port)", "--ca", TestCerts.ca, "--rounds", "3", "--gap", "2.5", "--timeout", "30"] + extra, timeout: 40)
+                #expect(r.status == 0 && r.stdout.contains("rounds ok 3"), "\(extra) \(r.stdout) \(r.stderr) \(e.log)")
+            }
+            #expect(e.background.process.isRunning, "\(e.log)")
+        }
+
         @Test("rapid reset and a CONTINUATION flood close their own connection; other clients go on")
         func abuse() throws {
             let (h1, h1Port) = try startPeer("http1", ["--name", "calm"])

@@ -116,4 +116,23 @@ int CEdgemux_SSL_CTX_check_private_key(const SSL_CTX *ctx);
 /// ::1), valid for `days`, and writes PEM files. 1 on success.
 int CEdgemux_make_self_signed(const char *cn, int days, const char *cert_path, const char *key_path);
 
+// MARK: - memory an idle HTTP/2 session gives back
+
+/// An nghttp2 allocator (nghttp2_session_server_new3) for one session that can give the pages
+/// of its large blocks back to the kernel while the session is idle. An idle nghttp2 1.52 server
+/// session holds about 25 KiB, 20 of them in two blocks whose contents are dead when nothing is
+/// being sent and no stream exists: the 16 KiB frame buffer (one frame is serialised there and
+/// then sent) and the stream map's table (all zero when empty). Those blocks are allocated on
+/// page boundaries, and `CEdgemux_h2_memory_release_idle` drops their whole pages with
+/// madvise(MADV_DONTNEED): the mapping stays, the next touch gets a zeroed page.
+typedef struct CEdgemux_h2_memory CEdgemux_h2_memory;
+CEdgemux_h2_memory *CEdgemux_h2_memory_new(void);
+/// After nghttp2_session_del.
+void CEdgemux_h2_memory_free(CEdgemux_h2_memory *memory);
+/// The allocator to give nghttp2 (lives as long as `memory`).
+nghttp2_mem *CEdgemux_h2_memory_allocator(CEdgemux_h2_memory *memory);
+/// Gives back the pages of the frame buffer (only call when nghttp2_session_want_write is 0:
+/// no frame is half sent) and of every table that is all zero. Returns the bytes released.
+size_t CEdgemux_h2_memory_release_idle(CEdgemux_h2_memory *memory);
+
 #endif

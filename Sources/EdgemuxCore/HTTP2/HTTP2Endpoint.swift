@@ -17,6 +17,8 @@ class HTTP2Endpoint: EventHandler {
     var transport: Transport
     /// The nghttp2 session (set by the subclass right after init).
     var session: OpaquePointer?
+    /// The session's allocator when it gives memory back while idle (`CEdgemux_h2_memory`).
+    var memory: OpaquePointer?
     /// What the session produced and the socket has not taken yet (at most one chunk: when it
     /// is full, the send callback answers "would block" and nghttp2 keeps the rest).
     private var out: Chunk?
@@ -37,6 +39,7 @@ class HTTP2Endpoint: EventHandler {
 
     deinit {
         if let session { nghttp2_session_del(session) }
+        if let memory { CEdgemux_h2_memory_free(memory) }
         if let out { pool.give(out) }
     }
 

@@ -587,6 +587,42 @@ def frames_probe(args):
     print(p.closed_word())
 
 
+# MARK: 7b. idle-gaps
+
+def idle_gaps(args):
+    """Rounds of requests on one connection with idle gaps between them, long enough for the
+    server to give its idle session memory back (edgemux: 2 s), so each round runs on pages that
+    were released. Headers change per round (HPACK tables in use both ways); --priority first
+    sends PRIORITY frames for streams not yet opened (a server keeps them as idle streams)."""
+    c = H2Client(args)
+    handshake_or_fail(c)
+    next_idle = 1001
+    for r in range(args.rounds):
+        if args.priority:
+            # More than nghttp2 keeps (100): older idle streams are looked up and destroyed.
+            for _ in range(110):
+                c.send(frame(PRIORITY, 0, next_idle, (0).to_bytes(4, "big") + b"\x0f"))
+                next_idle += 2
+        streams = {}
+        for i in range(args.requests):
+            extra = [("x-round", str(r)), ("x-request", f"{r}-{i}-" + "v" * (r * 40)), ("user-agent", "h2peers idle-gaps")]
+            streams[c.get(args, f"{args.path}?round={r}&i={i}", extra=extra)] = Stream()
+        if not read_until(c, streams, lambda: all(s.finished for s in streams.values())):
+            fail(f"round {r}: {sum(1 for s in streams.values() if s.finished)} of {len(streams)} answered, {c.closed_word()}")
+        bad = [(sid, s.status, s.reset) for sid, s in streams.items() if s.status != 200 or s.reset is not None or not s.ended]
+        if bad:
+            fail(f"round {r}: failed streams {bad}")
+        want = f"round={r}".encode()
+        if not all(want in s.body for s in streams.values()):
+            fail(f"round {r}: a body does not name its request: {[s.body[:80] for s in streams.values()]}")
+        print(f"round {r} ok {len(streams)}", flush=True)
+        if r + 1 < args.rounds:
+            c.linger(args.gap)
+            if c.closed:
+                fail(f"closed by the server after round {r}")
+    print(f"rounds ok {args.rounds}")
+
+
 # MARK: 8. slow-http1 backend
 
 def serve_slow_http1(args):
@@ -828,6 +864,12 @@ def main():
     sp.add_argument("--count", type=int, default=100)
     sp.add_argument("--path", required=True)
     sp.add_argument("--expect-goaway", action="store_true", help="after the streams, wait for the server to close")
+    sp = client_parser(sub, "idle-gaps", "rounds of requests on one connection with idle gaps between them")
+    sp.add_argument("--rounds", type=int, default=3)
+    sp.add_argument("--requests", type=int, default=5)
+    sp.add_argument("--gap", type=float, default=2.5)
+    sp.add_argument("--path", default="/gap")
+    sp.add_argument("--priority", action="store_true", help="PRIORITY frames for idle streams before each round")
     sp = client_parser(sub, "frames", "send raw frames, print what comes back")
     sp.add_argument("--send", required=True, help="comma-separated: headers:ID[:end] data:ID:LEN[:end] rst:ID:CODE "
                     "ping priority:ID:DEP window:ID:INC settings-ack goaway raw:HEX")
@@ -855,7 +897,7 @@ def main():
     {
         "settings-ack-wait": settings_ack_wait, "rapid-reset": rapid_reset,
         "continuation-flood": continuation_flood, "slow-reader": slow_reader, "cancel": cancel,
-        "many-streams": many_streams, "frames": frames_probe, "slow-http1": serve_slow_http1, "h2c-digest": serve_h2c_digest,
+        "many-streams": many_streams, "idle-gaps": idle_gaps, "frames": frames_probe, "slow-http1": serve_slow_http1, "h2c-digest": serve_h2c_digest,
         "grpc-named": serve_grpc_named, "grpc-call": grpc_call,
     }[args.cmd](args)
 
