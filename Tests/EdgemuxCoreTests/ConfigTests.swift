@@ -128,6 +128,21 @@ struct ConfigTests {
         #expect(ConfigLoader.parseDuration("-1s") == nil)
         #expect(ConfigLoader.parseSize("16KiB") == 16384)
         #expect(ConfigLoader.parseSize("1MiB") == 1 << 20)
+        #expect(ConfigLoader.parseSize("99999999999999MiB") == nil)  // overflowed: was a trap
+        #expect(ConfigLoader.parseDuration("9223372036854775807s") == nil)
+    }
+
+    @Test("numbers too large for a deadline or a buffer are refused at their line, without a trap")
+    func outOfRangeNumbers() {
+        let sized = good.replacingOccurrences(of: "    listen: 0.0.0.0:8443\n", with: "    listen: 0.0.0.0:8443\n    max_request_head: 99999999999999MiB\n")
+        let found = issues(sized)
+        #expect(found.contains { $0.line == 7 && $0.message.contains("from 1 byte to 1GiB") && $0.message.contains("99999999999999MiB") }, "\(found)")
+        #expect(!issues(sized.replacingOccurrences(of: "99999999999999MiB", with: "2GiB")).isEmpty)
+        #expect(issues(sized.replacingOccurrences(of: "99999999999999MiB", with: "64KiB")).isEmpty)
+        let long = good.replacingOccurrences(of: "workers: 2\n", with: "workers: 2\ndrain_timeout: 9223372036854775807ms\n")
+        #expect(issues(long).contains { $0.line == 2 && $0.message.contains("at most 365d") }, "\(issues(long))")
+        #expect(issues(long.replacingOccurrences(of: "9223372036854775807ms", with: "366d")).contains { $0.message.contains("at most 365d") })
+        #expect(issues(long.replacingOccurrences(of: "9223372036854775807ms", with: "30s")).isEmpty)
     }
 }
 

@@ -1,3 +1,5 @@
+import CEdgemux
+import Glibc
 import Testing
 
 @testable import EdgemuxCore
@@ -17,5 +19,61 @@ struct EventLoopTimerTests {
         loop.schedule(afterMillis: 20) { fired.append(2); loop.stop() }
         loop.run()
         #expect(fired == [1, 2])
+    }
+}
+
+@Suite("event loop dispatch")
+struct EventLoopDispatchTests {
+    /// Records the events it gets; on its first, closes the other descriptor of the batch and
+    /// opens a new one in its place (the kernel hands out the lowest free number: the same).
+    final class Swapper: EventHandler {
+        let loop: EventLoop
+        var other: Int32 = -1
+        var peer: Swapper?
+        var got = 0
+        var newcomer: Recorder?
+
+        init(loop: EventLoop) { self.loop = loop }
+
+        override func handleEvent(fd: Int32, events: UInt32) {
+            got += 1
+            guard let peer, peer.got == 0, newcomer == nil, peer.newcomer == nil else { return }
+            loop.closeDescriptor(other)
+            let reused = eventfd(1, Int32(EFD_NONBLOCK))  // readable at once: an event of its own is due later
+            #expect(reused == other, "the kernel did not reuse \(other) (got \(reused))")
+            let r = Recorder()
+            try? loop.register(fd: reused, events: EventLoop.relayEvents, handler: r)
+            newcomer = r
+            loop.runSoon { r.batchOver = true }
+        }
+    }
+
+    final class Recorder: EventHandler {
+        var batchOver = false
+        var eventsInOldBatch = 0
+        var eventsLater = 0
+        override func handleEvent(fd: Int32, events: UInt32) {
+            if batchOver { eventsLater += 1 } else { eventsInOldBatch += 1 }
+        }
+    }
+
+    @Test("an event returned for a descriptor closed and reused in the same batch does not reach the new owner")
+    func staleEventsAreDropped() throws {
+        let loop = try EventLoop(index: 0)
+        let a = eventfd(1, Int32(EFD_NONBLOCK)), b = eventfd(1, Int32(EFD_NONBLOCK))  // both readable
+        let ha = Swapper(loop: loop), hb = Swapper(loop: loop)
+        ha.other = b; hb.other = a
+        ha.peer = hb; hb.peer = ha
+        try loop.register(fd: a, events: EventLoop.relayEvents, handler: ha)
+        try loop.register(fd: b, events: EventLoop.relayEvents, handler: hb)
+        loop.schedule(afterMillis: 50) { loop.stop() }
+        loop.run()
+        let swapper = ha.newcomer != nil ? ha : hb
+        let newcomer = try #require(swapper.newcomer)
+        #expect(ha.got + hb.got == 1, "the closed descriptor's handler was called too")
+        #expect(newcomer.eventsInOldBatch == 0, "the stale event of the closed descriptor reached the new one")
+        #expect(newcomer.eventsLater == 1, "the new descriptor's own event did not come")
+        loop.closeDescriptor(a)  // the swapper's own and the newcomer's (b's number reused, or a's)
+        loop.closeDescriptor(b)
     }
 }

@@ -208,6 +208,30 @@ extension Integration {
             return Double(out[r.upperBound...].prefix { $0 != "s" })
         }
 
+        @Test("an admin client that gets a finished scrape's descriptor keeps its own 5 s, not what was left of the old one")
+        func adminTimerBelongsToItsClient() throws {
+            let b = try StandardBackends()
+            let port = freePort(), admin = freePort()
+            let e = try Edgemux(config: b.config(port: port, workers: 1, admin: admin), port: port)
+            // A quick scrape: answered and closed at once (its 5 s timer was left armed).
+            #expect(curl(["http://127.0.0.1:\(admin)/healthz"], port: admin).stdout == "ok\n")
+            usleep(1_000_000)
+            // Then a slow one on the same descriptor number: its head takes 4.5 s. The old timer
+            // would cut it about 4 s in.
+            let slow = Command.run(Paths.python, ["-c", """
+                import socket, time
+                s = socket.create_connection(("127.0.0.1", \(admin)))
+                s.sendall(b"GET /healthz HTTP/1.1\\r\\n")
+                time.sleep(4.5)
+                try:
+                    s.sendall(b"Host: x\\r\\n\\r\\n")
+                    print(s.recv(4096).decode().split("\\r\\n")[0])
+                except OSError as e:
+                    print("failed", e)
+                """], timeout: 15)
+            #expect(slow.stdout.contains("HTTP/1.1 200 OK"), "\(slow.stdout) \(slow.stderr) \(e.log)")
+        }
+
         @Test("silent, garbage, preface-only and oversized clients each get closed with a log line and a metric")
         func badClients() throws {
             let b = try StandardBackends()

@@ -113,6 +113,22 @@ extension Integration {
             }
         }
 
+        @Test("connect failures to many destinations count by reason: one metric series, not one per address")
+        func boundedFailureLabels() throws {
+            let port = freePort(), admin = freePort()
+            let dead = (0..<20).map { _ in freePort() }
+            let e = try Edgemux(config: "admin:\n  listen: 127.0.0.1:\(admin)\n" + tunnelConfig(port: port, allow: """
+                        - { cidr: 127.0.0.0/8, ports: [\(dead.map(String.init).joined(separator: ", "))] }
+              """), port: port)
+            for d in dead {
+                let out = Command.run(Paths.python, [Paths.peers, "raw-tls", "--plain", "--port", "\(port)", "--send", "b'CONNECT 127.0.0.1:\(d) HTTP/1.1\\r\\n\\r\\n'", "--timeout", "10"], timeout: 15).stdout
+                #expect(out.contains("HTTP/1.1 502"), "\(out) \(e.log)")
+            }
+            let m = curl(["http://127.0.0.1:\(admin)/metrics"], port: admin).stdout
+            #expect(m.contains("edgemux_tunnel_connect_failures_total{reason=\"refused\"} 20"), "\(m)")
+            for d in dead { #expect(!m.contains(":\(d)\""), "a series names the destination \(d)") }
+        }
+
         @Test("SNI passthrough: a mapped name reaches its server with the client certificate verified; an unmapped one is closed")
         func sniPassthrough() throws {
             let api = try StandInAPIServer()

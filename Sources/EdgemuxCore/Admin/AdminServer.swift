@@ -11,8 +11,18 @@ final class AdminServer: EventHandler {
     let metrics: Metrics
     let logger: Logger
     let ready: () -> Bool
-    private var clients: [Int32: [UInt8]] = [:]
-    private var replies: [Int32: (bytes: [UInt8], offset: Int)] = [:]
+    /// One scrape: its request so far, then its reply, and its own deadline.
+    private struct Client {
+        var request: [UInt8] = []
+        var reply: [UInt8]?
+        var offset = 0
+        var timer: TimerHandle?
+    }
+    private var clients: [Int32: Client] = [:]
+    /// Accept failures (out of descriptors) while the listener backs off.
+    private var acceptFailures = RepeatedCondition()
+    /// How long a scrape may take, from accept to the last byte of the reply.
+    static let clientTimeoutMillis: Int64 = 5_000
 
     init(address: SocketAddress, loop: EventLoop, metrics: Metrics, logger: Logger, ready: @escaping () -> Bool) throws {
         fd = try ListenerSocket.bind(address, backlog: 64)
@@ -34,22 +44,15 @@ final class AdminServer: EventHandler {
 
     override func handleEvent(fd: Int32, events: UInt32) {
         if fd == self.fd {
-            while case .processed(let (c, _))? = try? Posix.accept(fd) {
-                if clients.count > 64 {
-                    Posix.close(c)
-                    continue
-                }
-                clients[c] = []
-                try? loop.register(fd: c, events: EventLoop.readEvents, handler: self)
-                loop.schedule(afterMillis: 5_000) { [weak self] in self?.finish(c) }
-            }
+            acceptAll()
             return
         }
-        if replies[fd] != nil {
+        guard var client = clients[fd] else { return }
+        if client.reply != nil {
             flush(fd)
             return
         }
-        guard var buf = clients[fd] else { return }
+        var buf = client.request
         var chunk = [UInt8](repeating: 0, count: 4096)
         let r = chunk.withUnsafeMutableBytes { try? Posix.read(fd, into: $0) }
         switch r {
@@ -61,7 +64,8 @@ final class AdminServer: EventHandler {
             finish(fd)
             return
         }
-        clients[fd] = buf
+        client.request = buf
+        clients[fd] = client
         if buf.count > 8192 { finish(fd); return }
         guard let end = findCRLFCRLF(buf) else { return }
         let head = String(decoding: buf[0..<end], as: UTF8.self)
@@ -85,19 +89,58 @@ final class AdminServer: EventHandler {
         }
         let reason = status == 200 ? "OK" : status == 503 ? "Service Unavailable" : "Not Found"
         let reply = "HTTP/1.1 \(status) \(reason)\r\nContent-Type: \(type)\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
-        replies[fd] = (Array(reply.utf8), 0)
+        client.reply = Array(reply.utf8)
+        clients[fd] = client
         flush(fd)
     }
 
+    /// Accepts what is pending. Out of descriptors (EMFILE, ENFILE) the pending connection stays
+    /// queued and the level-triggered socket would report it again at once: the listener leaves
+    /// the loop for 100 ms instead, as the traffic listeners do, and says so once a minute.
+    private func acceptAll() {
+        while true {
+            let accepted: IOResult<(Int32, SocketAddress)>
+            do {
+                accepted = try Posix.accept(fd)
+            } catch {
+                if let n = acceptFailures.occurred(now: loop.now) {
+                    logger.error("admin listener: accept failed: \(error) (\(n) times since the last such line); pausing 100 ms each time")
+                }
+                loop.deregister(fd: fd)
+                loop.schedule(afterMillis: 100) { [weak self] in
+                    guard let self else { return }
+                    try? self.loop.register(fd: self.fd, events: EventLoop.readEvents, handler: self)
+                }
+                return
+            }
+            guard case .processed(let (c, _)) = accepted else { return }
+            if clients.count > 64 {
+                Posix.close(c)
+                continue
+            }
+            var client = Client()
+            // The timer belongs to this client: a later connection that gets the same
+            // descriptor number has a timer of its own, and this one is cancelled with it.
+            client.timer = loop.schedule(afterMillis: Self.clientTimeoutMillis) { [weak self] in self?.timedOut(c) }
+            clients[c] = client
+            try? loop.register(fd: c, events: EventLoop.readEvents, handler: self)
+        }
+    }
+
+    private func timedOut(_ c: Int32) {
+        clients[c]?.timer = nil
+        finish(c)
+    }
+
     private func flush(_ c: Int32) {
-        guard var r = replies[c] else { return }
-        while r.offset < r.bytes.count {
-            let step = r.bytes.withUnsafeBytes { try? Posix.write(c, from: UnsafeRawBufferPointer(rebasing: $0[r.offset...])) }
+        guard var r = clients[c], let bytes = r.reply else { return }
+        while r.offset < bytes.count {
+            let step = bytes.withUnsafeBytes { try? Posix.write(c, from: UnsafeRawBufferPointer(rebasing: $0[r.offset...])) }
             guard case .processed(let n)? = step else { break }
             r.offset += n
         }
-        replies[c] = r
-        if r.offset >= r.bytes.count {
+        clients[c] = r
+        if r.offset >= bytes.count {
             finish(c)
         } else {
             // Wait for room in the socket (level-triggered, so only now, never while idle).
@@ -106,8 +149,8 @@ final class AdminServer: EventHandler {
     }
 
     private func finish(_ c: Int32) {
-        guard clients.removeValue(forKey: c) != nil else { return }
-        replies[c] = nil
+        guard let client = clients.removeValue(forKey: c) else { return }
+        loop.cancel(client.timer)
         Posix.shutdownWrite(c)
         loop.closeDescriptor(c)
     }

@@ -20,6 +20,7 @@ public final class WorkerMetrics: Sendable {
         var closedWithError: [String: Int] = [:]
         var tunnelDenied: [String: Int] = [:]
         var tunnelFailures: [String: Int] = [:]
+        var tunnelConnectFailures: [String: Int] = [:]
         var upstreamReused = 0
         var upstreamRetries = 0
         var upstreamIdle = 0
@@ -114,6 +115,7 @@ public final class Metrics: Sendable {
             total.closedWithError.merge(v.closedWithError, uniquingKeysWith: +)
             total.tunnelDenied.merge(v.tunnelDenied, uniquingKeysWith: +)
             total.tunnelFailures.merge(v.tunnelFailures, uniquingKeysWith: +)
+            total.tunnelConnectFailures.merge(v.tunnelConnectFailures, uniquingKeysWith: +)
             total.upstreamReused += v.upstreamReused
             total.upstreamRetries += v.upstreamRetries
             total.upstreamIdle += v.upstreamIdle
@@ -149,6 +151,7 @@ public final class Metrics: Sendable {
         labelled("edgemux_connection_errors_total", "Relayed connections closed on an I/O error, by side.", "side", total.closedWithError)
         labelled("edgemux_tunnel_refused_total", "Tunnel requests refused, by reason (allowlist, auth, SNI problems).", "reason", total.tunnelDenied)
         labelled("edgemux_tunnel_failures_total", "Tunnel requests answered with an error status.", "status", total.tunnelFailures)
+        labelled("edgemux_tunnel_connect_failures_total", "Failed connects to tunnel destinations (or the parent proxy), by reason.", "reason", total.tunnelConnectFailures)
         counter("edgemux_upstream_reused_total", "HTTP/1.1 requests sent on a kept backend connection.", total.upstreamReused)
         counter("edgemux_upstream_retries_total", "Requests sent again on a new connection after a kept one turned out closed.", total.upstreamRetries)
         out += "# HELP edgemux_upstream_idle_connections Backend connections kept idle for reuse now.\n# TYPE edgemux_upstream_idle_connections gauge\nedgemux_upstream_idle_connections \(total.upstreamIdle)\n"

@@ -87,15 +87,22 @@ public struct ConfigLoader {
         return nil
     }
 
-    /// Parses `16KiB`, `1MiB`, `32768`.
+    /// Parses `16KiB`, `1MiB`, `1GiB`, `32768` (nil when it overflows).
     public static func parseSize(_ text: String) -> Int? {
         let t = text.trimmedSpaces()
-        for (suffix, factor) in [("KiB", 1024), ("MiB", 1024 * 1024), ("k", 1024), ("K", 1024)] where t.hasSuffix(suffix) {
+        for (suffix, factor) in [("KiB", 1024), ("MiB", 1024 * 1024), ("GiB", 1024 * 1024 * 1024), ("k", 1024), ("K", 1024)] where t.hasSuffix(suffix) {
             guard let v = Int(t.dropLast(suffix.count)), v > 0 else { return nil }
-            return v * factor
+            let (r, overflow) = v.multipliedReportingOverflow(by: factor)
+            return overflow ? nil : r
         }
         return Int(t)
     }
+
+    /// The longest duration a config may give (365 days): a deadline is `now + duration`, and a
+    /// typo of many digits must not overflow it.
+    public static let maxDurationMillis: Int64 = 365 * 86_400_000
+    /// The largest size a config may give (1 GiB).
+    public static let maxSize = 1 << 30
 }
 
 extension String {
@@ -185,13 +192,17 @@ struct NodeReader {
             fail(node, path, "expected a duration such as 500ms, 30s, 5m, 1h or 0 (never), not '\(s)'")
             return nil
         }
+        guard ms <= ConfigLoader.maxDurationMillis else {
+            fail(node, path, "expected a duration of at most 365d, not '\(s)'")
+            return nil
+        }
         return ms
     }
 
     mutating func size(_ node: Node, _ path: String) -> Int? {
         guard let s = string(node, path) else { return nil }
-        guard let n = ConfigLoader.parseSize(s), n > 0 else {
-            fail(node, path, "expected a size such as 16KiB, 1MiB or a byte count, not '\(s)'")
+        guard let n = ConfigLoader.parseSize(s), n > 0, n <= ConfigLoader.maxSize else {
+            fail(node, path, "expected a size from 1 byte to 1GiB such as 16KiB, 1MiB or a byte count, not '\(s)'")
             return nil
         }
         return n

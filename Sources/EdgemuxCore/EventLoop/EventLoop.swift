@@ -35,6 +35,11 @@ public final class EventLoop: @unchecked Sendable {
     let wakeFD: Int32
     /// Indexed by descriptor: a lookup per event without hashing, 8 bytes per descriptor.
     private var handlers: [EventHandler?] = []
+    /// Indexed by descriptor: how many times it has been registered. An event carries the
+    /// generation of its registration (`tag`), so an event that `epoll_wait` returned for a
+    /// descriptor that a handler then closed, and an accept or connect of the same batch reused,
+    /// is dropped instead of reaching the new owner (a stale EPOLLOUT would read as "connected").
+    private var generations: [UInt32] = []
     private var timerHeap: [(deadline: Int64, id: UInt64)] = []
     /// Pending handler timers (a handler's `timerFired()`: no closure context per connection
     /// timer, and 16 bytes a slot, since every connection has one armed).
@@ -62,7 +67,12 @@ public final class EventLoop: @unchecked Sendable {
         epfd = try Posix.epollCreate()
         wakeFD = try Posix.eventFD()
         now = Posix.monotonicMillis()
-        try Posix.epollControl(epfd, op: EPOLL_CTL_ADD, fd: wakeFD, events: EventLoop.readEvents)
+        try Posix.epollControl(epfd, op: EPOLL_CTL_ADD, fd: wakeFD, events: EventLoop.readEvents, tag: Self.tag(fd: wakeFD, generation: 0))
+    }
+
+    /// What an event of `fd` carries: its registration's generation and the descriptor.
+    private static func tag(fd: Int32, generation: UInt32) -> UInt64 {
+        UInt64(generation) << 32 | UInt64(UInt32(bitPattern: fd))
     }
 
     deinit {
@@ -73,11 +83,20 @@ public final class EventLoop: @unchecked Sendable {
     // MARK: registration
 
     func register(fd: Int32, events: UInt32, handler: EventHandler) throws {
-        try Posix.epollControl(epfd, op: EPOLL_CTL_ADD, fd: fd, events: events)
         let i = Int(fd)
-        if i >= handlers.count { handlers.append(contentsOf: repeatElement(nil, count: max(i + 1 - handlers.count, handlers.count))) }
+        if i >= handlers.count {
+            let more = max(i + 1 - handlers.count, handlers.count)
+            handlers.append(contentsOf: repeatElement(nil, count: more))
+            generations.append(contentsOf: repeatElement(0, count: more))
+        }
+        let generation = generations[i] &+ 1
+        try Posix.epollControl(epfd, op: EPOLL_CTL_ADD, fd: fd, events: events, tag: Self.tag(fd: fd, generation: generation))
+        generations[i] = generation
         handlers[i] = handler
     }
+
+    /// Whether `fd` has a handler.
+    func isRegistered(_ fd: Int32) -> Bool { Int(fd) < handlers.count && handlers[Int(fd)] != nil }
 
     /// Hands a registered `fd` to another handler: the epoll registration stays (no syscall).
     func rebind(fd: Int32, to handler: EventHandler) {
@@ -86,7 +105,8 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     public func modify(fd: Int32, events: UInt32) throws {
-        try Posix.epollControl(epfd, op: EPOLL_CTL_MOD, fd: fd, events: events)
+        let generation = Int(fd) < generations.count ? generations[Int(fd)] : 0
+        try Posix.epollControl(epfd, op: EPOLL_CTL_MOD, fd: fd, events: events, tag: Self.tag(fd: fd, generation: generation))
     }
 
     /// Forgets `fd` and closes it (closing removes it from the epoll set).
@@ -99,7 +119,7 @@ public final class EventLoop: @unchecked Sendable {
     public func deregister(fd: Int32) {
         guard Int(fd) < handlers.count, handlers[Int(fd)] != nil else { return }
         handlers[Int(fd)] = nil
-        _ = try? Posix.epollControl(epfd, op: EPOLL_CTL_DEL, fd: fd, events: 0)
+        _ = try? Posix.epollControl(epfd, op: EPOLL_CTL_DEL, fd: fd, events: 0, tag: 0)
     }
 
     /// Every registered handler, once each (a copy: closing them while iterating is fine).
@@ -198,12 +218,14 @@ public final class EventLoop: @unchecked Sendable {
             now = Posix.monotonicMillis()
             for i in 0..<count {
                 let ev = events[i]
-                let fd = ev.data.fd
+                let fd = Int32(bitPattern: UInt32(truncatingIfNeeded: ev.data.u64))
                 if fd == wakeFD {
                     drainInbox()
                     continue
                 }
-                if Int(fd) < handlers.count, let h = handlers[Int(fd)] { h.handleEvent(fd: fd, events: ev.events) }
+                let slot = Int(fd)
+                guard slot < handlers.count, let h = handlers[slot], generations[slot] == UInt32(truncatingIfNeeded: ev.data.u64 >> 32) else { continue }
+                h.handleEvent(fd: fd, events: ev.events)
             }
             runSoonQueue()
             fireTimers()

@@ -30,6 +30,8 @@ struct FinalAnswer {
             client.shutdownWrite()
             halfClosed = true
         }
+        // A close_notify that met a full socket goes when there is room (EPOLLOUT brings us back).
+        if client.closeNotifyPending, !client.retryCloseNotify() { return .writing }
         while client.readable {
             switch client.read(into: scratch) {
             case .bytes: continue

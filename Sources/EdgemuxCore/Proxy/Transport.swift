@@ -71,11 +71,24 @@ final class Transport {
         return events & EPOLLOUT.rawValue != 0 ? .connected : .pending
     }
 
-    /// Closes the socket through the loop (which forgets it) and frees the TLS state.
+    /// Closes the socket through the loop (which forgets it) and frees the TLS state. A
+    /// close_notify that met a full socket is sent first: the socket stays open (with a
+    /// `ClosingTransport` as its handler) until it has gone or `ClosingTransport.limitMillis` passed,
+    /// so the client sees the end of the TLS stream, not a bare FIN.
     func close(on loop: EventLoop) {
+        if let tls, writeShut, tls.closeNotifyPending, !tls.shutdown(), loop.isRegistered(fd) {
+            ClosingTransport(transport: self, loop: loop).start()
+            return
+        }
         tls = nil
         loop.closeDescriptor(fd)
     }
+
+    /// The write side was shut and the close_notify has not all gone out yet.
+    var closeNotifyPending: Bool { writeShut && tls?.closeNotifyPending == true }
+
+    /// Sends the rest of a pending close_notify; true once it is out.
+    func retryCloseNotify() -> Bool { tls?.shutdown() ?? true }
 
     enum Peeked {
         case bytes(Int)
@@ -216,7 +229,8 @@ final class Transport {
     }
 
     /// Half-close: close_notify for TLS (the TLS peer's end of stream; the FIN follows with the
-    /// close, one syscall fewer per connection), FIN for plain TCP.
+    /// close, one syscall fewer per connection), FIN for plain TCP. On a full socket the
+    /// close_notify waits (`closeNotifyPending`) for `retryCloseNotify()` or the close.
     func shutdownWrite() {
         guard !writeShut else { return }
         writeShut = true
@@ -228,6 +242,45 @@ final class Transport {
     }
 
     var isPlain: Bool { tls == nil }
+}
+
+/// A transport whose owner is done with it but whose close_notify met a full socket: it waits for
+/// room (EPOLLOUT), sends the rest, and closes; after `limitMillis` it closes anyway. What the
+/// client sends meanwhile is not read (the close resets the connection then, as a close would).
+final class ClosingTransport: EventHandler {
+    static let limitMillis: Int64 = 2_000
+    private let transport: Transport
+    private let loop: EventLoop
+    private var timer: TimerHandle?
+
+    init(transport: Transport, loop: EventLoop) {
+        self.transport = transport
+        self.loop = loop
+    }
+
+    /// Takes the socket over (the loop keeps this object alive as its handler).
+    func start() {
+        loop.rebind(fd: transport.fd, to: self)
+        timer = loop.schedule(afterMillis: Self.limitMillis, for: self)
+    }
+
+    override func handleEvent(fd: Int32, events: UInt32) {
+        if events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 || (events & EPOLLOUT.rawValue != 0 && transport.retryCloseNotify()) {
+            finish()
+        }
+    }
+
+    override func timerFired() {
+        timer = nil
+        finish()
+    }
+
+    private func finish() {
+        loop.cancel(timer)
+        timer = nil
+        transport.tls = nil
+        loop.closeDescriptor(transport.fd)
+    }
 }
 
 /// A fixed-capacity byte buffer with a read and a write index, recycled through `BufferPool`.

@@ -183,6 +183,7 @@ final class ListenerSocket: EventHandler {
     /// The address, which ties this socket to a listener of the current config across reloads.
     let address: SocketAddress
     unowned let worker: Worker
+    private var acceptFailures = RepeatedCondition()
 
     init(fd: Int32, address: SocketAddress, worker: Worker) {
         self.fd = fd
@@ -201,8 +202,10 @@ final class ListenerSocket: EventHandler {
                 }
             } catch let e as IOError {
                 // EMFILE/ENFILE/ENOBUFS: out of descriptors or memory. Level-triggered, so back
-                // off instead of spinning on the same pending connection.
-                worker.logger.error("accept on \(address) failed: \(e)")
+                // off instead of spinning on the same pending connection; one line a minute.
+                if let n = acceptFailures.occurred(now: worker.loop.now) {
+                    worker.logger.error("accept on \(address) failed: \(e) (\(n) times since the last such line); pausing 100 ms each time")
+                }
                 worker.loop.deregister(fd: fd)
                 worker.loop.schedule(afterMillis: 100) { [weak self] in
                     guard let self else { return }

@@ -152,10 +152,11 @@ public enum Posix {
         Int32(try check("epoll_create1") { Int(epoll_create1(Int32(EPOLL_CLOEXEC))) })
     }
 
-    public static func epollControl(_ epfd: Int32, op: Int32, fd: Int32, events: UInt32) throws {
+    /// `tag` comes back in `data.u64` of each event for `fd`.
+    public static func epollControl(_ epfd: Int32, op: Int32, fd: Int32, events: UInt32, tag: UInt64) throws {
         var ev = epoll_event()
         ev.events = events
-        ev.data.fd = fd
+        ev.data.u64 = tag
         _ = try check("epoll_ctl") { Int(epoll_ctl(epfd, op, fd, &ev)) }
     }
 

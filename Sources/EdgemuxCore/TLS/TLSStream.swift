@@ -152,13 +152,26 @@ final class TLSStream {
         }
     }
 
-    /// Sends close_notify (once); does not wait for the peer's.
-    func shutdown() {
+    /// close_notify met a full socket: it waits in OpenSSL's write buffer (or the gathered
+    /// bytes ahead of it do), and `shutdown()` must be called again when the socket has room.
+    private(set) var closeNotifyPending = false
+
+    /// Sends close_notify (once; again while `closeNotifyPending`); does not wait for the peer's.
+    /// True when it is out of OpenSSL and edgemux (in the kernel's hands).
+    @discardableResult
+    func shutdown() -> Bool {
         CEdgemux_ERR_clear()
-        if SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN == 0 {
-            _ = SSL_shutdown(ssl)
+        defer { CEdgemux_ERR_clear() }
+        if SSL_get_shutdown(ssl) & SSL_SENT_SHUTDOWN == 0 || closeNotifyPending {
+            let r = SSL_shutdown(ssl)
+            // 0: sent, the peer's has not come; 1: both. Below 0 on a full socket: WANT_WRITE,
+            // and the alert is kept for the next call. Any other error: nothing more to send.
+            closeNotifyPending = r < 0 && SSL_get_error(ssl, r) == SSL_ERROR_WANT_WRITE
         }
-        CEdgemux_ERR_clear()
+        if !closeNotifyPending, hasBufferedOutput {
+            closeNotifyPending = !((try? flushBuffered()) ?? true)
+        }
+        return !closeNotifyPending
     }
 
     /// The negotiated ALPN protocol ("" when none).

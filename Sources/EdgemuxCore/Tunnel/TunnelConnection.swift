@@ -285,6 +285,8 @@ final class TunnelConnection: EventHandler, ClientConnection {
             } catch let e as IOError {
                 lastFailure = String(cString: strerror(e.errnoCode))
                 lastFailureWasTimeout = false
+                let reason = Self.connectFailureReason(lastFailure, timedOut: false)
+                worker.metrics.update { $0.tunnelConnectFailures[reason, default: 0] += 1 }
                 worker.logger.warning("\(logPrefix): \(address) for \(targetText): \(lastFailure)")
             } catch {
                 lastFailure = "\(error)"
@@ -312,13 +314,25 @@ final class TunnelConnection: EventHandler, ClientConnection {
         }
     }
 
+    /// A bounded label for a failed connect.
+    static func connectFailureReason(_ why: String, timedOut: Bool) -> String {
+        if timedOut { return "timeout" }
+        let w = why.lowercased()
+        if w.contains("parent proxy") { return "parent" }
+        if w.contains("refused") { return "refused" }
+        if w.contains("unreachable") || w.contains("no route") { return "unreachable" }
+        return "error"
+    }
+
     private func destinationFailed(_ why: String) {
         loop.cancel(timer)
         timer = nil
         destination?.close(on: loop)
         destination = nil
         lastFailure = why
-        worker.metrics.update { $0.backendConnectFailures["tunnel/\(current?.description ?? "?")", default: 0] += 1 }
+        // By reason, not by destination: a client must not make a metric series per address.
+        let reason = Self.connectFailureReason(why, timedOut: lastFailureWasTimeout)
+        worker.metrics.update { $0.tunnelConnectFailures[reason, default: 0] += 1 }
         worker.logger.warning("\(logPrefix): \(current?.description ?? "?") for \(targetText): \(why)")
         if phase == .awaitingParent {
             fail(502, "parent proxy \(tunnel.parent?.text ?? "?") failed for \(targetText): \(why)")
