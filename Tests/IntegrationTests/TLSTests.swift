@@ -54,6 +54,58 @@ extension Integration {
             #expect(viaOther.stdout.hasPrefix("http1 GET /sni host=x.other.test"), "\(viaOther.stdout) \(viaOther.stderr)")
         }
 
+        @Test("TLS policy: by default only ECDHE with AEAD over TLS 1.2 (sslscan finds no CBC, RC4, 3DES, NULL or TLS 1.0/1.1), TLS 1.3 offered; ciphers and groups configurable")
+        func tlsPolicy() throws {
+            let (h1, h1Port) = try startPeer("http1")
+            defer { h1.stop() }
+            let port = freePort()
+            let e = try Edgemux(config: config(port: port, http1Port: h1Port, extraCert: false), port: port)
+            let scan = Command.run("/usr/bin/sslscan", ["--no-colour", "--no-fallback", "--no-renegotiation", "--no-heartbleed", "127.0.0.1:\(port)"], timeout: 60)
+            #expect(scan.status == 0, "\(scan.stdout) \(scan.stderr)")
+            let accepted = scan.stdout.split(separator: "\n").filter { $0.hasPrefix("Accepted") || $0.hasPrefix("Preferred") }
+            #expect(accepted.contains { $0.contains("TLSv1.3") }, "\(scan.stdout)")
+            #expect(accepted.contains { $0.contains("TLSv1.2") && $0.contains("ECDHE-ECDSA-AES128-GCM-SHA256") }, "\(scan.stdout)")
+            for line in accepted {
+                #expect(!line.contains("TLSv1.0") && !line.contains("TLSv1.1") && !line.contains("SSLv"), "old protocol: \(line)")
+                if line.contains("TLSv1.2") {
+                    #expect((line.contains("GCM") || line.contains("CHACHA20")) && line.contains("ECDHE"), "not ECDHE with AEAD: \(line)")
+                }
+                // "Accepted  TLSv1.2  128 bits  ECDHE-ECDSA-AES128-GCM-SHA256 Curve 25519 DHE 253"
+                let cipher = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst(4).first.map(String.init) ?? ""
+                for weak in ["RC4", "DES", "NULL", "EXP", "ADH", "AECDH", "CAMELLIA", "ARIA", "SEED", "IDEA", "PSK", "SRP"] {
+                    #expect(!cipher.contains(weak), "\(weak) accepted: \(line)")
+                }
+                #expect(!cipher.hasPrefix("DHE-") && !cipher.hasPrefix("AES") && !cipher.hasPrefix("RSA"), "no ECDHE: \(line)")
+            }
+            #expect(!scan.stdout.contains("TLSv1.0   enabled") && !scan.stdout.contains("TLSv1.1   enabled"), "\(scan.stdout)")
+            // openssl s_client agrees: a CBC suite and a group outside the list are refused.
+            let cbc = sClient(port, ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA", "-servername", "localhost"], stdin: "")
+            #expect(cbc.stdout.contains("Cipher is (NONE)") || cbc.stderr.contains("handshake failure") || cbc.stderr.contains("alert"), "\(cbc.stdout) \(cbc.stderr)")
+            let p384 = sClient(port, ["-tls1_3", "-groups", "P-384", "-servername", "localhost"], stdin: "")
+            #expect(p384.stderr.contains("alert") || p384.stderr.contains("handshake failure"), "\(p384.stdout) \(p384.stderr)")
+            let x25519 = sClient(port, ["-tls1_3", "-groups", "X25519", "-servername", "localhost", "-brief"], stdin: "")
+            #expect(x25519.stderr.contains("Protocol version: TLSv1.3"), "\(x25519.stderr) \(e.log)")
+
+            // Configured: one TLS 1.2 cipher; P-384 and P-256 (the certificate's curve: TLS 1.2
+            // signs with it only if it is in the list), no X25519.
+            let port2 = freePort()
+            let custom = config(port: port2, http1Port: h1Port, extraCert: false).replacingOccurrences(
+                of: "      min_version: \"1.2\"\n", with: "      min_version: \"1.2\"\n      ciphers: ECDHE-ECDSA-AES256-GCM-SHA384\n      groups: P-384:P-256\n")
+            let e2 = try Edgemux(config: custom, port: port2)
+            let only = sClient(port2, ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256", "-servername", "localhost"], stdin: "")
+            #expect(!only.stdout.contains("Cipher is ECDHE-ECDSA-AES128-GCM-SHA256") && !only.stderr.contains("Ciphersuite: ECDHE-ECDSA-AES128-GCM-SHA256"), "\(only.stdout)")
+            let chosen = sClient(port2, ["-tls1_2", "-servername", "localhost", "-brief"], stdin: "")
+            #expect(chosen.stderr.contains("ECDHE-ECDSA-AES256-GCM-SHA384"), "\(chosen.stderr) \(e2.log)")
+            let noX25519 = sClient(port2, ["-tls1_3", "-groups", "X25519", "-servername", "localhost"], stdin: "")
+            #expect(noX25519.stderr.contains("alert") || noX25519.stderr.contains("handshake failure"), "\(noX25519.stderr)")
+            // A list OpenSSL does not know is refused by check, at its line.
+            let scratch = Scratch("policy")
+            let bad = custom.replacingOccurrences(of: "ciphers: ECDHE-ECDSA-AES256-GCM-SHA384", with: "ciphers: NOT-A-CIPHER")
+            try bad.write(toFile: scratch.file("bad.yaml"), atomically: true, encoding: .utf8)
+            let check = Command.run(Paths.edgemux, ["check", "--config", scratch.file("bad.yaml")], timeout: 15)
+            #expect(check.status != 0 && (check.stderr + check.stdout).contains("NOT-A-CIPHER"), "\(check.stdout) \(check.stderr)")
+        }
+
         @Test("TLS 1.2 and 1.3, min_version enforced, sessions resume")
         func versionsAndResumption() throws {
             let (h1, h1Port) = try startPeer("http1")

@@ -553,7 +553,7 @@ struct NodeReader {
     }
 
     mutating func readListenerTLS(_ node: Node, _ path: String) -> ListenerTLSConfig? {
-        guard let m = mapping(node, path, allowed: ["certificates", "alpn", "min_version", "ticket_keys"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["certificates", "alpn", "min_version", "ticket_keys", "ciphers", "ciphersuites", "groups"]) else { return nil }
         var certs: [CertificatePair] = []
         if let c = m["certificates"], let seq = sequence(c, join(path, "certificates")) {
             for (i, cn) in seq.enumerated() {
@@ -595,6 +595,16 @@ struct NodeReader {
             if s == "1.2" || s == "1.3" { minVersion = s } else { fail(v, join(path, "min_version"), "expected \"1.2\" or \"1.3\"") }
         }
         var config = ListenerTLSConfig(certificates: certs, alpn: alpn, minVersion: minVersion)
+        for (key, set) in [("ciphers", \TLSPolicy.ciphers), ("ciphersuites", \TLSPolicy.ciphersuites), ("groups", \TLSPolicy.groups)] as [(String, WritableKeyPath<TLSPolicy, String>)] {
+            guard let n = m[key], let list = string(n, join(path, key)) else { continue }
+            var policy = config.policy
+            policy[keyPath: set] = list
+            if let problem = TLSServerContext.policyProblem(policy) {
+                fail(n, join(path, key), problem)
+            } else {
+                config.policy = policy
+            }
+        }
         if let kn = m["ticket_keys"], let file = readablePath(kn, join(path, "ticket_keys")) {
             if let keys = Self.ticketKeys(fromFile: file) {
                 config.ticketKeys = keys

@@ -174,6 +174,26 @@ public struct ListenerTLSConfig: Sendable {
     public var ticketKeys: [UInt8]? = nil
     /// Where `ticketKeys` came from (watched with `--watch`).
     public var ticketKeyPath: String? = nil
+    /// Cipher choice and key exchange groups.
+    public var policy = TLSPolicy()
+}
+
+/// Which ciphers and groups a listener offers, as OpenSSL lists. The defaults are Mozilla's
+/// "intermediate" profile without finite-field DH: TLS 1.2 only with ECDHE and an AEAD cipher
+/// (AES-GCM, ChaCha20-Poly1305; no CBC, RC4, 3DES, NULL, export or anonymous suites), TLS 1.3's
+/// three suites, X25519 then P-256; the server's order wins.
+public struct TLSPolicy: Sendable, Equatable {
+    public static let defaultCiphers = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+    public static let defaultCiphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+    public static let defaultGroups = "X25519:P-256"
+    /// TLS 1.2 cipher list (`ciphers`).
+    public var ciphers = TLSPolicy.defaultCiphers
+    /// TLS 1.3 cipher suites (`ciphersuites`).
+    public var ciphersuites = TLSPolicy.defaultCiphersuites
+    /// Key exchange groups (`groups`).
+    public var groups = TLSPolicy.defaultGroups
+
+    public init() {}
 }
 
 /// One routing rule.

@@ -32,7 +32,8 @@ public final class TLSServerContext: @unchecked Sendable {
     ///   - alpn: the protocols offered, in preference order.
     ///   - minVersion: "1.2" or "1.3".
     ///   - ticketKeys: 80 bytes shared by every context (so a ticket from any worker resumes).
-    public init(certificates: [CertificatePair], alpn: [String], minVersion: String, ticketKeys: [UInt8]) throws {
+    ///   - policy: ciphers and groups.
+    public init(certificates: [CertificatePair], alpn: [String], minVersion: String, ticketKeys: [UInt8], policy: TLSPolicy = TLSPolicy()) throws {
         precondition(!certificates.isEmpty)
         var wire: [UInt8] = []
         for p in alpn {
@@ -56,6 +57,7 @@ public final class TLSServerContext: @unchecked Sendable {
                 let min = minVersion == "1.3" ? CEdgemux_TLS1_3_VERSION() : CEdgemux_TLS1_2_VERSION()
                 _ = CEdgemux_SSL_CTX_set_min_proto_version(ctx, min)
                 ERR_clear_error()
+                if let problem = Self.apply(policy, to: ctx) { throw TLSError(problem) }
                 guard SSL_CTX_use_certificate_chain_file(ctx, pair.certPath) == 1 else {
                     throw TLSError.fromQueue("cannot load certificate chain \(pair.certPath)")
                 }
@@ -107,6 +109,29 @@ public final class TLSServerContext: @unchecked Sendable {
     }
 
     /// 80 random bytes for session ticket keys.
+    /// Sets `policy` on `ctx`; what OpenSSL refused, if anything.
+    static func apply(_ policy: TLSPolicy, to ctx: OpaquePointer) -> String? {
+        ERR_clear_error()
+        guard SSL_CTX_set_cipher_list(ctx, policy.ciphers) == 1 else {
+            return "OpenSSL knows no cipher in '\(policy.ciphers)' (an OpenSSL cipher list such as \(TLSPolicy.defaultCiphers.split(separator: ":").prefix(2).joined(separator: ":")))"
+        }
+        guard SSL_CTX_set_ciphersuites(ctx, policy.ciphersuites) == 1 else {
+            return "OpenSSL refuses the TLS 1.3 suites '\(policy.ciphersuites)' (expected names such as \(TLSPolicy.defaultCiphersuites))"
+        }
+        guard CEdgemux_SSL_CTX_set1_groups_list(ctx, policy.groups) == 1 else {
+            return "OpenSSL refuses the groups '\(policy.groups)' (expected names such as X25519:P-256:P-384)"
+        }
+        ERR_clear_error()
+        return nil
+    }
+
+    /// Why `policy` cannot be used, or nil (checked on a scratch context, for `check`).
+    public static func policyProblem(_ policy: TLSPolicy) -> String? {
+        guard let ctx = SSL_CTX_new(TLS_server_method()) else { return "OpenSSL cannot make a context" }
+        defer { SSL_CTX_free(ctx) }
+        return apply(policy, to: ctx)
+    }
+
     public static func randomTicketKeys() -> [UInt8] {
         var keys = [UInt8](repeating: 0, count: 80)
         _ = RAND_bytes(&keys, 80)
