@@ -169,6 +169,36 @@ struct RouterTests {
         r.host = "example.com"
         #expect(router.select(protocol: .http1, sni: nil, request: r)?.name == "web")
     }
+
+    @Test("path routes match the RFC 3986 normalised path: dot segments and encoded unreserved characters do not slip past")
+    func normalisedPaths() {
+        var admin = RouteMatch()
+        admin.pathPrefix = "/admin/"
+        let router = Router(routes: [
+            RouteConfig(name: "admin", match: admin, backend: "admin", idleTimeoutMillis: 0),
+            RouteConfig(name: "web", match: RouteMatch(), backend: "web", idleTimeoutMillis: 0),
+        ])
+        var r = RequestInfo()
+        for path in ["/admin/x", "/x/../admin/x", "/%61dmin/x", "/./admin/x", "/a/b/../../admin/x?q=/../", "/%2e%2e/admin/x", "/x/%2E%2E/admin/"] {
+            r.path = path
+            #expect(router.select(protocol: .http1, sni: nil, request: r)?.name == "admin", "\(path)")
+        }
+        for path in ["/adminx", "/x/admin/", "/%2Fadmin/x", "/admin%2Fx"] {
+            r.path = path
+            #expect(router.select(protocol: .http1, sni: nil, request: r)?.name == "web", "\(path)")
+        }
+    }
+
+    @Test("RFC 3986 normalisation: section 5.2.4 dot segments, unreserved escapes decoded, others uppercased, query kept")
+    func pathNormalizer() {
+        let cases: [(String, String)] = [
+            ("/a/b/c/./../../g", "/a/g"), ("/mid/content=5/../6", "/mid/6"), ("/../a", "/a"), ("/a/..", "/"),
+            ("/a/b/..", "/a/"), ("/a/.", "/a/"), ("/.", "/"), ("/", "/"), ("/a//b", "/a//b"),
+            ("/%7Euser/%41%2f", "/~user/A%2F"), ("/p?x=/../y", "/p?x=/../y"), ("*", "*"), ("/plain/path", "/plain/path"),
+            ("/%zz/%4", "/%zz/%4"),
+        ]
+        for (input, want) in cases { #expect(PathNormalizer.normalize(input) == want, "\(input)") }
+    }
 }
 
 enum FileManagerShim {

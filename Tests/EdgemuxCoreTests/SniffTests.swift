@@ -168,6 +168,18 @@ struct HTTP1HeadParserTests {
         #expect(length == head.utf8.count - 4)
     }
 
+    @Test("an absolute-form target's authority wins over Host, whatever the case of its scheme")
+    func absoluteFormAnyCase() {
+        for scheme in ["http", "HTTP", "Https"] {
+            guard case .done(let info, _) = parse("GET \(scheme)://Other.Example:8080/api?x HTTP/1.1\r\nHost: localhost\r\n\r\n") else {
+                Issue.record("not done for \(scheme)")
+                continue
+            }
+            #expect(info.host == "other.example", "\(scheme)")
+            #expect(info.path == "/api?x", "\(scheme)")
+        }
+    }
+
     @Test func needsMoreUntilTheEmptyLine() {
         let head = "POST /api HTTP/1.1\r\nHost: a\r\n\r\n"
         for n in 1..<head.utf8.count {

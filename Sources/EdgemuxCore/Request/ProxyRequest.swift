@@ -174,6 +174,8 @@ final class ProxyRequest: EventHandler {
     /// The request head is complete: route it and send it on.
     func headReceived(endStream: Bool) {
         guard state == .awaitingHead else { return }
+        // The backend gets the path that was routed (RFC 3986 normalised).
+        head.path = PathNormalizer.normalize(head.path)
         head.endStream = endStream
         requestEnded = endStream
         if let t = head.fields.first("grpc-timeout"), isGRPC, let ms = Self.grpcTimeoutMillis(t) {

@@ -6,8 +6,11 @@ public struct Router: Sendable {
     public init(routes: [RouteConfig]) { self.routes = routes }
 
     /// The first route whose every condition holds, or nil.
+    /// The path is matched in its normalised form (`PathNormalizer`).
     public func select(protocol proto: ClientProtocol, sni: String?, request: RequestInfo) -> RouteConfig? {
-        routes.first { Self.matches($0.match, protocol: proto, sni: sni, request: request) }
+        var request = request
+        request.path = PathNormalizer.normalize(request.path)
+        return routes.first { Self.matches($0.match, protocol: proto, sni: sni, request: request) }
     }
 
     static func matches(_ m: RouteMatch, protocol proto: ClientProtocol, sni: String?, request: RequestInfo) -> Bool {

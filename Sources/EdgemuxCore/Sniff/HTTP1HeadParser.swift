@@ -132,7 +132,7 @@ public struct HTTP1HeadParser {
         info.method = String(decoding: line[0..<sp1], as: UTF8.self)
         var target = String(decoding: line[(sp1 + 1)..<sp2], as: UTF8.self)
         // absolute-form (RFC 9112 3.2.2): the authority in the target overrides Host.
-        if target.utf8.first == UInt8(ascii: "h"), let r = Self.authorityStart(target) {
+        if (target.utf8.first ?? 0) | 0x20 == UInt8(ascii: "h"), let r = Self.authorityStart(target) {
             let afterScheme = target[r...]
             let slash = afterScheme.firstIndex(of: "/") ?? afterScheme.endIndex
             info.host = Self.hostWithoutPort(String(afterScheme[..<slash]))
@@ -143,9 +143,11 @@ public struct HTTP1HeadParser {
     }
 
     /// Where the authority of an absolute-form target ("http://..." / "https://...") starts.
+    /// The scheme is case-insensitive (RFC 3986 section 3.1): `HTTP://other.example/` routes by
+    /// other.example, as nginx does.
     static func authorityStart(_ target: String) -> String.Index? {
         let u = target.utf8
-        for scheme in ["http://", "https://"] where u.starts(with: scheme.utf8) {
+        for scheme in ["http://", "https://"] where u.count >= scheme.utf8.count && zip(u, scheme.utf8).allSatisfy({ $0 | 0x20 == $1 | 0x20 }) {
             return u.index(u.startIndex, offsetBy: scheme.utf8.count)
         }
         return nil
