@@ -117,6 +117,13 @@ void CEdgemux_ERR_text(char *out, size_t cap) {
     ERR_clear_error();
 }
 
+int CEdgemux_ERR_peek_plain_http(void) {
+    unsigned long e = ERR_peek_error();
+    if (e == 0 || ERR_GET_LIB(e) != ERR_LIB_SSL) return 0;
+    int reason = ERR_GET_REASON(e);
+    return reason == SSL_R_HTTP_REQUEST || reason == SSL_R_HTTPS_PROXY_REQUEST;
+}
+
 void CEdgemux_ERR_clear(void) {
     if (ERR_peek_error() != 0) ERR_clear_error();
 }

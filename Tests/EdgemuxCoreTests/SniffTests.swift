@@ -187,6 +187,21 @@ struct HTTP1HeadParserTests {
         }
     }
 
+    @Test("junk is refused at the byte that makes it junk, before any line ends")
+    func junkRefusedEarly() {
+        let junk = ["hello world\r", "GE\u{1}T", "GET / HTTX", "GET / HTTP/2", "GET / HTTP/1.1x", "GET  /", "GET /a\u{7f}", "GET /\r",
+                    "ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFGHIJ", "PRI * HTTP/2.0", "{\"json\": 1}", "\u{16}\u{3}\u{1}"]
+        for text in junk {
+            guard case .error = parse(text) else {
+                Issue.record("'\(text)' was not refused")
+                continue
+            }
+        }
+        for text in ["\r", "\r\nGET", "M-SEARCH * HTTP/1.", "GET /a%20b?c=d HTTP/1.0", "OPTIONS * HTTP/1.1\r"] {
+            #expect(parse(text) == .needMore, "'\(text)'")
+        }
+    }
+
     @Test func absoluteFormAndIPv6Host() {
         if case .done(let info, _) = parse("GET http://Example.com:80/a/b HTTP/1.1\r\nHost: other\r\n\r\n") {
             #expect(info.path == "/a/b")

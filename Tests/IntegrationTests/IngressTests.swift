@@ -250,8 +250,13 @@ extension Integration {
             // Never starts the handshake (TCP only): closed after the 1 s handshake timeout.
             let silent = rawTLS(port, ["--plain", "--timeout", "10"])
             #expect((closedAfter(silent) ?? 99) < 5, "\(silent)")
-            // Garbage instead of a ClientHello: closed at once.
-            let garbage = rawTLS(port, ["--plain", "--send", "b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'", "--timeout", "10"])
+            // Plain HTTP instead of a ClientHello: a 400 in clear text, as nginx does, and closed.
+            let plain = rawTLS(port, ["--plain", "--send", "b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'", "--timeout", "10", "--show", "200"])
+            #expect((closedAfter(plain) ?? 99) < 1 && plain.contains("HTTP/1.1 400 Bad Request") && plain.contains("plain HTTP request sent to an HTTPS port"), "\(plain)")
+            let curlPlain = Command.run("/usr/bin/curl", ["-sS", "-w", " %{http_code}", "http://127.0.0.1:\(port)/"], timeout: 15)
+            #expect(curlPlain.stdout.hasSuffix(" 400") && curlPlain.stdout.contains("use https://"), "\(curlPlain.stdout) \(curlPlain.stderr)")
+            // Binary garbage instead of a ClientHello: closed at once.
+            let garbage = rawTLS(port, ["--plain", "--send", "b'\\x00\\x01\\x02\\x03 junk junk junk'", "--timeout", "10"])
             #expect((closedAfter(garbage) ?? 99) < 1, "\(garbage)")
             // Half a ClientHello, then nothing: closed after the handshake timeout.
             let half = rawTLS(port, ["--plain", "--send", "b'\\x16\\x03\\x01\\x02\\x00\\x01\\x00\\x01\\xfc\\x03\\x03'", "--timeout", "10"])
@@ -267,6 +272,9 @@ extension Integration {
             let slow = rawTLS(port, ["--alpn", "http/1.1", "--send", "b'GET / HTTP/1.1\\r\\nHost: loc'"])
             #expect(slow.contains("HTTP/1.1 408"), "\(slow)")
             #expect((closedAfter(slow) ?? 99) < 5, "\(slow)")
+            // Junk that never ends a line: 400 at once, not at the 1 s request timeout.
+            let junk = rawTLS(port, ["--alpn", "http/1.1", "--send", "b'hello world\\r'", "--timeout", "10"])
+            #expect(junk.contains("HTTP/1.1 400") && (closedAfter(junk) ?? 99) < 0.5, "\(junk)")
             // A malformed request line: 400.
             let bad = rawTLS(port, ["--alpn", "http/1.1", "--send", "b'GET /\\x00 HTTP/1.1\\r\\n\\r\\n'"])
             #expect(bad.contains("HTTP/1.1 400"), "\(bad)")
@@ -285,6 +293,8 @@ extension Integration {
             #expect(metrics.contains("edgemux_sniff_errors_total{kind=\"h1_head_too_large\"} 1"), "\(metrics)")
             #expect(metrics.contains("edgemux_sniff_errors_total{kind=\"h2_protocol\"} 1"), "\(metrics)")
             #expect(metrics.contains("edgemux_tls_handshake_failures_total{reason=\"protocol\"} 1"), "\(metrics)")
+            #expect(metrics.contains("edgemux_tls_handshake_failures_total{reason=\"plain_http\"} 2"), "\(metrics)")
+            #expect(log.contains("plain HTTP request sent to a TLS port; answered 400"), "\(log)")
         }
     }
 }

@@ -104,6 +104,9 @@ size_t CEdgemux_BIO_socket_pending(BIO *bio);
 
 /// The first queued OpenSSL error as text in `out` (empty when none); clears the queue.
 void CEdgemux_ERR_text(char *out, size_t cap);
+/// The first queued OpenSSL error was the record layer seeing plain HTTP (a request line, or
+/// CONNECT) where a TLS handshake was due. Leaves the queue as it is.
+int CEdgemux_ERR_peek_plain_http(void);
 /// Empties this thread's OpenSSL error queue, as SSL_get_error needs before every TLS I/O call.
 /// ERR_clear_error always walks all of the queue's slots; on the relay path the queue is nearly
 /// always empty already, and a look at it costs a fraction of that.

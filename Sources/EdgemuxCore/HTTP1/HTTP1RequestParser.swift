@@ -83,6 +83,8 @@ struct HTTP1RequestParser {
         }
         guard end > 0 else {
             if bytes.count >= cap { return .error(HTTP1RequestError(status: 431, reason: "request head exceeds \(cap) bytes", label: "h1_head_too_large")) }
+            // Junk is refused as it arrives, not when the request timeout runs out.
+            if let problem = HTTP1HeadParser.partialRequestLineProblem(bytes, from: start) { return .error(.bad(problem)) }
             return .needMore
         }
         return parseHead(UnsafeRawBufferPointer(rebasing: bytes[start..<end]), headLength: end)

@@ -301,6 +301,15 @@ final class ProxyConnection: EventHandler, ClientConnection {
             worker.metrics.update { $0.handshakeFailures["client_closed", default: 0] += 1 }
             close()
         case .failed(let why):
+            if tls.sawPlainHTTP {
+                // As nginx does: a short answer in clear text says what went wrong.
+                outcome = "plain_http_on_tls"
+                worker.metrics.update { $0.handshakeFailures["plain_http", default: 0] += 1 }
+                worker.logger.notice("\(logPrefix): plain HTTP request sent to a TLS port; answered 400")
+                client.tls = nil
+                sendAnswer(ErrorAnswers.http1(status: 400, message: "plain HTTP request sent to an HTTPS port: use https://"))
+                return
+            }
             outcome = "tls_handshake_failed"
             worker.metrics.update { $0.handshakeFailures["protocol", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): \(why)")

@@ -40,10 +40,8 @@ public struct HTTP1HeadParser {
         }
         guard let end = headEnd else {
             if bytes.count > cap { return .error(.headTooLarge(cap)) }
-            // Fail fast on garbage: the request line must start with a token character.
-            if bytes.count > start, !Self.tokenChars[Int(bytes[start])] {
-                return .error(.malformedHead("request line does not start with a method"))
-            }
+            // Fail fast on garbage: what has come of the request line must be able to become one.
+            if let problem = Self.partialRequestLineProblem(bytes, from: start) { return .error(.malformedHead(problem)) }
             return .needMore
         }
         if end > cap { return .error(.headTooLarge(cap)) }
@@ -115,6 +113,46 @@ public struct HTTP1HeadParser {
             } else {
                 i += 4
             }
+        }
+        return nil
+    }
+
+    /// The longest method accepted (the registered ones are at most 17 bytes).
+    static let maxMethodLength = 32
+
+    /// What is already wrong with a request line that has not ended (RFC 9112 section 3: a
+    /// method of token characters, one space, a target without controls or spaces, one space,
+    /// `HTTP/1.x` and CRLF), or nil while it can still become one. Junk is refused at the byte
+    /// that makes it junk, not when the request timeout runs out.
+    static func partialRequestLineProblem(_ b: UnsafeRawBufferPointer, from start: Int) -> String? {
+        var i = start
+        if i < b.count, b[i] == 13, i + 1 == b.count { return nil }  // an empty line's CR, its LF to come
+        while i < b.count, b[i] != 32 {
+            if !tokenChars[Int(b[i])] { return i == start ? "request line does not start with a method" : "invalid method" }
+            i += 1
+            if i - start > maxMethodLength { return "method longer than \(maxMethodLength) bytes" }
+        }
+        guard i < b.count else { return nil }
+        if i == start { return "request line has no method" }
+        i += 1
+        let targetStart = i
+        while i < b.count, b[i] != 32 {
+            if b[i] < 32 || b[i] == 127 { return b[i] == 13 || b[i] == 10 ? "request line has no version" : "invalid request target" }
+            i += 1
+        }
+        guard i < b.count else { return nil }
+        if i == targetStart { return "request line has no target" }
+        i += 1
+        let version: [UInt8] = Array("HTTP/1.".utf8)
+        for k in 0..<9 where i + k < b.count {
+            let c = b[i + k]
+            let ok: Bool
+            switch k {
+            case 0..<7: ok = c == version[k]
+            case 7: ok = c == UInt8(ascii: "0") || c == UInt8(ascii: "1")
+            default: ok = c == 13
+            }
+            if !ok { return "unsupported version" }
         }
         return nil
     }

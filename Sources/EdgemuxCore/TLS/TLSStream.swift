@@ -152,6 +152,9 @@ final class TLSStream {
         }
     }
 
+    /// The handshake failed because the client spoke plain HTTP (OpenSSL saw a request line).
+    private(set) var sawPlainHTTP = false
+
     /// close_notify met a full socket: it waits in OpenSSL's write buffer (or the gathered
     /// bytes ahead of it do), and `shutdown()` must be called again when the socket has room.
     private(set) var closeNotifyPending = false
@@ -214,6 +217,7 @@ final class TLSStream {
             if e == 0 { return .eof }
             return .failed("TLS \(what): \(String(cString: strerror(e)))")
         default:
+            sawPlainHTTP = CEdgemux_ERR_peek_plain_http() == 1
             return .failed(TLSError.fromQueue("TLS \(what)").message)
         }
     }
