@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <sys/mman.h>
+#include <malloc.h>
 #include "CEdgemux.h"
 
 int CEdgemux_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
@@ -376,6 +377,8 @@ size_t CEdgemux_BIO_socket_pending(BIO *bio) {
     edgemux_sock *st = BIO_get_data(bio);
     return st->gathered - st->sent;
 }
+
+int CEdgemux_malloc_trim(void) { return malloc_trim(0); }
 
 // MARK: - memory an idle HTTP/2 session gives back
 

@@ -119,6 +119,9 @@ int CEdgemux_SSL_CTX_check_private_key(const SSL_CTX *ctx);
 /// ::1), valid for `days`, and writes PEM files. 1 on success.
 int CEdgemux_make_self_signed(const char *cn, int days, const char *cert_path, const char *key_path);
 
+/// glibc's malloc_trim(0): free memory in every arena goes back to the kernel.
+int CEdgemux_malloc_trim(void);
+
 // MARK: - memory an idle HTTP/2 session gives back
 
 /// An nghttp2 allocator (nghttp2_session_server_new3) for one session that can give the pages

@@ -21,6 +21,7 @@ public final class WorkerMetrics: Sendable {
         var tunnelDenied: [String: Int] = [:]
         var tunnelFailures: [String: Int] = [:]
         var tunnelConnectFailures: [String: Int] = [:]
+        var memoryTrims = 0
         var upstreamReused = 0
         var upstreamRetries = 0
         var upstreamIdle = 0
@@ -101,6 +102,7 @@ public final class Metrics: Sendable {
         for w in workers {
             let v = w.values.withLock { $0 }
             total.accepted += v.accepted
+            total.memoryTrims += v.memoryTrims
             total.active += v.active
             total.noRoute += v.noRoute
             total.bytesIn += v.bytesIn
@@ -139,6 +141,7 @@ public final class Metrics: Sendable {
             }
         }
         counter("edgemux_connections_accepted_total", "Client connections accepted.", total.accepted)
+        counter("edgemux_memory_trims_total", "Times free heap memory went back to the kernel after a burst of connections closed.", total.memoryTrims)
         out += "# HELP edgemux_connections_active Client connections open now.\n# TYPE edgemux_connections_active gauge\nedgemux_connections_active \(total.active)\n"
         labelled("edgemux_tls_handshake_failures_total", "Client TLS handshakes that failed, by reason.", "reason", total.handshakeFailures)
         labelled("edgemux_sniff_errors_total", "Connections closed for a bad first request, by kind.", "kind", total.sniffErrors)

@@ -22,6 +22,12 @@ final class Worker {
     var servers: [ObjectIdentifier: RequestServer] = [:]
     /// Draining: new requests on open connections are refused and connections close when idle.
     private(set) var draining = false
+    /// Client connections open on this worker, and the most since memory was last trimmed.
+    private var openConnections = 0
+    private var peakSinceTrim = 0
+    private var trimScheduled = false
+    /// A trim waits this long after a burst has mostly closed (the rest of it closes meanwhile).
+    static let trimDelayMillis: Int64 = 5_000
 
     init(loop: EventLoop, snapshot: Snapshot, metrics: WorkerMetrics, logger: Logger) {
         self.loop = loop
@@ -100,6 +106,8 @@ final class Worker {
             return
         }
         metrics.update { $0.accepted += 1; $0.active += 1 }
+        openConnections += 1
+        peakSinceTrim = max(peakSinceTrim, openConnections)
         let conn: ClientConnection
         if let tunnel = listener.tunnel {
             conn = TunnelConnection(worker: self, snapshot: snapshot, listener: listener, tunnel: tunnel, fd: fd, peer: peer)
@@ -114,6 +122,25 @@ final class Worker {
     /// A connection's last act (called exactly once per connection).
     func finished(_ conn: ClientConnection) {
         metrics.update { $0.active -= 1 }
+        openConnections -= 1
+        // After a burst of connections has closed, glibc keeps the memory they freed (scattered
+        // between live blocks, it is not at an arena's top): 147 MiB stayed after 8,000 idle TLS
+        // connections closed on a 29 MiB process. malloc_trim gives it back (to 32 MiB).
+        if !trimScheduled, peakSinceTrim - openConnections >= max(256, peakSinceTrim / 4) {
+            trimScheduled = true
+            loop.schedule(afterMillis: Self.trimDelayMillis) { [weak self] in self?.trimMemory() }
+        }
+    }
+
+    private func trimMemory() {
+        trimScheduled = false
+        let before = Posix.residentKiB()
+        let started = Posix.monotonicMillis()
+        Posix.releaseFreeHeapMemory()
+        let after = Posix.residentKiB()
+        metrics.update { $0.memoryTrims += 1 }
+        logger.info("\(peakSinceTrim - openConnections) connections closed since the peak of \(peakSinceTrim): free heap memory returned, resident \(before / 1024) -> \(after / 1024) MiB in \(Posix.monotonicMillis() - started) ms")
+        peakSinceTrim = openConnections
     }
 
     /// Closes every open connection at once (the end of a drain).

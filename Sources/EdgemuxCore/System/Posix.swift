@@ -190,6 +190,23 @@ public enum Posix {
         signal(SIGPIPE, SIG_IGN)
     }
 
+    /// Gives the free memory of every malloc arena back to the kernel (glibc's malloc_trim):
+    /// after a burst, freed memory between live blocks is otherwise kept by the process.
+    public static func releaseFreeHeapMemory() { _ = CEdgemux_malloc_trim() }
+
+    /// The process's resident set in KiB (the second field of /proc/self/statm), 0 if unknown.
+    public static func residentKiB() -> Int {
+        let fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return 0 }
+        defer { Glibc.close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 128)
+        let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { return 0 }
+        let fields = buffer[0..<n].split(separator: UInt8(ascii: " "))
+        guard fields.count > 1, let pages = Int(String(decoding: fields[1], as: UTF8.self)) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
+    }
+
     /// CLOCK_MONOTONIC in milliseconds.
     public static func monotonicMillis() -> Int64 {
         var ts = timespec()
