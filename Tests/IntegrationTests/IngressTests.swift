@@ -208,6 +208,86 @@ extension Integration {
             return Double(out[r.upperBound...].prefix { $0 != "s" })
         }
 
+        @Test("limits: the connection over max_connections_per_client is closed while another address connects; a listener at max_connections stops accepting until one closes")
+        func connectionLimits() throws {
+            let b = try StandardBackends()
+            let port = freePort(), admin = freePort()
+            let e = try Edgemux(config: b.config(port: port, listenerExtra: "    max_connections_per_client: 3", workers: 2, admin: admin), port: port)
+            let script = """
+                import socket, ssl, sys, time
+                ctx = ssl.create_default_context(cafile="\(TestCerts.ca)")
+                def tls(src, timeout=5):
+                    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=timeout, source_address=(src, 0))
+                    return ctx.wrap_socket(s, server_hostname="localhost")
+                held = [tls("127.0.0.1") for _ in range(int(sys.argv[2]))]
+                try:
+                    x = tls("127.0.0.1", 0.7)
+                    x.sendall(b"GET /hello HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n")
+                    print("over: answered" if x.recv(100) else "over: closed")
+                except socket.timeout:
+                    print("over: waits")
+                except (OSError, ssl.SSLError) as e:
+                    print("over: refused", type(e).__name__)
+                try:
+                    other = tls("127.0.0.2", 0.7)
+                    print("other address:", other.version())
+                except socket.timeout:
+                    print("other address: waits")
+                held.pop().close()
+                time.sleep(0.4)
+                again = tls("127.0.0.1", 2)
+                print("after one closed:", again.version())
+                """
+            let perClient = Command.run(Paths.python, ["-c", script, "\(port)", "3"], timeout: 30)
+            #expect(perClient.stdout.contains("over: refused") || perClient.stdout.contains("over: closed"), "\(perClient.stdout) \(perClient.stderr) \(e.log)")
+            #expect(perClient.stdout.contains("other address: TLSv1.3") && perClient.stdout.contains("after one closed: TLSv1.3"), "\(perClient.stdout) \(perClient.stderr)")
+            let m = curl(["http://127.0.0.1:\(admin)/metrics"], port: admin).stdout
+            #expect(m.contains("edgemux_connections_refused_total{limit=\"client\"} 1"), "\(m)")
+            #expect(e.log.contains("max_connections_per_client (3) for 127.0.0.1"), "\(e.log)")
+
+            let port2 = freePort()
+            let e2 = try Edgemux(config: b.config(port: port2, listenerExtra: "    max_connections: 2", workers: 2), port: port2)
+            let listenerFull = Command.run(Paths.python, ["-c", script, "\(port2)", "2"], timeout: 30)
+            // The third waits in the backlog (no handshake), and is served once one has closed.
+            #expect(listenerFull.stdout.contains("over: waits") && listenerFull.stdout.contains("other address: waits") && listenerFull.stdout.contains("after one closed: TLSv1.3"),
+                    "\(listenerFull.stdout) \(listenerFull.stderr) \(e2.log)")
+            #expect(e2.log.contains("at its max_connections: not accepting for now"), "\(e2.log)")
+        }
+
+        @Test("under ulimit -n 256 the process limit comes from the descriptors: 300 clients at once make no error storm, and service comes back at once")
+        func descriptorLimit() throws {
+            let b = try StandardBackends()
+            let port = freePort()
+            let scratch = Scratch("nofile")
+            try b.config(port: port, workers: 1).write(toFile: scratch.file("edgemux.yaml"), atomically: true, encoding: .utf8)
+            let e = try Background("edgemux", "/bin/bash", ["-c", "ulimit -n 256 && exec \(Paths.edgemux) run --config \(scratch.file("edgemux.yaml"))"])
+            defer { e.stop(signal: SIGTERM) }
+            #expect(waitForPort(port, while: e), "\(e.log)")
+            let many = Command.run(Paths.python, ["-c", """
+                import socket, time
+                held = []
+                for _ in range(300):
+                    s = socket.create_connection(("127.0.0.1", \(port)), timeout=5)
+                    s.sendall(b"\\x16\\x03\\x01")  # a ClientHello that never ends: each holds a descriptor
+                    held.append(s)
+                time.sleep(1.5)
+                for s in held:
+                    s.close()
+                print("held", len(held))
+                """], timeout: 30)
+            #expect(many.stdout.contains("held 300"), "\(many.stdout) \(many.stderr)")
+            let started = Date()
+            var served = false
+            while !served, Date().timeIntervalSince(started) < 3 {
+                served = curl(["--http1.1", "https://localhost:\(port)/hello"], port: port, timeout: 2).stdout.hasPrefix("web-h1")
+            }
+            #expect(served && Date().timeIntervalSince(started) < 1.5, "not served again at once: \(e.log)")
+            let log = e.log
+            #expect(log.contains("at most 64 client connections"), "\(log)")
+            #expect(!log.contains("Too many open files"), "\(log)")
+            #expect(log.components(separatedBy: "\n").filter { $0.contains("max_connections") }.count <= 3, "\(log)")
+        }
+
         @Test("an admin client that gets a finished scrape's descriptor keeps its own 5 s, not what was left of the old one")
         func adminTimerBelongsToItsClient() throws {
             let b = try StandardBackends()

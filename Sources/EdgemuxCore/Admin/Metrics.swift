@@ -22,6 +22,8 @@ public final class WorkerMetrics: Sendable {
         var tunnelFailures: [String: Int] = [:]
         var tunnelConnectFailures: [String: Int] = [:]
         var memoryTrims = 0
+        var connectionsRefused: [String: Int] = [:]
+        var acceptPauses: [String: Int] = [:]
         var upstreamReused = 0
         var upstreamRetries = 0
         var upstreamIdle = 0
@@ -103,6 +105,8 @@ public final class Metrics: Sendable {
             let v = w.values.withLock { $0 }
             total.accepted += v.accepted
             total.memoryTrims += v.memoryTrims
+            total.connectionsRefused.merge(v.connectionsRefused, uniquingKeysWith: +)
+            total.acceptPauses.merge(v.acceptPauses, uniquingKeysWith: +)
             total.active += v.active
             total.noRoute += v.noRoute
             total.bytesIn += v.bytesIn
@@ -141,6 +145,8 @@ public final class Metrics: Sendable {
             }
         }
         counter("edgemux_connections_accepted_total", "Client connections accepted.", total.accepted)
+        labelled("edgemux_connections_refused_total", "Connections closed at accept for a limit (client: max_connections_per_client).", "limit", total.connectionsRefused)
+        labelled("edgemux_accept_pauses_total", "Times a listener stopped accepting for 100 ms at max_connections (process or listener).", "limit", total.acceptPauses)
         counter("edgemux_memory_trims_total", "Times free heap memory went back to the kernel after a burst of connections closed.", total.memoryTrims)
         out += "# HELP edgemux_connections_active Client connections open now.\n# TYPE edgemux_connections_active gauge\nedgemux_connections_active \(total.active)\n"
         labelled("edgemux_tls_handshake_failures_total", "Client TLS handshakes that failed, by reason.", "reason", total.handshakeFailures)

@@ -199,6 +199,16 @@ struct NodeReader {
         return ms
     }
 
+    /// A count from 0 (no limit) to 10,000,000.
+    mutating func count(_ node: Node, _ path: String) -> Int? {
+        guard let s = string(node, path) else { return nil }
+        guard let v = Int(s), v >= 0, v <= 10_000_000 else {
+            fail(node, path, "expected a count from 0 (no limit) to 10000000, not '\(s)'")
+            return nil
+        }
+        return v
+    }
+
     mutating func size(_ node: Node, _ path: String) -> Int? {
         guard let s = string(node, path) else { return nil }
         guard let n = ConfigLoader.parseSize(s), n > 0, n <= ConfigLoader.maxSize else {
@@ -257,7 +267,7 @@ struct NodeReader {
     // MARK: the document
 
     mutating func readConfig(_ root: Node) -> EdgemuxConfig? {
-        guard let top = mapping(root, "", allowed: ["workers", "admin", "drain_timeout", "access_log", "listeners", "backends"]) else { return nil }
+        guard let top = mapping(root, "", allowed: ["workers", "admin", "drain_timeout", "access_log", "listeners", "backends", "max_connections"]) else { return nil }
         var workers = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         if let w = top["workers"] {
             if w.string == "auto" {
@@ -325,11 +335,13 @@ struct NodeReader {
         } else if top["listeners"] == nil {
             fail(root, "listeners", "missing: define at least one listener")
         }
-        return EdgemuxConfig(workers: workers, admin: admin, drainTimeoutMillis: drain, listeners: listeners, backends: backends, accessLog: accessLog)
+        var config = EdgemuxConfig(workers: workers, admin: admin, drainTimeoutMillis: drain, listeners: listeners, backends: backends, accessLog: accessLog)
+        if let n = top["max_connections"], let v = count(n, "max_connections") { config.maxConnections = v }
+        return config
     }
 
     mutating func readListener(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> ListenerConfig? {
-        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes", "tunnel", "http2", "max_connection_age", "keepalive_timeout"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes", "tunnel", "http2", "max_connection_age", "keepalive_timeout", "max_connections", "max_connections_per_client"]) else { return nil }
         let name = m["name"].flatMap { string($0, join(path, "name")) } ?? path
         var addr: SocketAddress?
         if let l = m["listen"] { addr = address(l, join(path, "listen")) } else { fail(node, join(path, "listen"), "missing: the address to listen on, e.g. 0.0.0.0:443") }
@@ -371,8 +383,10 @@ struct NodeReader {
             fail(m["http2"] ?? m["max_connection_age"] ?? m["keepalive_timeout"], path, "http2, max_connection_age and keepalive_timeout apply to listeners with routes, not to tunnels")
         }
         guard let addr else { return nil }
+        let maxConnections = m["max_connections"].flatMap { count($0, join(path, "max_connections")) } ?? 0
+        let perClient = m["max_connections_per_client"].flatMap { count($0, join(path, "max_connections_per_client")) } ?? 0
         let listener = ListenerConfig(name: name, address: addr, proxyProtocol: proxyProtocol, tls: tls, handshakeTimeoutMillis: handshake, requestTimeoutMillis: request, maxRequestHeadBytes: maxHead, routes: routes, tunnel: tunnel,
-                                      http2: http2, maxConnectionAgeMillis: age, keepaliveTimeoutMillis: keepalive)
+                                      http2: http2, maxConnectionAgeMillis: age, keepaliveTimeoutMillis: keepalive, maxConnections: maxConnections, maxConnectionsPerClient: perClient)
         checkProtocols(listener, node: node, path: path, routes: m["routes"], backends: backends)
         return listener
     }

@@ -12,6 +12,8 @@ public struct EdgemuxConfig: Sendable {
     public let backends: [String: BackendConfig]
     /// Where the access log goes: one JSON line per connection when it closes; nil: off.
     public let accessLog: String?
+    /// Client connections the process holds at most (0: sized from the descriptor limit).
+    public var maxConnections = 0
 
     public init(workers: Int, admin: AdminConfig?, drainTimeoutMillis: Int64, listeners: [ListenerConfig], backends: [String: BackendConfig], accessLog: String? = nil) {
         self.accessLog = accessLog
@@ -57,9 +59,18 @@ public final class ListenerConfig: Sendable {
     public let maxConnectionAgeMillis: Int64
     /// How long an idle request-mode connection (no request open) is kept.
     public let keepaliveTimeoutMillis: Int64
+    /// Connections this listener holds at most (0: only the process limit); at the limit it
+    /// stops accepting and new connections wait in the kernel's backlog.
+    public let maxConnections: Int
+    /// Connections one client address may hold on this listener (0: no limit); the one over it
+    /// is closed at once.
+    public let maxConnectionsPerClient: Int
 
     public init(name: String, address: SocketAddress, proxyProtocol: Bool, tls: ListenerTLSConfig?, handshakeTimeoutMillis: Int64, requestTimeoutMillis: Int64, maxRequestHeadBytes: Int, routes: [RouteConfig], tunnel: TunnelConfig?,
-                http2: HTTP2ServerSettings = HTTP2ServerSettings(), maxConnectionAgeMillis: Int64 = 0, keepaliveTimeoutMillis: Int64 = 75_000) {
+                http2: HTTP2ServerSettings = HTTP2ServerSettings(), maxConnectionAgeMillis: Int64 = 0, keepaliveTimeoutMillis: Int64 = 75_000,
+                maxConnections: Int = 0, maxConnectionsPerClient: Int = 0) {
+        self.maxConnections = maxConnections
+        self.maxConnectionsPerClient = maxConnectionsPerClient
         self.http2 = http2
         self.maxConnectionAgeMillis = maxConnectionAgeMillis
         self.keepaliveTimeoutMillis = keepaliveTimeoutMillis

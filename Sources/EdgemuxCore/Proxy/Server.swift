@@ -18,6 +18,8 @@ public final class Server: @unchecked Sendable {
     /// Called (on the signal thread) for SIGHUP; returns the new snapshot or throws why not.
     public var reloader: (@Sendable () throws -> Snapshot)?
     private var admin: AdminServer?
+    /// Connection counts shared by the workers (set in `start`, sized from the descriptor limit).
+    private var limiter = ConnectionLimiter(descriptorLimit: 1024)
 
     public init(snapshot: Snapshot, logger: Logger) {
         self.snapshot = snapshot
@@ -28,14 +30,16 @@ public final class Server: @unchecked Sendable {
     /// Binds every listener for every worker (so an address in use fails here, before any thread
     /// starts) and starts the worker threads.
     public func start() throws {
-        Server.raiseDescriptorLimit(logger: logger)
+        let descriptors = Server.raiseDescriptorLimit(logger: logger)
+        limiter = ConnectionLimiter(descriptorLimit: descriptors)
         let config = snapshot.config
+        logger.info("at most \(limiter.processMax(config)) client connections\(config.maxConnections > 0 ? " (max_connections)" : " (from the descriptor limit, \(descriptors))")")
         let fdsPerWorker = try Self.bind(config.listeners.map(\.address), workers: config.workers)
         for w in 0..<config.workers {
             let loop = try EventLoop(index: w)
             var workerLogger = logger
             workerLogger[metadataKey: "worker"] = "\(w)"
-            let worker = Worker(loop: loop, snapshot: snapshot, metrics: metrics.workers[w], logger: workerLogger)
+            let worker = Worker(loop: loop, snapshot: snapshot, metrics: metrics.workers[w], logger: workerLogger, limiter: limiter)
             for (fd, address) in fdsPerWorker[w] { try worker.adopt(listenerFD: fd, address: address) }
             workers.append(worker)
         }
@@ -163,16 +167,21 @@ public final class Server: @unchecked Sendable {
     /// Raises the soft RLIMIT_NOFILE to the hard limit: every connection costs two descriptors
     /// (four with splice pipes), and the usual soft default of 1024 would cap edgemux at a few
     /// hundred connections.
-    static func raiseDescriptorLimit(logger: Logger) {
+    /// Returns the soft limit in force afterwards.
+    @discardableResult
+    static func raiseDescriptorLimit(logger: Logger) -> Int {
         var limit = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
         if limit.rlim_cur < limit.rlim_max {
             let old = limit.rlim_cur
             limit.rlim_cur = limit.rlim_max
             if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 {
                 logger.debug("raised the descriptor limit from \(old) to \(limit.rlim_max)")
+            } else {
+                limit.rlim_cur = old
             }
         }
+        return Int(clamping: limit.rlim_cur)
     }
 
     /// Blocks SIGHUP/SIGTERM/SIGINT for every thread started after this (they are read through

@@ -29,7 +29,14 @@ final class Worker {
     /// A trim waits this long after a burst has mostly closed (the rest of it closes meanwhile).
     static let trimDelayMillis: Int64 = 5_000
 
-    init(loop: EventLoop, snapshot: Snapshot, metrics: WorkerMetrics, logger: Logger) {
+    /// Connection counts shared with the other workers.
+    let limiter: ConnectionLimiter
+    /// What each open connection was counted under (to release it when it closes).
+    private var admitted: [ObjectIdentifier: (listener: String, client: String?)] = [:]
+    private var refusals = RepeatedCondition()
+
+    init(loop: EventLoop, snapshot: Snapshot, metrics: WorkerMetrics, logger: Logger, limiter: ConnectionLimiter) {
+        self.limiter = limiter
         self.loop = loop
         self.snapshot = snapshot
         self.metrics = metrics
@@ -105,6 +112,17 @@ final class Worker {
             Posix.close(fd)
             return
         }
+        let client = listener.maxConnectionsPerClient > 0 ? peer.ipString : nil
+        if let refusal = limiter.admit(listener, client: client, config: snapshot.config) {
+            metrics.update { $0.connectionsRefused[refusal.rawValue, default: 0] += 1 }
+            if let n = refusals.occurred(now: loop.now) {
+                let limit = refusal == .client ? "max_connections_per_client (\(listener.maxConnectionsPerClient)) for \(peer.ipString)"
+                    : refusal == .listener ? "max_connections (\(listener.maxConnections))" : "the process's max_connections (\(limiter.processMax(snapshot.config)))"
+                logger.warning("listener '\(listener.name)': a connection over \(limit) closed (\(n) refused since the last such line)")
+            }
+            Posix.closeWithReset(fd)
+            return
+        }
         metrics.update { $0.accepted += 1; $0.active += 1 }
         openConnections += 1
         peakSinceTrim = max(peakSinceTrim, openConnections)
@@ -114,6 +132,7 @@ final class Worker {
         } else {
             conn = ProxyConnection(worker: self, snapshot: snapshot, listener: listener, fd: fd, peer: peer)
         }
+        admitted[ObjectIdentifier(conn)] = (listener.name, client)
         // From here the loop's descriptor table holds the only reference to the connection: it
         // lives exactly as long as its client socket is registered.
         conn.start()
@@ -122,6 +141,7 @@ final class Worker {
     /// A connection's last act (called exactly once per connection).
     func finished(_ conn: ClientConnection) {
         metrics.update { $0.active -= 1 }
+        if let a = admitted.removeValue(forKey: ObjectIdentifier(conn)) { limiter.release(listener: a.listener, client: a.client) }
         openConnections -= 1
         // After a burst of connections has closed, glibc keeps the memory they freed (scattered
         // between live blocks, it is not at an arena's top): 147 MiB stayed after 8,000 idle TLS
@@ -211,6 +231,16 @@ final class ListenerSocket: EventHandler {
     let address: SocketAddress
     unowned let worker: Worker
     private var acceptFailures = RepeatedCondition()
+    private var limitPauses = RepeatedCondition()
+
+    /// Leaves the loop for 100 ms (level-triggered: a pending connection would report again at once).
+    private func pause() {
+        worker.loop.deregister(fd: fd)
+        worker.loop.schedule(afterMillis: 100) { [weak self] in
+            guard let self else { return }
+            try? self.worker.loop.register(fd: self.fd, events: EventLoop.readEvents, handler: self)
+        }
+    }
 
     init(fd: Int32, address: SocketAddress, worker: Worker) {
         self.fd = fd
@@ -220,6 +250,16 @@ final class ListenerSocket: EventHandler {
 
     override func handleEvent(fd: Int32, events: UInt32) {
         for _ in 0..<64 {
+            if let listener = worker.snapshot.config.listeners.first(where: { $0.address == address }),
+               let full = worker.limiter.hasRoom(listener, config: worker.snapshot.config) {
+                // At the limit: stop accepting (connections wait in the backlog) and look again soon.
+                worker.metrics.update { $0.acceptPauses[full.rawValue, default: 0] += 1 }
+                if let n = limitPauses.occurred(now: worker.loop.now) {
+                    worker.logger.warning("listener '\(listener.name)' at \(full == .listener ? "its" : "the process's") max_connections: not accepting for now (\(n) pauses since the last such line)")
+                }
+                pause()
+                return
+            }
             do {
                 switch try Posix.accept(fd) {
                 case .processed(let (client, peer)):
@@ -233,11 +273,7 @@ final class ListenerSocket: EventHandler {
                 if let n = acceptFailures.occurred(now: worker.loop.now) {
                     worker.logger.error("accept on \(address) failed: \(e) (\(n) times since the last such line); pausing 100 ms each time")
                 }
-                worker.loop.deregister(fd: fd)
-                worker.loop.schedule(afterMillis: 100) { [weak self] in
-                    guard let self else { return }
-                    try? self.worker.loop.register(fd: self.fd, events: EventLoop.readEvents, handler: self)
-                }
+                pause()
                 return
             } catch {
                 return

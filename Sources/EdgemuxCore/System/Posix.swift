@@ -126,6 +126,14 @@ public enum Posix {
         try checkNonBlocking("write") { Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL)) }
     }
 
+    /// Closes with a reset (SO_LINGER 0): for a connection refused at accept, no FIN_WAIT or
+    /// TIME_WAIT left behind by a client that opens them in a loop.
+    public static func closeWithReset(_ fd: Int32) {
+        var l = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        close(fd)
+    }
+
     public static func shutdownWrite(_ fd: Int32) {
         _ = Glibc.shutdown(fd, Int32(SHUT_WR))
     }
