@@ -115,6 +115,35 @@ extension Integration {
             #expect(active != nil, "\(e.log)")
         }
 
+        @Test("a relayed backend that accepts and never speaks: 504 after response_timeout over HTTP/1.1 and HTTP/2, not an empty reply")
+        func silentBackend() throws {
+            // Accepts, reads, and answers only after the client's FIN (which never comes).
+            let (hole, holePort) = try startPeer("tcp-sink")
+            defer { hole.stop() }
+            let port = freePort()
+            let yaml = """
+                workers: 1
+                listeners:
+                  - name: public
+                    listen: 127.0.0.1:\(port)
+                \(tlsBlock())
+                    routes:
+                      - { name: silent, backend: silent, mode: relay, response_timeout: 1s }
+                backends:
+                  silent:
+                    endpoints: { http1: ["127.0.0.1:\(holePort)"], h2c: ["127.0.0.1:\(holePort)"] }
+                """
+            let e = try Edgemux(config: yaml, port: port)
+            for version in ["--http1.1", "--http2"] {
+                let started = Date()
+                let r = curl([version, "-w", " %{http_code}", "https://localhost:\(port)/anyone"], port: port, timeout: 10)
+                let took = Date().timeIntervalSince(started)
+                #expect(r.stdout.hasSuffix(" 504") && r.stdout.contains("did not answer in time"), "\(version): \(r.stdout) \(r.stderr) \(e.log)")
+                #expect(took > 0.9 && took < 3, "\(version): \(took) s")
+            }
+            #expect(e.log.contains("backend 'silent' sent nothing within"), "\(e.log)")
+        }
+
         @Test("PROXY protocol v1 and v2: the balancer's client address is the one logged; a bad header closes")
         func proxyProtocol() throws {
             let (h1, h1Port) = try startPeer("http1")

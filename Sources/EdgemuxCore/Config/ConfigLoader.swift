@@ -673,7 +673,8 @@ struct NodeReader {
         }
         let via = m["via"].flatMap { bool($0, join(path, "via")) } ?? false
         if mode == .relay || (mode == nil && match.targetsGRPC) {
-            for key in ["response_timeout", "forwarded", "via"] where m[key] != nil {
+            // (response_timeout applies to relays too: the wait for the backend's first byte.)
+            for key in ["forwarded", "via"] where m[key] != nil {
                 fail(m[key], join(path, key), "\(key) applies to request mode; this route relays (set mode: request)")
             }
         }

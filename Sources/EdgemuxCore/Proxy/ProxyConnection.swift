@@ -104,6 +104,9 @@ final class ProxyConnection: EventHandler, ClientConnection {
     var failures: [String] { get { exchange.failures } set { exchange.failures = newValue } }
     var ackFilter: SettingsAckFilter? { get { exchangeStorage?.ackFilter } set { exchange.ackFilter = newValue } }
     var timer: TimerHandle?
+    /// A relay's deadline for the backend's first byte (0: it has spoken, or no relay).
+    private var firstByteDeadline: Int64 = 0
+    private var relayStartedAt: Int64 = 0
     /// Kept with the exchange, so that an idle connection does not carry it.
     var finalAnswer: FinalAnswer? { get { exchangeStorage?.finalAnswer } set { exchange.finalAnswer = newValue } }
     let startedAt: Int64
@@ -258,7 +261,25 @@ final class ProxyConnection: EventHandler, ClientConnection {
         case .awaitingBackend:
             connectFailed("connect timed out after \(backendConfig?.connectTimeoutMillis ?? 0) ms")
         case .relaying, .exchanging:
-            guard let route, route.idleTimeoutMillis > 0 else { return }
+            guard let route else { return }
+            if phase == .relaying, firstByteDeadline > 0, let relay {
+                if relay.backendSpoke {
+                    firstByteDeadline = 0
+                } else if loop.now >= firstByteDeadline {
+                    outcome = "response_timeout"
+                    worker.metrics.update { $0.timeouts["response", default: 0] += 1 }
+                    let name = backendConfig?.name ?? "?"
+                    worker.logger.warning("\(logPrefix): backend '\(name)' sent nothing within \(loop.now - relayStartedAt) ms on route '\(route.name)'; answered 504")
+                    relay.release()
+                    self.relay = nil
+                    answerError(status: 504, message: "backend '\(name)' did not answer in time")
+                    return
+                } else if route.idleTimeoutMillis == 0 || firstByteDeadline - loop.now < route.idleTimeoutMillis {
+                    armTimer(firstByteDeadline - loop.now)
+                    return
+                }
+            }
+            guard route.idleTimeoutMillis > 0 else { return }
             let last = phase == .relaying ? (relay?.lastActivity ?? startedAt) : exchange.lastActivity
             let idle = loop.now - last
             guard idle >= route.idleTimeoutMillis else {
@@ -642,9 +663,21 @@ final class ProxyConnection: EventHandler, ClientConnection {
             self.relayEnded(end)
         }
         ackFilter = nil
-        armTimer(route?.idleTimeoutMillis ?? 0)
+        // Until the backend's first byte edgemux can still answer for it: a backend that
+        // accepts and never speaks gets the client a 504 (gRPC: UNAVAILABLE, retried) after the
+        // route's response_timeout, or 30 s where it has none (gRPC routes: any HTTP/2 server
+        // sends its SETTINGS at once).
+        let wait = (route?.responseTimeoutMillis ?? 0) > 0 ? route!.responseTimeoutMillis : Self.relayFirstByteMillis
+        firstByteDeadline = loop.now + wait
+        relayStartedAt = loop.now
+        let idle = route?.idleTimeoutMillis ?? 0
+        armTimer(idle > 0 ? min(idle, wait) : wait)
         relay?.pumpAll()
     }
+
+    /// How long a relayed connection waits for the backend's first byte on a route without a
+    /// response_timeout.
+    static let relayFirstByteMillis: Int64 = 30_000
 
     // MARK: one request over a kept backend connection
 

@@ -47,6 +47,8 @@ final class Relay {
     var toClient = Direction()
     /// The loop time of the last byte read from either side (idle timeouts).
     private(set) var lastActivity: Int64
+    /// The backend has sent at least one byte (until then edgemux can still answer the client).
+    private(set) var backendSpoke = false
     private var ended = false
     /// Never splice (benchmarks of the copying path).
     var forceCopyPath = false
@@ -181,7 +183,10 @@ final class Relay {
                     return
                 }
             }
-            if filled > held { lastActivity = loop.now }
+            if filled > held {
+                lastActivity = loop.now
+                if d.isTowardsClient { backendSpoke = true }
+            }
             var count = filled
             if var f = d.filter {
                 count = f.filter(scratch, count: filled)
@@ -269,6 +274,7 @@ final class Relay {
                 case .processed(let n):
                     d.pipeBytes += n
                     lastActivity = loop.now
+                    if d.isTowardsClient { backendSpoke = true }
                 case .wouldBlock:
                     src.readable = false  // the pipe is empty here, so it is the source that is
                     return
