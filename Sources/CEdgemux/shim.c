@@ -497,3 +497,36 @@ size_t CEdgemux_h2_memory_release_idle(CEdgemux_h2_memory *memory) {
     }
     return released;
 }
+
+// MARK: - client certificates
+
+int CEdgemux_SSL_CTX_request_client_certificates(SSL_CTX *ctx, const char *ca_path, int required) {
+    if (SSL_CTX_load_verify_locations(ctx, ca_path, NULL) != 1) return 0;
+    STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca_path);
+    if (names == NULL) return 0;
+    SSL_CTX_set_client_CA_list(ctx, names);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (required ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
+    SSL_CTX_set_verify_depth(ctx, 8);
+    return 1;
+}
+
+size_t CEdgemux_SSL_verified_peer_subject(SSL *ssl, char *out, size_t cap) {
+    if (cap == 0) return 0;
+    out[0] = 0;
+    X509 *peer = SSL_get0_peer_certificate(ssl);
+    if (peer == NULL || SSL_get_verify_result(ssl) != X509_V_OK) return 0;
+    BIO *mem = BIO_new(BIO_s_mem());
+    if (mem == NULL) return 0;
+    size_t n = 0;
+    if (X509_NAME_print_ex(mem, X509_get_subject_name(peer), 0, XN_FLAG_RFC2253) >= 0) {
+        char *data = NULL;
+        long len = BIO_get_mem_data(mem, &data);
+        if (len > 0 && data != NULL) {
+            n = (size_t)len < cap - 1 ? (size_t)len : cap - 1;
+            memcpy(out, data, n);
+            out[n] = 0;
+        }
+    }
+    BIO_free(mem);
+    return n;
+}

@@ -106,6 +106,38 @@ extension Integration {
             #expect(check.status != 0 && (check.stderr + check.stdout).contains("NOT-A-CIPHER"), "\(check.stdout) \(check.stderr)")
         }
 
+        @Test("client certificates: required admits a certificate from client_ca and tells the backend its subject (a forged field is dropped); none is refused; optional serves both")
+        func clientCertificates() throws {
+            let (h1, h1Port) = try startPeer("http1")
+            defer { h1.stop() }
+            func listener(_ port: UInt16, auth: String) -> String {
+                config(port: port, http1Port: h1Port, extraCert: false).replacingOccurrences(
+                    of: "      min_version: \"1.2\"\n", with: "      min_version: \"1.2\"\n      client_ca: \(TestCerts.ca)\n      client_auth: \(auth)\n")
+                    .replacingOccurrences(of: "match: { alpn: http/1.1 }\n        backend: web", with: "match: { alpn: http/1.1 }\n        backend: web\n        mode: request")
+            }
+            let withCert = ["--cert", "\(TestCerts.dir)/client.pem", "--key", "\(TestCerts.dir)/client.key"]
+            let forged = ["-H", "X-Client-Cert-Subject: CN=admin"]
+            let port = freePort()
+            let e = try Edgemux(config: listener(port, auth: "required"), port: port)
+            let admitted = curl(["--http1.1"] + withCert + forged + ["https://localhost:\(port)/headers"], port: port)
+            #expect(admitted.stdout.contains("x-client-cert-subject: CN=client\n") && !admitted.stdout.contains("CN=admin"), "\(admitted.stdout) \(admitted.stderr) \(e.log)")
+            let refused = curl(["--http1.1", "https://localhost:\(port)/headers"], port: port)
+            #expect(refused.status != 0 && !refused.stdout.contains("x-client-cert-subject"), "\(refused.stdout) \(refused.stderr)")
+
+            let port2 = freePort()
+            let e2 = try Edgemux(config: listener(port2, auth: "optional"), port: port2)
+            let anonymous = curl(["--http1.1"] + forged + ["https://localhost:\(port2)/headers"], port: port2)
+            #expect(anonymous.stdout.contains("host: localhost") && !anonymous.stdout.contains("x-client-cert-subject"), "\(anonymous.stdout) \(anonymous.stderr) \(e2.log)")
+            let named = curl(["--http1.1"] + withCert + ["https://localhost:\(port2)/headers"], port: port2)
+            #expect(named.stdout.contains("x-client-cert-subject: CN=client\n"), "\(named.stdout) \(named.stderr)")
+            // A CA file that is not one is refused by check.
+            let scratch = Scratch("clientca")
+            try listener(port2, auth: "required").replacingOccurrences(of: "client_ca: \(TestCerts.ca)", with: "client_ca: /etc/hostname")
+                .write(toFile: scratch.file("bad.yaml"), atomically: true, encoding: .utf8)
+            let check = Command.run(Paths.edgemux, ["check", "--config", scratch.file("bad.yaml")], timeout: 15)
+            #expect(check.status != 0 && (check.stdout + check.stderr).contains("client_ca"), "\(check.stdout) \(check.stderr)")
+        }
+
         @Test("TLS 1.2 and 1.3, min_version enforced, sessions resume")
         func versionsAndResumption() throws {
             let (h1, h1Port) = try startPeer("http1")

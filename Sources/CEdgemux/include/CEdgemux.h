@@ -112,6 +112,13 @@ int CEdgemux_ERR_peek_plain_http(void);
 /// always empty already, and a look at it costs a fraction of that.
 void CEdgemux_ERR_clear(void);
 
+/// Asks clients for a certificate signed by the CA in `ca_path` (PEM), whose names are sent in
+/// the CertificateRequest; `required`: a client without one fails the handshake. 1 on success.
+int CEdgemux_SSL_CTX_request_client_certificates(SSL_CTX *ctx, const char *ca_path, int required);
+/// The verified client certificate's subject as RFC 2253 text into `out`: its length, 0 when
+/// the client sent none or it did not verify.
+size_t CEdgemux_SSL_verified_peer_subject(SSL *ssl, char *out, size_t cap);
+
 /// Does the leaf certificate in `ctx` match its private key?
 int CEdgemux_SSL_CTX_check_private_key(const SSL_CTX *ctx);
 

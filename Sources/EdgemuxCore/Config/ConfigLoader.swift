@@ -567,7 +567,7 @@ struct NodeReader {
     }
 
     mutating func readListenerTLS(_ node: Node, _ path: String) -> ListenerTLSConfig? {
-        guard let m = mapping(node, path, allowed: ["certificates", "alpn", "min_version", "ticket_keys", "ciphers", "ciphersuites", "groups"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["certificates", "alpn", "min_version", "ticket_keys", "ciphers", "ciphersuites", "groups", "client_ca", "client_auth", "client_subject_header"]) else { return nil }
         var certs: [CertificatePair] = []
         if let c = m["certificates"], let seq = sequence(c, join(path, "certificates")) {
             for (i, cn) in seq.enumerated() {
@@ -609,6 +609,21 @@ struct NodeReader {
             if s == "1.2" || s == "1.3" { minVersion = s } else { fail(v, join(path, "min_version"), "expected \"1.2\" or \"1.3\"") }
         }
         var config = ListenerTLSConfig(certificates: certs, alpn: alpn, minVersion: minVersion)
+        if let n = m["client_ca"], let ca = readablePath(n, join(path, "client_ca")) {
+            if let problem = TLSServerContext.caProblem(ca) { fail(n, join(path, "client_ca"), problem) } else { config.clientCA = ca }
+            config.clientAuth = .required
+        }
+        if let n = m["client_auth"], let s = string(n, join(path, "client_auth")) {
+            if let a = ClientAuth(rawValue: s) {
+                config.clientAuth = a
+                if a != .none, m["client_ca"] == nil { fail(n, join(path, "client_auth"), "client_auth \(s) needs client_ca: the CA that signs client certificates") }
+            } else {
+                fail(n, join(path, "client_auth"), "expected none, optional or required, not '\(s)'")
+            }
+        }
+        if let n = m["client_subject_header"], let s = string(n, join(path, "client_subject_header")) {
+            if !s.isEmpty, s.utf8.allSatisfy({ HTTP1HeadParser.tokenChars[Int($0)] }) { config.clientSubjectHeader = s.lowercased() } else { fail(n, join(path, "client_subject_header"), "expected a header name, not '\(s)'") }
+        }
         for (key, set) in [("ciphers", \TLSPolicy.ciphers), ("ciphersuites", \TLSPolicy.ciphersuites), ("groups", \TLSPolicy.groups)] as [(String, WritableKeyPath<TLSPolicy, String>)] {
             guard let n = m[key], let list = string(n, join(path, key)) else { continue }
             var policy = config.policy

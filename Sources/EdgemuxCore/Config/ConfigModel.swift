@@ -187,6 +187,19 @@ public struct ListenerTLSConfig: Sendable {
     public var ticketKeyPath: String? = nil
     /// Cipher choice and key exchange groups.
     public var policy = TLSPolicy()
+    /// Client certificates: the CA that signs them (PEM), nil: not asked for.
+    public var clientCA: String? = nil
+    public var clientAuth: ClientAuth = .none
+    /// Request mode: the header that carries a verified client certificate's subject (RFC 2253)
+    /// to the backend; the client's own fields of that name are dropped.
+    public var clientSubjectHeader = "x-client-cert-subject"
+}
+
+/// Whether a listener asks for client certificates, and whether it requires one.
+public enum ClientAuth: String, Sendable {
+    case none
+    case optional
+    case required
 }
 
 /// Which ciphers and groups a listener offers, as OpenSSL lists. The defaults are Mozilla's

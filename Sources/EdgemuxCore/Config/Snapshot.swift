@@ -31,7 +31,8 @@ public final class Snapshot: Sendable {
             guard let tls = l.tls else { continue }
             do {
                 server[l.name] = try (0..<max(1, config.workers)).map { _ in
-                    try TLSServerContext(certificates: tls.certificates, alpn: tls.alpn, minVersion: tls.minVersion, ticketKeys: tls.ticketKeys ?? ticketKeys, policy: tls.policy)
+                    try TLSServerContext(certificates: tls.certificates, alpn: tls.alpn, minVersion: tls.minVersion, ticketKeys: tls.ticketKeys ?? ticketKeys, policy: tls.policy,
+                                         clientCA: tls.clientCA, clientAuth: tls.clientAuth)
                 }
             } catch {
                 issues.append(ConfigIssue(file: "", line: 0, path: "listeners.\(l.name).tls", message: "\(error)"))

@@ -43,6 +43,14 @@ struct HeaderList {
         fields.append(Field(nameStart: Int32(ns), nameLength: Int32(name.count), valueStart: vs, valueLength: Int32(value.count)))
     }
 
+    /// Drops every field named `lower` (lower case); the bytes stay (the list is short-lived).
+    mutating func removeAll(named lower: String) {
+        let want = Array(lower.utf8)
+        fields.removeAll { f in
+            f.nameLength == want.count && bytes[f.name].elementsEqual(want)
+        }
+    }
+
     mutating func append(_ name: String, _ value: String) {
         var n = name, v = value
         n.withUTF8 { nb in v.withUTF8 { vb in append(name: UnsafeRawBufferPointer(nb), value: UnsafeRawBufferPointer(vb)) } }
@@ -207,10 +215,13 @@ struct ClientIdentity {
     let scheme: String
     /// `for=…;proto=…` of RFC 7239, the same for every request of the connection.
     let forwardedElement: String
+    /// The verified client certificate's subject (RFC 2253), if the listener asked for one.
+    let certificateSubject: String?
 
-    init(address: String, scheme: String) {
+    init(address: String, scheme: String, certificateSubject: String? = nil) {
         self.address = address
         self.scheme = scheme
+        self.certificateSubject = certificateSubject
         forwardedElement = "for=\(HTTP1Serializer.forwardedNode(address));proto=\(scheme)"
     }
 }

@@ -67,7 +67,7 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
         self.snapshot = snapshot
         self.listener = listener
         self.peer = peer
-        self.identity = ClientIdentity(address: peer.ipString, scheme: listener.tls == nil ? "http" : "https")
+        self.identity = ClientIdentity(address: peer.ipString, scheme: listener.tls == nil ? "http" : "https", certificateSubject: listener.tls?.clientCA == nil ? nil : transport.tls?.verifiedPeerSubject)
         self.sni = transport.tls?.serverName
         startedAt = worker.loop.now
         idleSince = startedAt

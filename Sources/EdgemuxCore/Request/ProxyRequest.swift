@@ -176,6 +176,11 @@ final class ProxyRequest: EventHandler {
         guard state == .awaitingHead else { return }
         // The backend gets the path that was routed (RFC 3986 normalised).
         head.path = PathNormalizer.normalize(head.path)
+        if let tls = listener.tls, tls.clientCA != nil {
+            // Only edgemux says who the client certificate named.
+            head.fields.removeAll(named: tls.clientSubjectHeader)
+            if let subject = client.certificateSubject { head.fields.append(tls.clientSubjectHeader, subject) }
+        }
         head.endStream = endStream
         requestEnded = endStream
         if let t = head.fields.first("grpc-timeout"), isGRPC, let ms = Self.grpcTimeoutMillis(t) {

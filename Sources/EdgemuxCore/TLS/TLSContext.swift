@@ -33,7 +33,9 @@ public final class TLSServerContext: @unchecked Sendable {
     ///   - minVersion: "1.2" or "1.3".
     ///   - ticketKeys: 80 bytes shared by every context (so a ticket from any worker resumes).
     ///   - policy: ciphers and groups.
-    public init(certificates: [CertificatePair], alpn: [String], minVersion: String, ticketKeys: [UInt8], policy: TLSPolicy = TLSPolicy()) throws {
+    ///   - clientCA, clientAuth: client certificates asked for, verified against this CA.
+    public init(certificates: [CertificatePair], alpn: [String], minVersion: String, ticketKeys: [UInt8], policy: TLSPolicy = TLSPolicy(),
+                clientCA: String? = nil, clientAuth: ClientAuth = .none) throws {
         precondition(!certificates.isEmpty)
         var wire: [UInt8] = []
         for p in alpn {
@@ -58,6 +60,11 @@ public final class TLSServerContext: @unchecked Sendable {
                 _ = CEdgemux_SSL_CTX_set_min_proto_version(ctx, min)
                 ERR_clear_error()
                 if let problem = Self.apply(policy, to: ctx) { throw TLSError(problem) }
+                if let clientCA, clientAuth != .none {
+                    guard CEdgemux_SSL_CTX_request_client_certificates(ctx, clientCA, clientAuth == .required ? 1 : 0) == 1 else {
+                        throw TLSError.fromQueue("cannot load client_ca \(clientCA)")
+                    }
+                }
                 guard SSL_CTX_use_certificate_chain_file(ctx, pair.certPath) == 1 else {
                     throw TLSError.fromQueue("cannot load certificate chain \(pair.certPath)")
                 }

@@ -186,6 +186,13 @@ final class TLSStream {
         return String(decoding: UnsafeBufferPointer(start: data, count: data == nil ? 0 : Int(length)), as: UTF8.self)
     }
 
+    /// The subject (RFC 2253) of the client certificate, when one was sent and verified.
+    var verifiedPeerSubject: String? {
+        var buf = [CChar](repeating: 0, count: 1024)
+        let n = CEdgemux_SSL_verified_peer_subject(ssl, &buf, buf.count)
+        return n > 0 ? String(cChars: buf) : nil
+    }
+
     /// The SNI the client sent, if any.
     var serverName: String? {
         guard let p = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) else { return nil }

@@ -88,6 +88,10 @@ def serve_http1(args):
                 for piece in blob(seed, size):
                     self.wfile.write(piece)
                 return
+            if self.path.startswith("/headers"):
+                # Every request field as received, one "name: value" line each.
+                self.reply("".join(f"{k.lower()}: {v}\n" for k, v in self.headers.items()).encode())
+                return
             if self.path.endswith("/conn"):
                 # Which backend connection served this: the proxy's source port.
                 self.reply(f"{args.name} conn={self.client_address[1]}\n".encode())
