@@ -184,6 +184,25 @@ extension Integration {
             #expect(e.background.process.isRunning, "\(e.log)")
         }
 
+        @Test("max_requests_per_connection: the last request gets Connection: close (HTTP/1.1) or a graceful GOAWAY (HTTP/2); curl goes on on a new connection")
+        func requestsPerConnection() throws {
+            let (h1, h1Port) = try startPeer("http1", ["--name", "count"])
+            defer { h1.stop() }
+            let port = freePort(), admin = freePort()
+            let yaml = requestModeConfig(port: port, http1: h1Port, admin: admin)
+                .replacingOccurrences(of: "    listen: 127.0.0.1:\(port)\n", with: "    listen: 127.0.0.1:\(port)\n    max_requests_per_connection: 2\n")
+            let e = try Edgemux(config: yaml, port: port)
+            for version in ["--http1.1", "--http2"] {
+                let urls = (1...4).map { "https://localhost:\(port)/n\($0)" }
+                let r = curl([version, "-w", "connects=%{num_connects}\\n"] + urls, port: port)
+                let connects = r.stdout.components(separatedBy: "connects=").dropFirst().compactMap { Int($0.prefix { $0.isNumber }) }
+                #expect(connects.count == 4 && connects.reduce(0, +) == 2, "\(version): \(r.stdout) \(r.stderr) \(e.log)")
+                #expect((1...4).allSatisfy { r.stdout.contains("count GET /n\($0)") }, "\(version): \(r.stdout)")
+            }
+            let m = curl(["http://127.0.0.1:\(admin)/metrics"], port: admin).stdout
+            #expect(m.contains("reason=\"max_requests\""), "\(m)")
+        }
+
         @Test("rapid reset and a CONTINUATION flood close their own connection; other clients go on")
         func abuse() throws {
             let (h1, h1Port) = try startPeer("http1", ["--name", "calm"])

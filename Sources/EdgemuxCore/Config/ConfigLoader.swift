@@ -341,7 +341,7 @@ struct NodeReader {
     }
 
     mutating func readListener(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> ListenerConfig? {
-        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes", "tunnel", "http2", "max_connection_age", "keepalive_timeout", "max_connections", "max_connections_per_client"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes", "tunnel", "http2", "max_connection_age", "keepalive_timeout", "max_connections", "max_connections_per_client", "max_requests_per_connection"]) else { return nil }
         let name = m["name"].flatMap { string($0, join(path, "name")) } ?? path
         var addr: SocketAddress?
         if let l = m["listen"] { addr = address(l, join(path, "listen")) } else { fail(node, join(path, "listen"), "missing: the address to listen on, e.g. 0.0.0.0:443") }
@@ -385,8 +385,10 @@ struct NodeReader {
         guard let addr else { return nil }
         let maxConnections = m["max_connections"].flatMap { count($0, join(path, "max_connections")) } ?? 0
         let perClient = m["max_connections_per_client"].flatMap { count($0, join(path, "max_connections_per_client")) } ?? 0
+        let perConnection = m["max_requests_per_connection"].flatMap { count($0, join(path, "max_requests_per_connection")) } ?? 0
         let listener = ListenerConfig(name: name, address: addr, proxyProtocol: proxyProtocol, tls: tls, handshakeTimeoutMillis: handshake, requestTimeoutMillis: request, maxRequestHeadBytes: maxHead, routes: routes, tunnel: tunnel,
-                                      http2: http2, maxConnectionAgeMillis: age, keepaliveTimeoutMillis: keepalive, maxConnections: maxConnections, maxConnectionsPerClient: perClient)
+                                      http2: http2, maxConnectionAgeMillis: age, keepaliveTimeoutMillis: keepalive, maxConnections: maxConnections, maxConnectionsPerClient: perClient,
+                                      maxRequestsPerConnection: perConnection)
         checkProtocols(listener, node: node, path: path, routes: m["routes"], backends: backends)
         return listener
     }

@@ -65,10 +65,14 @@ public final class ListenerConfig: Sendable {
     /// Connections one client address may hold on this listener (0: no limit); the one over it
     /// is closed at once.
     public let maxConnectionsPerClient: Int
+    /// Request mode: requests one connection may carry (0: no limit); the last gets
+    /// `Connection: close` (HTTP/1.1), or the connection a graceful GOAWAY (HTTP/2).
+    public let maxRequestsPerConnection: Int
 
     public init(name: String, address: SocketAddress, proxyProtocol: Bool, tls: ListenerTLSConfig?, handshakeTimeoutMillis: Int64, requestTimeoutMillis: Int64, maxRequestHeadBytes: Int, routes: [RouteConfig], tunnel: TunnelConfig?,
                 http2: HTTP2ServerSettings = HTTP2ServerSettings(), maxConnectionAgeMillis: Int64 = 0, keepaliveTimeoutMillis: Int64 = 75_000,
-                maxConnections: Int = 0, maxConnectionsPerClient: Int = 0) {
+                maxConnections: Int = 0, maxConnectionsPerClient: Int = 0, maxRequestsPerConnection: Int = 0) {
+        self.maxRequestsPerConnection = maxRequestsPerConnection
         self.maxConnections = maxConnections
         self.maxConnectionsPerClient = maxConnectionsPerClient
         self.http2 = http2

@@ -240,6 +240,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         responseTerminated = false
         responseFraming = .none
         closeAfterResponse = !request.keepAlive || draining
+        if listener.maxRequestsPerConnection > 0, requestCount >= listener.maxRequestsPerConnection { closeAfterResponse = true }
         switch request.body {
         case .none:
             requestBodyDone = true

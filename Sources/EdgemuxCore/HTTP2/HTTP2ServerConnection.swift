@@ -39,6 +39,8 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
     /// Requests accepted since this connection's reading last yielded to the loop (bounded by
     /// `requestsPerPass`: the rest wait for the loop's next pass).
     private var acceptedThisPass = 0
+    /// Requests accepted on this connection (`max_requests_per_connection`).
+    private var acceptedTotal = 0
     var timer: TimerHandle?
     /// When `timer` fires (.max: no timer).
     private var timerAt: Int64 = .max
@@ -299,6 +301,12 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
             r.head.fields = HeaderList(reservingBytes: 512, fields: 16)
             requests[id] = r
             acceptedThisPass += 1
+            acceptedTotal += 1
+            if listener.maxRequestsPerConnection > 0, acceptedTotal == listener.maxRequestsPerConnection {
+                // The last one: a graceful GOAWAY, sent once nghttp2 has returned (no sends from
+                // inside its callbacks).
+                loop.runSoon { [self] in self.startDrain(reason: "max_requests") }
+            }
         } else if let r = requests[id] {
             r.incoming = HeaderList()  // trailers
         }
