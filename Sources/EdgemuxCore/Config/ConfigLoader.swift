@@ -267,7 +267,7 @@ struct NodeReader {
     // MARK: the document
 
     mutating func readConfig(_ root: Node) -> EdgemuxConfig? {
-        guard let top = mapping(root, "", allowed: ["workers", "admin", "drain_timeout", "access_log", "listeners", "backends", "max_connections"]) else { return nil }
+        guard let top = mapping(root, "", allowed: ["workers", "admin", "drain_timeout", "access_log", "listeners", "backends", "max_connections", "max_handshakes"]) else { return nil }
         var workers = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         if let w = top["workers"] {
             if w.string == "auto" {
@@ -337,6 +337,7 @@ struct NodeReader {
         }
         var config = EdgemuxConfig(workers: workers, admin: admin, drainTimeoutMillis: drain, listeners: listeners, backends: backends, accessLog: accessLog)
         if let n = top["max_connections"], let v = count(n, "max_connections") { config.maxConnections = v }
+        if let n = top["max_handshakes"], let v = count(n, "max_handshakes") { config.maxHandshakes = v }
         return config
     }
 

@@ -14,6 +14,8 @@ public struct EdgemuxConfig: Sendable {
     public let accessLog: String?
     /// Client connections the process holds at most (0: sized from the descriptor limit).
     public var maxConnections = 0
+    /// TLS handshakes in progress at most (0: the default, 2048); past it listeners wait.
+    public var maxHandshakes = 0
 
     public init(workers: Int, admin: AdminConfig?, drainTimeoutMillis: Int64, listeners: [ListenerConfig], backends: [String: BackendConfig], accessLog: String? = nil) {
         self.accessLog = accessLog

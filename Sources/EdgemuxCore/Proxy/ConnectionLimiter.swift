@@ -12,6 +12,7 @@ final class ConnectionLimiter: Sendable {
 
     private struct Counts {
         var total = 0
+        var handshakes = 0
         var perListener: [String: Int] = [:]
         var perClient: [String: Int] = [:]
     }
@@ -21,7 +22,14 @@ final class ConnectionLimiter: Sendable {
         case process
         case listener
         case client
+        case handshakes
     }
+
+    /// TLS handshakes in progress the process allows when the config sets none: past it,
+    /// listeners wait (a reconnect storm is paced instead of every handshake timing out).
+    static let defaultMaxHandshakes = 2048
+
+    func maxHandshakes(_ config: EdgemuxConfig) -> Int { config.maxHandshakes > 0 ? config.maxHandshakes : Self.defaultMaxHandshakes }
 
     init(descriptorLimit: Int) {
         automaticMax = max(64, (descriptorLimit - 128) / 2)
@@ -32,12 +40,18 @@ final class ConnectionLimiter: Sendable {
     /// Room for one more connection on `listener` (asked before accept).
     func hasRoom(_ listener: ListenerConfig, config: EdgemuxConfig) -> Refusal? {
         let processMax = processMax(config)
+        let handshakeMax = listener.tls == nil ? Int.max : maxHandshakes(config)
         return counts.withLock { c in
             if c.total >= processMax { return .process }
             if listener.maxConnections > 0, c.perListener[listener.name, default: 0] >= listener.maxConnections { return .listener }
+            if c.handshakes >= handshakeMax { return .handshakes }
             return nil
         }
     }
+
+    /// A TLS handshake has started / is over (done, failed, or its connection closed).
+    func handshakeStarted() { counts.withLock { $0.handshakes += 1 } }
+    func handshakeEnded() { counts.withLock { $0.handshakes -= 1 } }
 
     /// Counts an accepted connection in, or says which limit it is over (then nothing is counted).
     /// `client`: the address, when the listener limits per client.

@@ -104,6 +104,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
     var failures: [String] { get { exchange.failures } set { exchange.failures = newValue } }
     var ackFilter: SettingsAckFilter? { get { exchangeStorage?.ackFilter } set { exchange.ackFilter = newValue } }
     var timer: TimerHandle?
+    /// This connection's TLS handshake counts against max_handshakes.
+    private var countsAsHandshake = false
     /// A relay's deadline for the backend's first byte (0: it has spoken, or no relay).
     private var firstByteDeadline: Int64 = 0
     private var relayStartedAt: Int64 = 0
@@ -209,6 +211,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
             }
             if phase != .awaitingProxyHeader { armTimer(listener.handshakeTimeoutMillis) }
             phase = .awaitingHandshake
+            worker.limiter.handshakeStarted()
+            countsAsHandshake = true
             continueHandshake()
         } else {
             protocolUndecided = true
@@ -304,10 +308,17 @@ final class ProxyConnection: EventHandler, ClientConnection {
 
     // MARK: TLS handshake
 
+    private func endHandshakeCount() {
+        guard countsAsHandshake else { return }
+        countsAsHandshake = false
+        worker.limiter.handshakeEnded()
+    }
+
     private func continueHandshake() {
         guard let tls = client.tls else { return }
         switch tls.handshake() {
         case .bytes:
+            endHandshakeCount()
             let alpn = tls.negotiatedALPN
             if alpn == "h2" {
                 proto = .h2
@@ -792,6 +803,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
     /// something failed).
     func close() {
         guard phase != .closed else { return }
+        endHandshakeCount()
         phase = .closed
         loop.cancel(timer)
         timer = nil

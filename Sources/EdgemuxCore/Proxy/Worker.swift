@@ -255,7 +255,9 @@ final class ListenerSocket: EventHandler {
                 // At the limit: stop accepting (connections wait in the backlog) and look again soon.
                 worker.metrics.update { $0.acceptPauses[full.rawValue, default: 0] += 1 }
                 if let n = limitPauses.occurred(now: worker.loop.now) {
-                    worker.logger.warning("listener '\(listener.name)' at \(full == .listener ? "its" : "the process's") max_connections: not accepting for now (\(n) pauses since the last such line)")
+                    let limit = full == .handshakes ? "max_handshakes (\(worker.limiter.maxHandshakes(worker.snapshot.config)) TLS handshakes in progress)"
+                        : full == .listener ? "its max_connections" : "the process's max_connections"
+                    worker.logger.warning("listener '\(listener.name)' at \(limit): not accepting for now (\(n) pauses since the last such line)")
                 }
                 pause()
                 return
