@@ -247,6 +247,12 @@ extension Integration {
 
             let port2 = freePort()
             let e2 = try Edgemux(config: b.config(port: port2, listenerExtra: "    max_connections: 2", workers: 2), port: port2)
+            // Connections that carried requests (handed to the request-mode servers) give their
+            // place back when they close: more of them, one after another, than the limit.
+            for i in 1...5 {
+                let r = curl(["--http1.1", "https://localhost:\(port2)/hello"], port: port2, timeout: 5)
+                #expect(r.stdout.hasPrefix("web-h1"), "request \(i): \(r.stdout) \(r.stderr) \(e2.log)")
+            }
             let listenerFull = Command.run(Paths.python, ["-c", script, "\(port2)", "2"], timeout: 30)
             // The third waits in the backlog (no handshake), and is served once one has closed.
             #expect(listenerFull.stdout.contains("over: waits") && listenerFull.stdout.contains("other address: waits") && listenerFull.stdout.contains("after one closed: TLSv1.3"),

@@ -31,8 +31,10 @@ final class Worker {
 
     /// Connection counts shared with the other workers.
     let limiter: ConnectionLimiter
-    /// What each open connection was counted under (to release it when it closes).
-    private var admitted: [ObjectIdentifier: (listener: String, client: String?)] = [:]
+    /// What each open client socket was counted under (to release it when it closes). By
+    /// descriptor, not by object: the front door hands a connection to edgemux's HTTP/1.1 or
+    /// HTTP/2 server, and the socket's last owner is the one that reports it finished.
+    private var admitted: [Int32: (listener: String, client: String?)] = [:]
     private var refusals = RepeatedCondition()
 
     init(loop: EventLoop, snapshot: Snapshot, metrics: WorkerMetrics, logger: Logger, limiter: ConnectionLimiter) {
@@ -132,7 +134,7 @@ final class Worker {
         } else {
             conn = ProxyConnection(worker: self, snapshot: snapshot, listener: listener, fd: fd, peer: peer)
         }
-        admitted[ObjectIdentifier(conn)] = (listener.name, client)
+        admitted[fd] = (listener.name, client)
         // From here the loop's descriptor table holds the only reference to the connection: it
         // lives exactly as long as its client socket is registered.
         conn.start()
@@ -141,7 +143,7 @@ final class Worker {
     /// A connection's last act (called exactly once per connection).
     func finished(_ conn: ClientConnection) {
         metrics.update { $0.active -= 1 }
-        if let a = admitted.removeValue(forKey: ObjectIdentifier(conn)) { limiter.release(listener: a.listener, client: a.client) }
+        if let a = admitted.removeValue(forKey: conn.client.fd) { limiter.release(listener: a.listener, client: a.client) }
         openConnections -= 1
         // After a burst of connections has closed, glibc keeps the memory they freed (scattered
         // between live blocks, it is not at an arena's top): 147 MiB stayed after 8,000 idle TLS
