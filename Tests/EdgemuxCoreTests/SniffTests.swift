@@ -85,6 +85,45 @@ struct HTTP2SnifferTests {
         #expect(dropped == start..<(start + 9))
     }
 
+    /// Frame rules of RFC 9113 section 6 broken before the first request are refused when the
+    /// bytes that break them arrive (a frame header alone is enough), each with its error code.
+    @Test func frameRulesBeforeTheFirstRequest() {
+        let start = H2.preface + clientSettings
+        let cases: [([UInt8], SniffError)] = [
+            (ErrorAnswers.frameHeader(length: 8, type: H2.ping, flags: 0, stream: 3), .protocolError("PING on stream 3")),
+            (ErrorAnswers.frameHeader(length: 7, type: H2.ping, flags: 0, stream: 0), .frameSizeError("PING of 7 bytes")),
+            (ErrorAnswers.frameHeader(length: 4, type: H2.windowUpdate, flags: 0, stream: 5), .protocolError("WINDOW_UPDATE on idle stream 5")),
+            (ErrorAnswers.frameHeader(length: 3, type: H2.windowUpdate, flags: 0, stream: 0), .frameSizeError("WINDOW_UPDATE of 3 bytes")),
+            (frame(H2.windowUpdate, [0, 0, 0, 0]), .protocolError("WINDOW_UPDATE with an increment of 0")),
+            (frame(H2.windowUpdate, [0x7f, 0xff, 0xff, 0xff]), .flowControlError("connection window grows beyond 2^31-1")),
+            (ErrorAnswers.frameHeader(length: 5, type: H2.priority, flags: 0, stream: 0), .protocolError("PRIORITY on stream 0")),
+            (ErrorAnswers.frameHeader(length: 4, type: H2.priority, flags: 0, stream: 1), .frameSizeError("PRIORITY of 4 bytes")),
+            (frame(H2.priority, stream: 7, [0, 0, 0, 7, 16]), .protocolError("PRIORITY on stream 7 depends on itself")),
+            (ErrorAnswers.frameHeader(length: 6, type: H2.settings, flags: 0, stream: 1), .protocolError("SETTINGS on stream 1")),
+            (ErrorAnswers.frameHeader(length: 7, type: H2.settings, flags: 0, stream: 0), .frameSizeError("SETTINGS of 7 bytes, not a multiple of 6")),
+            (ErrorAnswers.frameHeader(length: 6, type: H2.settings, flags: H2.flagAck, stream: 0), .frameSizeError("SETTINGS ACK with a payload")),
+            (frame(H2.settings, [0, 2, 0, 0, 0, 2]), .protocolError("SETTINGS_ENABLE_PUSH of 2")),
+            (frame(H2.settings, [0, 4, 0x80, 0, 0, 0]), .flowControlError("SETTINGS_INITIAL_WINDOW_SIZE of 2147483648")),
+            (frame(H2.settings, [0, 5, 0, 0, 0x3f, 0xff]), .protocolError("SETTINGS_MAX_FRAME_SIZE of 16383")),
+            (frame(H2.settings, [0, 8, 0, 0, 0, 3]), .protocolError("SETTINGS_ENABLE_CONNECT_PROTOCOL of 3")),
+            (ErrorAnswers.frameHeader(length: 10, type: H2.headers, flags: 0, stream: 0), .protocolError("HEADERS on stream 0")),
+            (frame(H2.headers, flags: H2.flagPriority | H2.flagEndHeaders, stream: 9, [0, 0, 0, 9, 16] + hpack(grpcHeaders)),
+             .protocolError("HEADERS on stream 9 depends on itself")),
+        ]
+        for (bytes, expected) in cases {
+            #expect(sniff(start + bytes) == .error(expected), "\(expected)")
+        }
+        // Frames that keep the rules still pass: PING, PRIORITY, WINDOW_UPDATE and an unknown
+        // extension frame before the request.
+        let fine = start + frame(H2.ping, [1, 2, 3, 4, 5, 6, 7, 8]) + frame(H2.priority, stream: 3, [0, 0, 0, 0, 16])
+            + frame(H2.windowUpdate, [0, 0x0f, 0, 0]) + frame(0xfa, stream: 1, [1, 2, 3])
+            + frame(H2.headers, flags: H2.flagEndHeaders, stream: 1, hpack(grpcHeaders))
+        guard case .done = sniff(fine, byteByByte: true) else {
+            Issue.record("frames within the rules were refused")
+            return
+        }
+    }
+
     @Test func errors() {
         #expect(sniff(Array("GET / HTTP/1.1\r\n".utf8)) == .error(.badPreface))
         #expect(sniff(H2.preface + frame(H2.ping, [0, 0, 0, 0, 0, 0, 0, 0])) == .error(.protocolError("client preface not followed by SETTINGS")))

@@ -396,6 +396,13 @@ extension Integration {
             // A bad HTTP/2 frame sequence (DATA before HEADERS): GOAWAY PROTOCOL_ERROR.
             let badH2 = rawTLS(port, ["--alpn", "h2", "--send", "b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n\\x00\\x00\\x00\\x04\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x01x'"])
             #expect(badH2.contains("\\x07" + String(repeating: "\\x00", count: 12) + "\\x01"), "GOAWAY(PROTOCOL_ERROR): \(badH2)")
+            // Frame rules a frame header alone breaks: refused when those 9 bytes arrive, not at
+            // the request timeout. WINDOW_UPDATE on an idle stream: PROTOCOL_ERROR ...
+            let idleStream = rawTLS(port, ["--alpn", "h2", "--timeout", "10", "--send", "b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n\\x00\\x00\\x00\\x04\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x04\\x08\\x00\\x00\\x00\\x00\\x05'"])
+            #expect(idleStream.contains("\\x07" + String(repeating: "\\x00", count: 12) + "\\x01") && (closedAfter(idleStream) ?? 99) < 0.5, "GOAWAY(PROTOCOL_ERROR) at once: \(idleStream)")
+            // ... and a PING of 7 bytes: FRAME_SIZE_ERROR.
+            let shortPing = rawTLS(port, ["--alpn", "h2", "--timeout", "10", "--send", "b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n\\x00\\x00\\x00\\x04\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x07\\x06\\x00\\x00\\x00\\x00\\x00'"])
+            #expect(shortPing.contains("\\x07" + String(repeating: "\\x00", count: 12) + "\\x06") && (closedAfter(shortPing) ?? 99) < 0.5, "GOAWAY(FRAME_SIZE_ERROR) at once: \(shortPing)")
 
             #expect(good())
             let log = e.log
@@ -406,7 +413,8 @@ extension Integration {
             let metrics = Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
             #expect(metrics.contains("edgemux_timeouts_total{phase=\"handshake\"} 2"), "\(metrics)")
             #expect(metrics.contains("edgemux_sniff_errors_total{kind=\"h1_head_too_large\"} 1"), "\(metrics)")
-            #expect(metrics.contains("edgemux_sniff_errors_total{kind=\"h2_protocol\"} 1"), "\(metrics)")
+            #expect(metrics.contains("edgemux_sniff_errors_total{kind=\"h2_protocol\"} 2"), "\(metrics)")
+            #expect(metrics.contains("edgemux_sniff_errors_total{kind=\"h2_frame_size\"} 1"), "\(metrics)")
             #expect(metrics.contains("edgemux_tls_handshake_failures_total{reason=\"protocol\"} 1"), "\(metrics)")
             #expect(metrics.contains("edgemux_tls_handshake_failures_total{reason=\"plain_http\"} 2"), "\(metrics)")
             #expect(log.contains("plain HTTP request sent to a TLS port; answered 400"), "\(log)")

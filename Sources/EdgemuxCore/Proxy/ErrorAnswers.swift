@@ -12,6 +12,7 @@ enum ErrorAnswers {
         case noError = 0x0
         case protocolError = 0x1
         case internalError = 0x2
+        case flowControlError = 0x3
         case frameSizeError = 0x6
         case compressionError = 0x9
     }

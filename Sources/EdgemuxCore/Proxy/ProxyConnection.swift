@@ -464,7 +464,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 worker.logger.notice("\(logPrefix): \(e); closed")
                 let code: ErrorAnswers.H2Error
                 switch e {
-                case .frameTooLarge: code = .frameSizeError
+                case .frameTooLarge, .frameSizeError: code = .frameSizeError
+                case .flowControlError: code = .flowControlError
                 case .badHeaderBlock: code = .compressionError
                 default: code = .protocolError
                 }

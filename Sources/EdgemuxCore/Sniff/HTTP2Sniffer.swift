@@ -82,6 +82,8 @@ public struct HTTP2Sniffer {
     private var headerBlock: [UInt8] = []
     /// The stream of the first HEADERS (0 until one arrives).
     public private(set) var headersStream: UInt32 = 0
+    /// The connection-level window the client's WINDOW_UPDATEs give edgemux's side (RFC 9113 6.9.1).
+    private var connectionWindow: Int64 = 65_535
 
     public init(cap: Int) { self.cap32 = Int32(clamping: cap) }
 
@@ -111,6 +113,9 @@ public struct HTTP2Sniffer {
             if !headerBlock.isEmpty || headersStream != 0, h.type != H2.continuation {
                 return .error(.protocolError("header block interrupted by a frame of type \(h.type)"))
             }
+            // The rules a frame header alone breaks are refused as soon as its 9 bytes are here,
+            // not when its payload (which may never come) has arrived.
+            if let broken = Self.headerRuleBroken(h) { return .error(broken) }
             let end = offset + H2.frameHeaderLength + h.length
             guard bytes.count >= end else {
                 if end > cap { return .error(.headTooLarge(cap)) }
@@ -123,13 +128,15 @@ public struct HTTP2Sniffer {
                     guard h.length == 0 else { return .error(.protocolError("SETTINGS ACK with a payload")) }
                     if droppedAckStart < 0 { droppedAckStart = offset32 }
                 } else {
-                    guard h.stream == 0, h.length % 6 == 0 else { return .error(.protocolError("malformed SETTINGS")) }
+                    if let broken = Self.settingsRuleBroken(payload) { return .error(broken) }
                     sawClientSettings = true
                 }
             case H2.headers:
-                guard h.stream != 0, h.stream & 1 == 1 else { return .error(.protocolError("HEADERS on stream \(h.stream)")) }
                 guard let fragment = Self.headerFragment(payload, flags: h.flags) else {
                     return .error(.protocolError("HEADERS padding or priority exceeds the frame"))
+                }
+                if h.flags & H2.flagPriority != 0, Self.dependency(payload, flags: h.flags) == h.stream {
+                    return .error(.protocolError("HEADERS on stream \(h.stream) depends on itself"))
                 }
                 headerBlock.append(contentsOf: fragment)
                 headersStream = h.stream
@@ -144,14 +151,80 @@ public struct HTTP2Sniffer {
                 return .error(.protocolError("frame type \(h.type) before any HEADERS"))
             case H2.goaway:
                 return .error(.protocolError("GOAWAY before any request"))
+            case H2.priority:
+                if Self.dependency(payload, flags: H2.flagPriority) == h.stream {
+                    return .error(.protocolError("PRIORITY on stream \(h.stream) depends on itself"))
+                }
+            case H2.windowUpdate:
+                let increment = Self.uint32(payload, at: 0) & 0x7fff_ffff
+                guard increment != 0 else { return .error(.protocolError("WINDOW_UPDATE with an increment of 0")) }
+                connectionWindow += Int64(increment)
+                guard connectionWindow <= Int64(Int32.max) else {
+                    return .error(.flowControlError("connection window grows beyond 2^31-1"))
+                }
             default:
-                break  // PING, PRIORITY, WINDOW_UPDATE, unknown extension frames: replayed as they are
+                break  // PING, unknown extension frames: replayed as they are
             }
             offset = end
             if offset > cap { return .error(.headTooLarge(cap)) }
         }
         if bytes.count >= cap { return .error(.headTooLarge(cap)) }
         return .needMore
+    }
+
+    /// Rules of RFC 9113 section 6 that a frame header breaks by itself, before the first
+    /// request: the stream a frame type must (not) name, and the fixed lengths. Before any
+    /// HEADERS every stream is idle, where only HEADERS and PRIORITY may be sent (section 5.1).
+    static func headerRuleBroken(_ h: H2.FrameHeader) -> SniffError? {
+        switch h.type {
+        case H2.settings:
+            if h.stream != 0 { return .protocolError("SETTINGS on stream \(h.stream)") }
+            if h.flags & H2.flagAck != 0, h.length != 0 { return .frameSizeError("SETTINGS ACK with a payload") }
+            if h.length % 6 != 0 { return .frameSizeError("SETTINGS of \(h.length) bytes, not a multiple of 6") }
+        case H2.headers:
+            if h.stream == 0 || h.stream & 1 == 0 { return .protocolError("HEADERS on stream \(h.stream)") }
+        case H2.priority:
+            if h.stream == 0 { return .protocolError("PRIORITY on stream 0") }
+            if h.length != 5 { return .frameSizeError("PRIORITY of \(h.length) bytes") }
+        case H2.ping:
+            if h.stream != 0 { return .protocolError("PING on stream \(h.stream)") }
+            if h.length != 8 { return .frameSizeError("PING of \(h.length) bytes") }
+        case H2.windowUpdate:
+            if h.length != 4 { return .frameSizeError("WINDOW_UPDATE of \(h.length) bytes") }
+            if h.stream != 0 { return .protocolError("WINDOW_UPDATE on idle stream \(h.stream)") }
+        default:
+            break
+        }
+        return nil
+    }
+
+    /// The SETTINGS values RFC 9113 section 6.5.2 (and RFC 8441 section 3) bound.
+    static func settingsRuleBroken(_ payload: UnsafeRawBufferPointer) -> SniffError? {
+        var i = 0
+        while i + 6 <= payload.count {
+            let id = UInt16(payload[i]) << 8 | UInt16(payload[i + 1])
+            let value = uint32(payload, at: i + 2)
+            switch id {
+            case 0x2 where value > 1: return .protocolError("SETTINGS_ENABLE_PUSH of \(value)")
+            case 0x4 where value > UInt32(Int32.max): return .flowControlError("SETTINGS_INITIAL_WINDOW_SIZE of \(value)")
+            case 0x5 where value < 16_384 || value > 16_777_215: return .protocolError("SETTINGS_MAX_FRAME_SIZE of \(value)")
+            case 0x8 where value > 1: return .protocolError("SETTINGS_ENABLE_CONNECT_PROTOCOL of \(value)")
+            default: break
+            }
+            i += 6
+        }
+        return nil
+    }
+
+    /// The stream a HEADERS (with its PRIORITY flag) or PRIORITY payload depends on.
+    static func dependency(_ p: UnsafeRawBufferPointer, flags: UInt8) -> UInt32? {
+        let start = flags & H2.flagPadded != 0 ? 1 : 0
+        guard p.count >= start + 4 else { return nil }
+        return uint32(p, at: start) & 0x7fff_ffff
+    }
+
+    static func uint32(_ p: UnsafeRawBufferPointer, at i: Int) -> UInt32 {
+        UInt32(p[i]) << 24 | UInt32(p[i + 1]) << 16 | UInt32(p[i + 2]) << 8 | UInt32(p[i + 3])
     }
 
     private mutating func finish(_ end: Int) -> Result {

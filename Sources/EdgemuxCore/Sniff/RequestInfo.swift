@@ -38,7 +38,11 @@ public struct HTTP1RequestFraming: Sendable, Equatable {
 public enum SniffError: Error, Equatable, Sendable, CustomStringConvertible {
     case badPreface
     case frameTooLarge(Int)
+    /// A frame whose length its type does not allow (RFC 9113 section 6: FRAME_SIZE_ERROR).
+    case frameSizeError(String)
     case protocolError(String)
+    /// A window beyond 2^31-1 (RFC 9113 section 6.9.1: FLOW_CONTROL_ERROR).
+    case flowControlError(String)
     case badHeaderBlock
     case headTooLarge(Int)
     case malformedHead(String)
@@ -47,7 +51,9 @@ public enum SniffError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .badPreface: return "not an HTTP/2 client preface"
         case .frameTooLarge(let n): return "HTTP/2 frame of \(n) bytes exceeds SETTINGS_MAX_FRAME_SIZE"
+        case .frameSizeError(let s): return "HTTP/2 frame size error: \(s)"
         case .protocolError(let s): return "HTTP/2 protocol error: \(s)"
+        case .flowControlError(let s): return "HTTP/2 flow-control error: \(s)"
         case .badHeaderBlock: return "HPACK header block does not decode"
         case .headTooLarge(let cap): return "request head exceeds \(cap) bytes"
         case .malformedHead(let s): return "malformed HTTP/1.1 request head: \(s)"
@@ -58,7 +64,8 @@ public enum SniffError: Error, Equatable, Sendable, CustomStringConvertible {
     public var metricLabel: String {
         switch self {
         case .badPreface: return "h2_preface"
-        case .frameTooLarge: return "h2_frame_size"
+        case .frameTooLarge, .frameSizeError: return "h2_frame_size"
+        case .flowControlError: return "h2_flow_control"
         case .protocolError: return "h2_protocol"
         case .badHeaderBlock: return "h2_hpack"
         case .headTooLarge: return "h1_head_too_large"
