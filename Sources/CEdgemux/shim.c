@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <sys/mman.h>
 #include <malloc.h>
+#include <time.h>
+#include <openssl/ocsp.h>
 #include "CEdgemux.h"
 
 int CEdgemux_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
@@ -529,4 +531,117 @@ size_t CEdgemux_SSL_verified_peer_subject(SSL *ssl, char *out, size_t cap) {
     }
     BIO_free(mem);
     return n;
+}
+
+// MARK: - OCSP stapling
+
+static int64_t asn1_time_seconds(const ASN1_TIME *t) {
+    struct tm tm;
+    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1) return 0;
+    return (int64_t)timegm(&tm);
+}
+
+CEdgemux_ocsp_staple *CEdgemux_ocsp_staple_load(SSL_CTX *ctx, const char *path, char *why, size_t why_cap,
+                                                 char *status, size_t status_cap) {
+    CEdgemux_ocsp_staple *staple = NULL;
+    OCSP_RESPONSE *resp = NULL;
+    OCSP_BASICRESP *basic = NULL;
+    OCSP_CERTID *id = NULL;
+    unsigned char *der = NULL;
+    long len = 0;
+    why[0] = 0;
+    if (status_cap > 0) status[0] = 0;
+
+    BIO *in = BIO_new_file(path, "rb");
+    if (in == NULL) { snprintf(why, why_cap, "cannot read %s", path); goto done; }
+    resp = d2i_OCSP_RESPONSE_bio(in, NULL);
+    BIO_free(in);
+    if (resp == NULL) { snprintf(why, why_cap, "%s is not a DER OCSP response (openssl ocsp -respout writes one)", path); goto done; }
+    int rs = OCSP_response_status(resp);
+    if (rs != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+        snprintf(why, why_cap, "the OCSP response in %s is not successful: %s", path, OCSP_response_status_str(rs));
+        goto done;
+    }
+    basic = OCSP_response_get1_basic(resp);
+    if (basic == NULL) { snprintf(why, why_cap, "the OCSP response in %s has no basic response", path); goto done; }
+
+    X509 *leaf = SSL_CTX_get0_certificate(ctx);
+    STACK_OF(X509) *chain = NULL;
+    SSL_CTX_get0_chain_certs(ctx, &chain);
+    X509 *issuer = NULL;
+    for (int i = 0; leaf != NULL && i < sk_X509_num(chain); i++) {
+        X509 *c = sk_X509_value(chain, i);
+        if (X509_check_issued(c, leaf) == X509_V_OK) { issuer = c; break; }
+    }
+    X509 *issuer_from_store = NULL;
+    if (leaf != NULL && issuer == NULL) {
+        // A leaf issued by a root straight away often comes without it: look in the system's
+        // trust store (the issuer's name and key are all the certificate ID needs).
+        X509_STORE *store = X509_STORE_new();
+        X509_STORE_CTX *sctx = X509_STORE_CTX_new();
+        if (store != NULL && sctx != NULL && X509_STORE_set_default_paths(store) == 1 &&
+            X509_STORE_CTX_init(sctx, store, leaf, NULL) == 1 &&
+            X509_STORE_CTX_get1_issuer(&issuer_from_store, sctx, leaf) == 1) {
+            issuer = issuer_from_store;
+        }
+        X509_STORE_CTX_free(sctx);
+        X509_STORE_free(store);
+        ERR_clear_error();
+    }
+    if (leaf == NULL || issuer == NULL) {
+        snprintf(why, why_cap, "the certificate file lacks the issuer of its certificate, needed to match the OCSP response in %s: append the intermediate (or CA) certificate", path);
+        goto done;
+    }
+    id = OCSP_cert_to_id(NULL, leaf, issuer);
+    X509_free(issuer_from_store);
+    int cert_status = 0, reason = 0;
+    ASN1_GENERALIZEDTIME *revoked = NULL, *this_update = NULL, *next_update = NULL;
+    if (id == NULL || OCSP_resp_find_status(basic, id, &cert_status, &reason, &revoked, &this_update, &next_update) != 1) {
+        snprintf(why, why_cap, "the OCSP response in %s is not about this certificate", path);
+        goto done;
+    }
+    if (OCSP_check_validity(this_update, next_update, 300, -1) != 1) {
+        ERR_clear_error();
+        snprintf(why, why_cap, "the OCSP response in %s is out of date (or not yet valid): fetch a new one", path);
+        goto done;
+    }
+    if (status_cap > 0) snprintf(status, status_cap, "%s", OCSP_cert_status_str(cert_status));
+    len = i2d_OCSP_RESPONSE(resp, &der);
+    if (len <= 0) { snprintf(why, why_cap, "cannot encode the OCSP response in %s", path); goto done; }
+    staple = calloc(1, sizeof *staple);
+    if (staple == NULL) { OPENSSL_free(der); snprintf(why, why_cap, "out of memory"); goto done; }
+    staple->der = der;
+    staple->len = len;
+    staple->next_update = asn1_time_seconds(next_update);
+done:
+    OCSP_CERTID_free(id);
+    OCSP_BASICRESP_free(basic);
+    OCSP_RESPONSE_free(resp);
+    return staple;
+}
+
+void CEdgemux_ocsp_staple_free(CEdgemux_ocsp_staple *staple) {
+    if (staple == NULL) return;
+    OPENSSL_free(staple->der);
+    free(staple);
+}
+
+/// Called only for a client that sent status_request: each handshake gets its own copy, which
+/// OpenSSL frees with the connection.
+static int ocsp_staple_cb(SSL *ssl, void *arg) {
+    const CEdgemux_ocsp_staple *staple = arg;
+    if (staple == NULL || staple->len <= 0) return SSL_TLSEXT_ERR_NOACK;
+    if (staple->next_update != 0 && (int64_t)time(NULL) > staple->next_update) return SSL_TLSEXT_ERR_NOACK;
+    unsigned char *copy = OPENSSL_memdup(staple->der, (size_t)staple->len);
+    if (copy == NULL) return SSL_TLSEXT_ERR_NOACK;
+    if (SSL_set_tlsext_status_ocsp_resp(ssl, copy, staple->len) != 1) {
+        OPENSSL_free(copy);
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+void CEdgemux_SSL_CTX_set_ocsp_staple(SSL_CTX *ctx, CEdgemux_ocsp_staple *staple) {
+    SSL_CTX_set_tlsext_status_cb(ctx, ocsp_staple_cb);
+    SSL_CTX_set_tlsext_status_arg(ctx, staple);
 }

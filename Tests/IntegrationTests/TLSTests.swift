@@ -138,6 +138,64 @@ extension Integration {
             #expect(check.status != 0 && (check.stdout + check.stderr).contains("client_ca"), "\(check.stdout) \(check.stderr)")
         }
 
+        /// A signed OCSP response for one of the test certificates, as the CA's responder would
+        /// give it (`openssl ocsp` with an index of issued certificates), valid for a day.
+        func ocspResponse(for name: String, in scratch: Scratch) throws -> String {
+            let d = TestCerts.dir
+            let serial = Command.run("/usr/bin/openssl", ["x509", "-in", "\(d)/\(name).pem", "-noout", "-serial"]).stdout
+                .trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: "serial=", with: "")
+            try "V\t301231235959Z\t\t\(serial)\tunknown\t/CN=\(name)\n".write(toFile: scratch.file("index.txt"), atomically: true, encoding: .utf8)
+            let request = Command.run("/usr/bin/openssl", ["ocsp", "-issuer", "\(d)/ca.pem", "-cert", "\(d)/\(name).pem", "-no_nonce", "-reqout", scratch.file("\(name).req")])
+            #expect(request.status == 0, "\(request.stderr)")
+            let response = Command.run("/usr/bin/openssl", ["ocsp", "-index", scratch.file("index.txt"), "-rsigner", "\(d)/ca.pem", "-rkey", "\(d)/ca.key",
+                                                             "-CA", "\(d)/ca.pem", "-reqin", scratch.file("\(name).req"), "-respout", scratch.file("\(name).ocsp"), "-ndays", "1"])
+            #expect(response.status == 0, "\(response.stderr)")
+            return scratch.file("\(name).ocsp")
+        }
+
+        @Test("OCSP stapling: a client that asks gets ocsp_response (curl --cert-status verifies it, TLS 1.2 and 1.3); a certificate without one staples nothing; check refuses a response for another certificate, not one at all, or without the issuer to match it")
+        func ocspStapling() throws {
+            let (h1, h1Port) = try startPeer("http1")
+            defer { h1.stop() }
+            let scratch = Scratch("ocsp")
+            let good = try ocspResponse(for: "localhost", in: scratch)
+            // The response names the certificate by its issuer: the chain file holds both, as a
+            // CA's "fullchain" does.
+            let fullchain = scratch.file("fullchain.pem")
+            try (String(contentsOfFile: TestCerts.cert, encoding: .utf8) + String(contentsOfFile: TestCerts.ca, encoding: .utf8))
+                .write(toFile: fullchain, atomically: true, encoding: .utf8)
+            let port = freePort()
+            let yaml = config(port: port, http1Port: h1Port).replacingOccurrences(
+                of: "- { cert: \(TestCerts.cert), key: \(TestCerts.key) }", with: "- { cert: \(fullchain), key: \(TestCerts.key), ocsp_response: \(good) }")
+            let e = try Edgemux(config: yaml, port: port)
+            for version in ["--tlsv1.3", "--tls-max"] {
+                let args = version == "--tls-max" ? ["--tls-max", "1.2"] : [version]
+                let stapled = curl(["--http1.1", "--cert-status", "-w", " %{http_code}"] + args + ["https://localhost:\(port)/ocsp"], port: port)
+                #expect(stapled.status == 0 && stapled.stdout.hasSuffix(" 200"), "\(version): \(stapled.stdout) \(stapled.stderr) \(e.log)")
+            }
+            let status = sClient(port, ["-servername", "localhost", "-status"])
+            #expect(status.stdout.contains("OCSP Response Status: successful") && status.stdout.contains("Cert Status: good"), "\(status.stdout)")
+            // The SNI-selected certificate has no response: nothing stapled, and a client that
+            // insists fails.
+            let none = sClient(port, ["-servername", "a.other.test", "-status"])
+            #expect(none.stdout.contains("OCSP response: no response sent"), "\(none.stdout)")
+            let insists = Command.run("/usr/bin/curl", ["-sS", "--cacert", TestCerts.ca, "--cert-status", "--resolve", "x.other.test:\(port):127.0.0.1", "https://x.other.test:\(port)/"], timeout: 15)
+            #expect(insists.status != 0, "\(insists.stdout) \(insists.stderr)")
+
+            // check: the response for another certificate, and a file that is not one.
+            let other = try ocspResponse(for: "other", in: scratch)
+            // and a chain without the issuer.
+            let bad = [(yaml.replacingOccurrences(of: good, with: other), "is not about this certificate"),
+                       (yaml.replacingOccurrences(of: good, with: "/etc/hostname"), "is not a DER OCSP response"),
+                       (yaml.replacingOccurrences(of: fullchain, with: TestCerts.cert), "lacks the issuer")]
+            for (text, words) in bad {
+                try text.write(toFile: scratch.file("bad.yaml"), atomically: true, encoding: .utf8)
+                let check = Command.run(Paths.edgemux, ["check", "--config", scratch.file("bad.yaml")], timeout: 15)
+                let said = check.stdout + check.stderr
+                #expect(check.status != 0 && said.contains("ocsp_response") && said.contains(words), "\(said)")
+            }
+        }
+
         @Test("TLS 1.2 and 1.3, min_version enforced, sessions resume")
         func versionsAndResumption() throws {
             let (h1, h1Port) = try startPeer("http1")

@@ -119,6 +119,26 @@ int CEdgemux_SSL_CTX_request_client_certificates(SSL_CTX *ctx, const char *ca_pa
 /// the client sent none or it did not verify.
 size_t CEdgemux_SSL_verified_peer_subject(SSL *ssl, char *out, size_t cap);
 
+/// An OCSP response stapled to the handshakes of one SSL_CTX (RFC 6066 section 8; TLS 1.3 in
+/// the Certificate message). Checked when loaded; stapled only while `next_update` (Unix
+/// seconds, 0: none given) has not passed, so an expired answer never makes a client fail hard.
+typedef struct CEdgemux_ocsp_staple {
+    unsigned char *der;
+    long len;
+    int64_t next_update;
+} CEdgemux_ocsp_staple;
+
+/// Reads the DER OCSP response in `path` and checks it against the leaf certificate loaded in
+/// `ctx` (whose chain must hold the issuer): a successful response, with a single response for
+/// that certificate, current by its thisUpdate and nextUpdate (5 minutes of clock skew).
+/// Returns a staple (free with CEdgemux_ocsp_staple_free), or NULL with the reason in `why`.
+/// `status` gets "good", "revoked" or "unknown".
+CEdgemux_ocsp_staple *CEdgemux_ocsp_staple_load(SSL_CTX *ctx, const char *path, char *why, size_t why_cap,
+                                                 char *status, size_t status_cap);
+void CEdgemux_ocsp_staple_free(CEdgemux_ocsp_staple *staple);
+/// Staples `staple` (owned by the caller, alive as long as `ctx`) to handshakes whose client asks.
+void CEdgemux_SSL_CTX_set_ocsp_staple(SSL_CTX *ctx, CEdgemux_ocsp_staple *staple);
+
 /// Does the leaf certificate in `ctx` match its private key?
 int CEdgemux_SSL_CTX_check_private_key(const SSL_CTX *ctx);
 

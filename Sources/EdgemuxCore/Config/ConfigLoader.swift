@@ -575,18 +575,25 @@ struct NodeReader {
         if let c = m["certificates"], let seq = sequence(c, join(path, "certificates")) {
             for (i, cn) in seq.enumerated() {
                 let p = "\(path).certificates[\(i)]"
-                guard let cm = mapping(cn, p, allowed: ["cert", "key"]) else { continue }
+                guard let cm = mapping(cn, p, allowed: ["cert", "key", "ocsp_response"]) else { continue }
                 guard let certNode = cm["cert"], let keyNode = cm["key"] else {
                     fail(cn, p, "each certificate needs 'cert' and 'key'")
                     continue
                 }
                 let cert = readablePath(certNode, join(p, "cert"))
                 let key = readablePath(keyNode, join(p, "key"))
+                var ocsp: String?
+                if let n = cm["ocsp_response"] {
+                    guard let path = readablePath(n, join(p, "ocsp_response")) else { continue }
+                    ocsp = path
+                }
                 if let cert, let key {
                     if let problem = TLSServerContext.problem(cert: cert, key: key) {
                         fail(keyNode, p, problem)
+                    } else if let ocsp, let problem = TLSServerContext.problem(cert: cert, key: key, ocspResponse: ocsp) {
+                        fail(cm["ocsp_response"]!, join(p, "ocsp_response"), problem)
                     } else {
-                        certs.append(CertificatePair(cert: cert, key: key))
+                        certs.append(CertificatePair(cert: cert, key: key, ocspResponse: ocsp))
                     }
                 }
             }

@@ -84,7 +84,7 @@ extension EdgemuxConfig {
     public var referencedFiles: [String] {
         var files: [String] = []
         for l in listeners {
-            for c in l.tls?.certificates ?? [] { files += [c.certPath, c.keyPath] }
+            for c in l.tls?.certificates ?? [] { files += [c.certPath, c.keyPath] + (c.ocspResponsePath.map { [$0] } ?? []) }
             if let keys = l.tls?.ticketKeyPath { files.append(keys) }
         }
         for b in backends.values {

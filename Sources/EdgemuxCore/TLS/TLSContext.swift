@@ -5,9 +5,12 @@ import Glibc
 public struct CertificatePair: Sendable, Hashable {
     public let certPath: String
     public let keyPath: String
-    public init(cert: String, key: String) {
+    /// A DER OCSP response for the certificate, stapled to handshakes that ask (nil: none).
+    public let ocspResponsePath: String?
+    public init(cert: String, key: String, ocspResponse: String? = nil) {
         certPath = cert
         keyPath = key
+        ocspResponsePath = ocspResponse
     }
 }
 
@@ -23,6 +26,8 @@ public final class TLSServerContext: @unchecked Sendable {
     private let sniContexts: UnsafeMutablePointer<OpaquePointer?>
     private let alpnList: UnsafeMutablePointer<CEdgemux_alpn_list>
     private let alpnWire: UnsafeMutableBufferPointer<UInt8>
+    /// OCSP responses stapled by the contexts (each context's callback points at its own).
+    private let staples: [UnsafeMutablePointer<CEdgemux_ocsp_staple>]
 
     /// The default (first) context: new connections start on it.
     var defaultContext: OpaquePointer { contexts[0] }
@@ -50,6 +55,7 @@ public final class TLSServerContext: @unchecked Sendable {
         sniContexts = .allocate(capacity: certificates.count)
 
         var built: [OpaquePointer] = []
+        var loadedStaples: [UnsafeMutablePointer<CEdgemux_ocsp_staple>] = []
         do {
             for pair in certificates {
                 guard let ctx = SSL_CTX_new(TLS_server_method()) else { throw TLSError.fromQueue("SSL_CTX_new") }
@@ -74,6 +80,11 @@ public final class TLSServerContext: @unchecked Sendable {
                 guard CEdgemux_SSL_CTX_check_private_key(ctx) == 1 else {
                     throw TLSError.fromQueue("private key \(pair.keyPath) does not match certificate \(pair.certPath)")
                 }
+                if let path = pair.ocspResponsePath {
+                    let staple = try Self.loadStaple(ctx, path).staple
+                    loadedStaples.append(staple)
+                    CEdgemux_SSL_CTX_set_ocsp_staple(ctx, staple)
+                }
                 // One ticket per handshake (a second costs an encryption and a record that no
                 // client here uses), and not at the end of the handshake: TLSStream issues it
                 // with the connection's first application data, so that it rides in the same
@@ -93,6 +104,7 @@ public final class TLSServerContext: @unchecked Sendable {
             }
         } catch {
             for ctx in built { SSL_CTX_free(ctx) }
+            for staple in loadedStaples { CEdgemux_ocsp_staple_free(staple) }
             alpnWire.deallocate()
             alpnList.deallocate()
             sniTable.deallocate()
@@ -100,6 +112,7 @@ public final class TLSServerContext: @unchecked Sendable {
             throw error
         }
         contexts = built
+        staples = loadedStaples
         for (i, ctx) in built.enumerated() { sniContexts[i] = ctx }
         sniTable.initialize(to: CEdgemux_sni_table(ctxs: sniContexts, count: built.count))
         if built.count > 1 {
@@ -109,10 +122,21 @@ public final class TLSServerContext: @unchecked Sendable {
 
     deinit {
         for ctx in contexts { SSL_CTX_free(ctx) }
+        for staple in staples { CEdgemux_ocsp_staple_free(staple) }
         alpnWire.deallocate()
         alpnList.deallocate()
         sniTable.deallocate()
         sniContexts.deallocate()
+    }
+
+    /// Loads and checks the OCSP response in `path` for the certificate loaded in `ctx`.
+    static func loadStaple(_ ctx: OpaquePointer, _ path: String) throws -> (staple: UnsafeMutablePointer<CEdgemux_ocsp_staple>, status: String) {
+        var why = [CChar](repeating: 0, count: 512)
+        var status = [CChar](repeating: 0, count: 32)
+        guard let staple = CEdgemux_ocsp_staple_load(ctx, path, &why, why.count, &status, status.count) else {
+            throw TLSError(String(cChars: why))
+        }
+        return (staple, String(cChars: status))
     }
 
     /// 80 random bytes for session ticket keys.
@@ -191,7 +215,7 @@ public final class TLSClientContext: @unchecked Sendable {
 extension TLSServerContext {
     /// Loads a certificate chain and key the way a listener will, and says what is wrong with
     /// them (nil: they load and belong together). For config validation.
-    public static func problem(cert: String, key: String) -> String? {
+    public static func problem(cert: String, key: String, ocspResponse: String? = nil) -> String? {
         guard let ctx = SSL_CTX_new(TLS_server_method()) else { return "SSL_CTX_new failed" }
         defer { SSL_CTX_free(ctx) }
         ERR_clear_error()
@@ -206,6 +230,13 @@ extension TLSServerContext {
         guard CEdgemux_SSL_CTX_check_private_key(ctx) == 1 else {
             ERR_clear_error()
             return "the key \(key) does not belong to the certificate \(cert)"
+        }
+        if let ocspResponse {
+            do {
+                CEdgemux_ocsp_staple_free(try loadStaple(ctx, ocspResponse).staple)
+            } catch {
+                return "\(error)"
+            }
         }
         return nil
     }
