@@ -39,6 +39,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // libFuzzer driver and corpus replayer for the parsers (Tests/Fuzz/fuzz.sh builds it
+        // with -sanitize=fuzzer,address).
+        .executableTarget(
+            name: "edgemux-fuzz",
+            dependencies: ["EdgemuxCore", "CEdgemux"]
+        ),
         .testTarget(
             name: "EdgemuxCoreTests",
             dependencies: ["EdgemuxCore", "CEdgemux"]

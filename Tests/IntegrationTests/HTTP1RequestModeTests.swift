@@ -130,6 +130,8 @@ extension Integration {
                 ("two hosts in one Host", #"b"GET /s13 HTTP/1.1\r\nHost: localhost, other\r\n\r\n""#),
                 ("empty Transfer-Encoding", #"b"POST /s14 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: ,\r\nContent-Length: 3\r\n\r\nabc""#),
                 ("bad chunk size", #"b"POST /s10 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n""#),
+                ("stray % in the path", #"b"GET /s15/%%361dmin HTTP/1.1\r\nHost: localhost\r\n\r\n""#),
+                ("method of 40 bytes", #"b"GETGETGETGETGETGETGETGETGETGETGETGETGETG /s16 HTTP/1.1\r\nHost: localhost\r\n\r\n""#),
             ]
             for (what, bytes) in cases {
                 let out = rawHTTP1(port, bytes)
@@ -140,6 +142,9 @@ extension Integration {
             // A valid request, then one that is not: the first is answered, then 400 and close.
             let mixed = rawHTTP1(port, #"b"GET /ok HTTP/1.1\r\nHost: localhost\r\n\r\nGET /s12 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx""#)
             #expect(mixed.contains("plain GET /ok") && mixed.contains("HTTP/1.1 400 Bad Request"), "\(mixed)")
+            // A later request of a kept connection with a stray "%": 400 for it alone.
+            let stray = rawHTTP1(port, #"b"GET /ok2 HTTP/1.1\r\nHost: localhost\r\n\r\nGET /s17/%zz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n""#)
+            #expect(stray.contains("plain GET /ok2") && stray.contains("HTTP/1.1 400 Bad Request") && stray.contains("invalid percent-encoding"), "\(stray)")
             #expect(!e.log.contains("GET /s"), "no smuggled request was routed: \(e.log)")
             let m = curl(["http://127.0.0.1:\(admin)/metrics"], port: admin).stdout
             #expect(m.contains("h1_framing"), "\(m)")

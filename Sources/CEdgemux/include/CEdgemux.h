@@ -146,6 +146,9 @@ int CEdgemux_SSL_CTX_check_private_key(const SSL_CTX *ctx);
 /// ::1), valid for `days`, and writes PEM files. 1 on success.
 int CEdgemux_make_self_signed(const char *cn, int days, const char *cert_path, const char *key_path);
 
+/// libFuzzer's driver (linked only into the fuzzing build of edgemux-fuzz, -sanitize=fuzzer).
+int LLVMFuzzerRunDriver(int *argc, char ***argv, int (*callback)(const uint8_t *data, size_t size));
+
 /// glibc's malloc_trim(0): free memory in every arena goes back to the kernel.
 int CEdgemux_malloc_trim(void);
 

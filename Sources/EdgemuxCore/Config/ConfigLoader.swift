@@ -259,6 +259,13 @@ struct NodeReader {
             fail(node, path, "cannot read '\(full)': \(String(cString: strerror(errno)))")
             return nil
         }
+        // A folder, FIFO or device is no certificate or key: reading one would hang a reload
+        // (a FIFO, /dev/zero) or say something confusing.
+        var info = stat()
+        if stat(full, &info) == 0, info.st_mode & S_IFMT != S_IFREG {
+            fail(node, path, "'\(full)' is not a regular file")
+            return nil
+        }
         return full
     }
 

@@ -182,6 +182,7 @@ struct HTTP1RequestParser {
     private func parseRequestLine(_ line: UnsafeRawBufferPointer, into r: inout HTTP1Request, hostFromTarget: inout Bool) -> HTTP1RequestError? {
         guard let sp1 = line.firstIndex(of: 32), sp1 > 0 else { return .bad("request line has no method") }
         for i in 0..<sp1 where !HTTP1HeadParser.tokenChars[Int(line[i])] { return .bad("invalid method") }
+        if sp1 > HTTP1HeadParser.maxMethodLength { return .bad("method longer than \(HTTP1HeadParser.maxMethodLength) bytes") }
         let afterMethod = sp1 + 1
         guard let sp2rel = UnsafeRawBufferPointer(rebasing: line[afterMethod...]).firstIndex(of: 32), sp2rel > 0 else {
             return .bad("request line has no target")

@@ -503,6 +503,13 @@ final class ProxyConnection: EventHandler, ClientConnection {
     // MARK: routing
 
     private func routeRequest() {
+        guard PathNormalizer.hasValidEscapes(request.path) else {
+            outcome = "bad_request:path_encoding"
+            worker.metrics.update { $0.sniffErrors["path_encoding", default: 0] += 1 }
+            worker.logger.notice("\(logPrefix): invalid percent-encoding in the path \(request.path.prefix(200)); answered 400")
+            answerError(status: 400, message: "invalid percent-encoding in the request path")
+            return
+        }
         guard let router = snapshot.routers[listener.name], let route = router.select(protocol: proto, sni: serverName, request: request) else {
             outcome = "no_route"
             worker.metrics.update { $0.noRoute += 1 }

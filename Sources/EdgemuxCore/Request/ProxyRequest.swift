@@ -174,6 +174,14 @@ final class ProxyRequest: EventHandler {
     /// The request head is complete: route it and send it on.
     func headReceived(endStream: Bool) {
         guard state == .awaitingHead else { return }
+        head.endStream = endStream
+        requestEnded = endStream
+        guard PathNormalizer.hasValidEscapes(head.path) else {
+            worker.metrics.update { $0.sniffErrors["path_encoding", default: 0] += 1 }
+            worker.logger.notice("\(logPrefix): invalid percent-encoding in the path \(head.path.prefix(200)); answered 400")
+            answer(status: 400, message: "invalid percent-encoding in the request path", outcome: .badRequest)
+            return
+        }
         // The backend gets the path that was routed (RFC 3986 normalised).
         head.path = PathNormalizer.normalize(head.path)
         if let tls = listener.tls, tls.clientCA != nil {
@@ -181,8 +189,6 @@ final class ProxyRequest: EventHandler {
             head.fields.removeAll(named: tls.clientSubjectHeader)
             if let subject = client.certificateSubject { head.fields.append(tls.clientSubjectHeader, subject) }
         }
-        head.endStream = endStream
-        requestEnded = endStream
         if let t = head.fields.first("grpc-timeout"), isGRPC, let ms = Self.grpcTimeoutMillis(t) {
             grpcDeadline = loop.now + max(1, ms)
         }

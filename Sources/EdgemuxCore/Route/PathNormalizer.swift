@@ -19,6 +19,23 @@ enum PathNormalizer {
         return out
     }
 
+    /// Every "%" starts an escape of two hex digits (RFC 3986 section 2.1). A path with a stray
+    /// one is refused with 400, as nginx does: decoding it is ambiguous (`%%361` is `%61` to
+    /// one decoder and garbage to another), and normalising would not be idempotent.
+    static func hasValidEscapes(_ path: String) -> Bool {
+        let u = Array(path.utf8.prefix { $0 != UInt8(ascii: "?") })
+        var i = 0
+        while i < u.count {
+            if u[i] == UInt8(ascii: "%") {
+                guard i + 2 < u.count, hexValue(u[i + 1]) != nil, hexValue(u[i + 2]) != nil else { return false }
+                i += 3
+            } else {
+                i += 1
+            }
+        }
+        return true
+    }
+
     private static func needsWork(_ p: Substring.UTF8View) -> Bool {
         var previous: UInt8 = 0
         for c in p {

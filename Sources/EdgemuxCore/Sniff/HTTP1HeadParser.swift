@@ -160,6 +160,9 @@ public struct HTTP1HeadParser {
     private func parseRequestLine(_ line: UnsafeRawBufferPointer, into info: inout RequestInfo) -> SniffError? {
         guard let sp1 = line.firstIndex(of: 32), sp1 > 0 else { return .malformedHead("request line has no method") }
         for i in 0..<sp1 where !Self.tokenChars[Int(line[i])] { return .malformedHead("invalid method") }
+        // The same bound as while the line arrives (partialRequestLineProblem): a head is not
+        // judged by how fast it came.
+        if sp1 > Self.maxMethodLength { return .malformedHead("method longer than \(Self.maxMethodLength) bytes") }
         let rest = UnsafeRawBufferPointer(rebasing: line[(sp1 + 1)...])
         guard let sp2rel = rest.firstIndex(of: 32), sp2rel > 0 else { return .malformedHead("request line has no target") }
         let sp2 = sp1 + 1 + sp2rel
