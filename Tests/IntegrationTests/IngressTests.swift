@@ -208,6 +208,34 @@ extension Integration {
             return Double(out[r.upperBound...].prefix { $0 != "s" })
         }
 
+        @Test("slowhttptest: slowloris and slow-body attacks of 300 connections each, while curl clients keep succeeding, every one")
+        func slowHTTP() throws {
+            let b = try StandardBackends()
+            let port = freePort(), admin = freePort()
+            let e = try Edgemux(config: b.config(port: port, listenerExtra: "    request_timeout: 2s", admin: admin), port: port)
+            for mode in ["-H", "-B"] {
+                // 300 connections at 150 a second, each sending a little more every second, 8 s.
+                let attack = try Background("slowhttptest", "/usr/bin/slowhttptest",
+                                            [mode, "-c", "300", "-r", "150", "-i", "1", "-l", "8", "-s", "8192", "-u", "https://localhost:\(port)/hello"])
+                usleep(2_500_000)
+                var failed: [String] = []
+                for _ in 0..<25 {
+                    let r = curl(["--http1.1", "--max-time", "5", "https://localhost:\(port)/hello"], port: port, timeout: 10)
+                    if !r.stdout.hasPrefix("web-h1 GET /hello") { failed.append("\(r.status) \(r.stdout.prefix(80)) \(r.stderr)") }
+                    usleep(200_000)
+                }
+                _ = attack.waitExit(timeout: 30)
+                attack.stop()
+                #expect(failed.isEmpty, "\(mode): \(failed.count) of 25 failed: \(failed.prefix(3)) \(attack.log.suffix(1500))")
+                // The attack did reach edgemux.
+                #expect(attack.log.contains("connected:"), "\(attack.log.suffix(1500))")
+            }
+            // Slowloris heads were cut at the request timeout, each with its metric.
+            let metrics = Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
+            let timeouts = metrics.split(separator: "\n").first { $0.hasPrefix("edgemux_timeouts_total{phase=\"request\"}") }
+            #expect((timeouts.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0) >= 100, "\(timeouts ?? "none") \(e.log.suffix(2000))")
+        }
+
         @Test("limits: the connection over max_connections_per_client is closed while another address connects; a listener at max_connections stops accepting until one closes")
         func connectionLimits() throws {
             let b = try StandardBackends()

@@ -144,6 +144,57 @@ extension Integration {
             #expect(e.log.contains("backend 'silent' sent nothing within"), "\(e.log)")
         }
 
+        @Test("a backend that resets mid-response: that client's response ends short (HTTP/1.1 relayed and in request mode; HTTP/2 a reset stream while its sibling completes), logged and counted; others carry on")
+        func backendResetMidResponse() throws {
+            let (reset, resetPort) = try startPeer("raw-http1", ["--behaviour", "reset-mid-body"])
+            defer { reset.stop() }
+            let (h1, h1Port) = try startPeer("http1", ["--name", "good"])
+            defer { h1.stop() }
+            let port = freePort(), admin = freePort()
+            let yaml = """
+                workers: 1
+                access_log: stdout
+                admin: { listen: 127.0.0.1:\(admin) }
+                listeners:
+                  - name: public
+                    listen: 127.0.0.1:\(port)
+                \(tlsBlock())
+                    routes:
+                      - { name: relayed, match: { path_prefix: /relay, alpn: http/1.1 }, backend: reset, mode: relay }
+                      - { name: requests, match: { path_prefix: /reset }, backend: reset, mode: request }
+                      - { name: good, backend: good, mode: request }
+                backends:
+                  reset:
+                    endpoints: { http1: ["127.0.0.1:\(resetPort)"] }
+                  good:
+                    endpoints: { http1: ["127.0.0.1:\(h1Port)"] }
+                """
+            let e = try Edgemux(config: yaml, port: port)
+            for path in ["/relay", "/reset"] {
+                let started = Date()
+                let r = curl(["--http1.1", "-o", "/dev/null", "-w", "%{size_download}", "https://localhost:\(port)\(path)"], port: port, timeout: 15)
+                // curl: 18, "transfer closed with 95000 bytes remaining to read".
+                #expect(r.status == 18 && r.stdout == "5000", "\(path): \(r.status) \(r.stdout) \(r.stderr) \(e.log)")
+                #expect(Date().timeIntervalSince(started) < 5)
+            }
+            // HTTP/2: two streams on one connection; only the one whose backend reset ends short.
+            let both = curl(["--http2", "-Z", "--parallel-max", "2", "-w", "[%{url} %{http_code} %{size_download} %{exitcode}]\n",
+                             "-o", "/dev/null", "-o", "/dev/null",
+                             "https://localhost:\(port)/reset/h2", "https://localhost:\(port)/hello"], port: port, timeout: 15)
+            #expect(both.stdout.contains("/hello 200") && both.stdout.contains(" 0]"), "the sibling completes: \(both.stdout) \(both.stderr) \(e.log)")
+            #expect(both.stdout.contains("/reset/h2 200 5000 92]") || both.stdout.contains("/reset/h2 200 5000 18]"), "the reset stream ends short: \(both.stdout) \(both.stderr)")
+            // Others carry on.
+            let after = curl(["--http2", "https://localhost:\(port)/hello"], port: port)
+            #expect(after.stdout.hasPrefix("good GET /hello"), "\(after.stdout) \(after.stderr)")
+            usleep(300_000)
+            let log = e.log
+            #expect(log.contains("backend 'reset' failed mid-response"), "\(log)")
+            #expect(log.contains("\"route\":\"relayed\""), "\(log)")
+            let metrics = Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
+            #expect(metrics.contains("edgemux_backend_bad_responses_total{backend=\"reset\"} 2"), "\(metrics)")
+            #expect(metrics.contains("edgemux_connection_errors_total{side=\"backend\"} 1"), "\(metrics)")
+        }
+
         @Test("PROXY protocol v1 and v2: the balancer's client address is the one logged; a bad header closes")
         func proxyProtocol() throws {
             let (h1, h1Port) = try startPeer("http1")

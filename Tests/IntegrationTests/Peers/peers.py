@@ -10,6 +10,7 @@ import os
 import random
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -204,7 +205,7 @@ def serve_raw_http1(args):
     request arrives, without answering (what a backend's keep-alive timeout does when it races
     a proxy's reuse); `close-idle` closes it 1 s after answering (a short keep-alive timeout);
     `bad-status` answers with a malformed status line; `dribble` sends a 103 and then the final
-    head in pieces."""
+    head in pieces; `reset-mid-body` resets the connection 5,000 bytes into a 100,000-byte body."""
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", args.port))
@@ -228,6 +229,12 @@ def serve_raw_http1(args):
                     body = f"answer {counter[0]} framed by chunks, not by its length\n".encode()
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
                     continue
+                if args.behaviour == "reset-mid-body":
+                    # Promises 100,000 bytes, sends 5,000, then resets the connection (RST).
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)
+                    time.sleep(0.2)
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
                 if args.behaviour == "dribble":
                     # A 103, then the final head in three pieces, each its own segment.
                     counter[0] += 1
@@ -721,7 +728,7 @@ def main():
         sp.add_argument("--www", help="http1: serve the files of this folder (GET), before the built-in paths")
     rh = sub.add_parser("raw-http1")
     rh.add_argument("--port", type=int, default=0)
-    rh.add_argument("--behaviour", choices=["drop-second", "close-idle", "bad-status", "dribble", "chunked-and-length"], required=True)
+    rh.add_argument("--behaviour", choices=["drop-second", "close-idle", "bad-status", "dribble", "chunked-and-length", "reset-mid-body"], required=True)
     rh.add_argument("--max-seconds", type=float, default=300)
     g = sub.add_parser("grpc-client")
     g.add_argument("--target", required=True)
