@@ -1,4 +1,3 @@
-import Synchronization
 
 /// Counters of one worker. Each worker writes only its own (the mutex is uncontended except
 /// while the admin listener reads it for a scrape).
@@ -50,7 +49,7 @@ public final class WorkerMetrics: Sendable {
         }
     }
 
-    let values = Mutex(Values())
+    let values = Lock(Values())
 
     public init() {}
 
@@ -92,7 +91,7 @@ struct DurationHistogram {
 /// All workers' counters, rendered as Prometheus text exposition.
 public final class Metrics: Sendable {
     public let workers: [WorkerMetrics]
-    public let reloads = Mutex<(ok: Int, failed: Int)>((0, 0))
+    public let reloads = Lock<(ok: Int, failed: Int)>((0, 0))
 
     public init(workerCount: Int) {
         workers = (0..<workerCount).map { _ in WorkerMetrics() }

@@ -1,6 +1,5 @@
 import CEdgemux
 import Glibc
-import Synchronization
 
 /// Something that owns file descriptors registered with an `EventLoop` (a base class, not a
 /// protocol: the loop keeps one plain reference per descriptor, 8 bytes, and dispatches through
@@ -55,7 +54,7 @@ public final class EventLoop: @unchecked Sendable {
     /// The other half of a double buffer for `soon`: work queued while the queue runs lands in the
     /// other array, and neither is reallocated from one turn to the next.
     private var soonRunning: [() -> Void] = []
-    private let inbox = Mutex<[@Sendable () -> Void]>([])
+    private let inbox = Lock<[@Sendable () -> Void]>([])
     private var stopping = false
     /// CLOCK_MONOTONIC milliseconds, refreshed after every wait: cheap "now" for timeouts.
     public private(set) var now: Int64

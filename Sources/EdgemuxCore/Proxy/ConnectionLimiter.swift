@@ -1,4 +1,3 @@
-import Synchronization
 
 /// Client connections counted across every worker: the process's limit, each listener's and
 /// each client address's (`max_connections`, `max_connections_per_client`). A listener at its
@@ -16,7 +15,7 @@ final class ConnectionLimiter: Sendable {
         var perListener: [String: Int] = [:]
         var perClient: [String: Int] = [:]
     }
-    private let counts = Mutex(Counts())
+    private let counts = Lock(Counts())
 
     enum Refusal: String {
         case process

@@ -1,7 +1,6 @@
 import CEdgemux
 import Foundation
 import Glibc
-import Synchronization
 
 /// Resolves host names off the event loops: getaddrinfo blocks, so it runs on the resolver's own
 /// thread, and each answer goes back to the loop that asked, through that loop's queue. Answers
@@ -25,7 +24,7 @@ public final class Resolver: Sendable {
         var started = false
     }
 
-    private let state = Mutex(State())
+    private let state = Lock(State())
     private let wakeup = DispatchSemaphore(value: 0)
     static let positiveTTL: Int64 = 30_000
     static let negativeTTL: Int64 = 5_000
