@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # edgemux's two set-up commands on Debian 12 with the Swift toolchain:
 #   Deploy/dev.sh demo   install what is missing, build, run the embedded demo on 127.0.0.1:8443
-#   Deploy/dev.sh test   install what is missing (test peers too), build, run every test
+#   Deploy/dev.sh test   install what is missing (test peers too), build, run every test, then
+#                        fuzz each parser for 60 s and run the unit tests under ASan and TSan
+#                        (FUZZ_SECONDS=0 and SANITIZERS= leave those out)
 # Only missing Debian packages are installed (apt-get update first); run as root or with sudo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build_packages=(libssl-dev libnghttp2-dev openssl ca-certificates)
-test_packages=(curl nghttp2-client nghttp2-server python3-grpcio python3-websockets python3-h2 procps chromium sslscan slowhttptest)
+test_packages=(curl nghttp2-client nghttp2-server python3-grpcio python3-websockets python3-h2 procps chromium sslscan slowhttptest libstdc++-12-dev)
 
 install_missing() {
   local missing=()
@@ -33,7 +35,13 @@ case "${1:-}" in
     ;;
   test)
     install_missing "${build_packages[@]}" "${test_packages[@]}"
-    exec swift test
+    swift test
+    # Then every parser under libFuzzer for FUZZ_SECONDS each (0: none), and the unit tests under
+    # each sanitizer in SANITIZERS (Tests/sanitize.sh runs the whole suite under one).
+    if [ "${FUZZ_SECONDS:-60}" != 0 ]; then bash Tests/Fuzz/fuzz.sh "${FUZZ_SECONDS:-60}"; fi
+    for sanitizer in ${SANITIZERS-address thread}; do
+      bash Tests/sanitize.sh "$sanitizer" --filter EdgemuxCoreTests
+    done
     ;;
   *)
     echo "usage: Deploy/dev.sh demo | test" >&2
