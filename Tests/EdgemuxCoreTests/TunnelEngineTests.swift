@@ -4,7 +4,7 @@ import Testing
 @testable import EdgemuxCore
 
 /// A real ClientHello from OpenSSL (memory BIOs, no socket), with `sni` if given.
-func opensslClientHello(sni: String?) -> [UInt8] {
+func opensslClientHello(sni: String?, alpn: [String] = []) -> [UInt8] {
     let ctx = SSL_CTX_new(TLS_client_method())!
     defer { SSL_CTX_free(ctx) }
     let ssl = SSL_new(ctx)!
@@ -12,6 +12,10 @@ func opensslClientHello(sni: String?) -> [UInt8] {
     let rbio = BIO_new(BIO_s_mem())!, wbio = BIO_new(BIO_s_mem())!
     SSL_set_bio(ssl, rbio, wbio)
     if let sni { _ = CEdgemux_SSL_set_tlsext_host_name(ssl, sni) }
+    if !alpn.isEmpty {
+        let wire = alpn.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) }
+        _ = SSL_set_alpn_protos(ssl, wire, UInt32(wire.count))
+    }
     SSL_set_connect_state(ssl)
     _ = SSL_do_handshake(ssl)
     var out = [UInt8](repeating: 0, count: 65536)
@@ -45,6 +49,28 @@ struct ClientHelloParserTests {
             }
         }
         #expect(parse(opensslClientHello(sni: nil)) == .done(serverName: nil))
+    }
+
+    @Test func alpnAndPassthroughRoutes() {
+        let hello = opensslClientHello(sni: "Cluster-7.Proxy.Example.com", alpn: ["h2", "http/1.1"])
+        let parsed = hello.withUnsafeBytes { ClientHelloParser.parseHello($0) }
+        #expect(parsed == .done(ClientHelloParser.Hello(serverName: "cluster-7.proxy.example.com", alpn: ["h2", "http/1.1"])))
+        var sni = RouteMatch()
+        sni.sni = "*.proxy.example.com"
+        var h2Only = RouteMatch()
+        h2Only.sni = "grpc.example.com"
+        h2Only.alpn = .h2
+        let router = Router(routes: [
+            RouteConfig(name: "grpc-through", match: h2Only, backend: "b", idleTimeoutMillis: 0, passthrough: true),
+            RouteConfig(name: "frps", match: sni, backend: "frps", idleTimeoutMillis: 0, passthrough: true),
+            RouteConfig(name: "web", match: RouteMatch(), backend: "web", idleTimeoutMillis: 0),
+        ])
+        #expect(router.routes.map(\.name) == ["web"], "terminated routes never see passthrough ones")
+        #expect(router.selectPassthrough(.init(serverName: "cluster-7.proxy.example.com", alpn: [])).map(\.name) == "frps")
+        #expect(router.selectPassthrough(.init(serverName: "proxy.example.com", alpn: [])) == nil)
+        #expect(router.selectPassthrough(.init(serverName: nil, alpn: ["h2"])) == nil, "no SNI: terminated with the default certificate")
+        #expect(router.selectPassthrough(.init(serverName: "grpc.example.com", alpn: ["h2"])).map(\.name) == "grpc-through")
+        #expect(router.selectPassthrough(.init(serverName: "grpc.example.com", alpn: ["http/1.1"])) == nil)
     }
 
     @Test func rejectsWhatIsNotAClientHello() {

@@ -349,7 +349,7 @@ struct NodeReader {
     }
 
     mutating func readListener(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> ListenerConfig? {
-        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes", "tunnel", "http2", "max_connection_age", "keepalive_timeout", "max_connections", "max_connections_per_client", "max_requests_per_connection"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes", "tunnel", "http2", "max_connection_age", "keepalive_timeout", "max_connections", "max_connections_per_client", "max_requests_per_connection", "fallback"]) else { return nil }
         let name = m["name"].flatMap { string($0, join(path, "name")) } ?? path
         var addr: SocketAddress?
         if let l = m["listen"] { addr = address(l, join(path, "listen")) } else { fail(node, join(path, "listen"), "missing: the address to listen on, e.g. 0.0.0.0:443") }
@@ -374,9 +374,16 @@ struct NodeReader {
                 if let route = readRoute(rn, "\(path).routes[\(i)]", backends: backends, backendNames: backendNames) { routes.append(route) }
             }
             if seq.isEmpty { fail(r, join(path, "routes"), "define at least one route") }
-            // A route after a catch-all can never match: almost certainly a mistake.
-            if let firstCatchAll = routes.firstIndex(where: { $0.match.isCatchAll }), firstCatchAll < routes.count - 1 {
-                fail(seq[firstCatchAll + 1], "\(path).routes[\(firstCatchAll + 1)]", "unreachable: route '\(routes[firstCatchAll].name)' before it matches everything")
+            // A route after a catch-all of its kind can never match: almost certainly a mistake.
+            // (Passthrough routes are tried first, on the ClientHello; the others after the handshake.)
+            for passthrough in [true, false] {
+                let kind = routes.indices.filter { routes[$0].passthrough == passthrough }
+                if let k = kind.firstIndex(where: { routes[$0].match.isCatchAll }), k < kind.count - 1, kind[k + 1] < seq.count {
+                    fail(seq[kind[k + 1]], "\(path).routes[\(kind[k + 1])]", "unreachable: route '\(routes[kind[k]].name)' before it matches everything")
+                }
+            }
+            if routes.contains(where: { $0.passthrough }), m["tls"] == nil {
+                fail(r, join(path, "routes"), "passthrough routes choose by the TLS ClientHello: the listener needs tls (the routes it terminates use its certificates)")
             }
         } else if m["routes"] == nil {
             fail(node, join(path, "routes"), "missing: at least one route (or a tunnel)")
@@ -390,13 +397,22 @@ struct NodeReader {
         if tunnel != nil, m["http2"] != nil || m["max_connection_age"] != nil || m["keepalive_timeout"] != nil {
             fail(m["http2"] ?? m["max_connection_age"] ?? m["keepalive_timeout"], path, "http2, max_connection_age and keepalive_timeout apply to listeners with routes, not to tunnels")
         }
+        var fallback: String?
+        if let n = m["fallback"], let s = string(n, join(path, "fallback")) {
+            if m["tls"] == nil { fail(n, join(path, "fallback"), "a fallback takes connections that do not start a TLS handshake: the listener needs tls") }
+            if let b = backends[s] {
+                if b.proto != .tcp { fail(n, join(path, "fallback"), "backend '\(s)' must be protocol: tcp: the connection goes to it raw") } else { fallback = s }
+            } else {
+                fail(n, join(path, "fallback"), "unknown backend '\(s)'; defined backends: \(backendNames.sorted().joined(separator: ", "))")
+            }
+        }
         guard let addr else { return nil }
         let maxConnections = m["max_connections"].flatMap { count($0, join(path, "max_connections")) } ?? 0
         let perClient = m["max_connections_per_client"].flatMap { count($0, join(path, "max_connections_per_client")) } ?? 0
         let perConnection = m["max_requests_per_connection"].flatMap { count($0, join(path, "max_requests_per_connection")) } ?? 0
         let listener = ListenerConfig(name: name, address: addr, proxyProtocol: proxyProtocol, tls: tls, handshakeTimeoutMillis: handshake, requestTimeoutMillis: request, maxRequestHeadBytes: maxHead, routes: routes, tunnel: tunnel,
                                       http2: http2, maxConnectionAgeMillis: age, keepaliveTimeoutMillis: keepalive, maxConnections: maxConnections, maxConnectionsPerClient: perClient,
-                                      maxRequestsPerConnection: perConnection)
+                                      maxRequestsPerConnection: perConnection, fallback: fallback)
         checkProtocols(listener, node: node, path: path, routes: m["routes"], backends: backends)
         return listener
     }
@@ -446,7 +462,7 @@ struct NodeReader {
         let routeNodes = routes.flatMap { n -> [Node]? in if case .sequence(let s) = n { return Array(s) } else { return nil } } ?? []
         // Protocols not yet taken whole by an earlier route (one that matches on ALPN alone).
         var remaining = offered
-        for (i, route) in listener.routes.enumerated() {
+        for (i, route) in listener.routes.enumerated() where !route.passthrough {
             var receives = remaining
             if let alpn = route.match.alpn { receives = receives.intersection([alpn]) }
             // Upgrade exists in HTTP/1.1 only (HTTP/2 WebSockets use extended CONNECT instead).
@@ -663,7 +679,8 @@ struct NodeReader {
     }
 
     mutating func readRoute(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> RouteConfig? {
-        guard let m = mapping(node, path, allowed: ["name", "match", "backend", "idle_timeout", "mode", "response_timeout", "forwarded", "via"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["name", "match", "backend", "idle_timeout", "mode", "response_timeout", "forwarded", "via", "passthrough"]) else { return nil }
+        let passthrough = m["passthrough"].flatMap { bool($0, join(path, "passthrough")) } ?? false
         let name = m["name"].flatMap { string($0, join(path, "name")) } ?? path
         var match = RouteMatch()
         if let mn = m["match"], let mm = mapping(mn, join(path, "match"), allowed: ["alpn", "sni", "content_type", "path_prefix", "host", "method", "upgrade"]) {
@@ -680,6 +697,12 @@ struct NodeReader {
             match.host = mm["host"].flatMap { string($0, join(mp, "host")) }?.lowercased()
             match.method = mm["method"].flatMap { string($0, join(mp, "method")) }?.uppercased()
             match.upgrade = mm["upgrade"].flatMap { string($0, join(mp, "upgrade")) }?.lowercased()
+            if passthrough {
+                // Chosen before the handshake: only what the ClientHello carries can decide.
+                for key in ["content_type", "path_prefix", "host", "method", "upgrade"] where mm[key] != nil {
+                    fail(mm[key], join(mp, key), "a passthrough route is chosen from the TLS ClientHello, before anything is decrypted: '\(key)' is inside the encrypted stream; match on sni (and alpn) only")
+                }
+            }
         }
         var backendName = ""
         if let b = m["backend"], let s = string(b, join(path, "backend")) {
@@ -691,7 +714,20 @@ struct NodeReader {
         } else if m["backend"] == nil {
             fail(node, join(path, "backend"), "missing: the backend this route sends to")
         }
-        let defaultIdle = backends[backendName]?.idleTimeoutMillis ?? (match.targetsGRPC ? 0 : ConfigLoader.defaultIdleTimeout)
+        if let backend = backends[backendName] {
+            if passthrough, backend.proto != .tcp {
+                fail(m["backend"], join(path, "backend"), "a passthrough route sends the raw TLS connection on: backend '\(backendName)' must be protocol: tcp")
+            } else if !passthrough, backend.proto == .tcp {
+                fail(m["backend"], join(path, "backend"), "backend '\(backendName)' is protocol: tcp (raw bytes): only passthrough routes and a listener's fallback send to it; add passthrough: true")
+            }
+        }
+        if passthrough {
+            for key in ["mode", "response_timeout", "forwarded", "via"] where m[key] != nil {
+                fail(m[key], join(path, key), "\(key) applies to routes edgemux terminates; a passthrough route relays the TLS bytes as they are")
+            }
+        }
+        // Passthrough connections are tunnels (kubectl watch, exec): no idle timeout by default.
+        let defaultIdle = backends[backendName]?.idleTimeoutMillis ?? (match.targetsGRPC || passthrough ? 0 : ConfigLoader.defaultIdleTimeout)
         let idle = m["idle_timeout"].flatMap { duration($0, join(path, "idle_timeout")) } ?? defaultIdle
         var mode: RouteMode?
         if let n = m["mode"], let s = string(n, join(path, "mode")) {
@@ -710,16 +746,22 @@ struct NodeReader {
                 fail(m[key], join(path, key), "\(key) applies to request mode; this route relays (set mode: request)")
             }
         }
-        return RouteConfig(name: name, match: match, backend: backendName, idleTimeoutMillis: idle, mode: mode, responseTimeoutMillis: responseTimeout, forwarded: forwarded, via: via)
+        return RouteConfig(name: name, match: match, backend: backendName, idleTimeoutMillis: idle, mode: passthrough ? .relay : mode, responseTimeoutMillis: responseTimeout, forwarded: forwarded, via: via,
+                           passthrough: passthrough)
     }
 
     mutating func readBackend(_ node: Node, name: String) -> BackendConfig? {
         let path = "backends.\(name)"
-        guard let m = mapping(node, path, allowed: ["protocol", "endpoints", "tls", "connect_timeout", "idle_timeout", "pool", "balance"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["protocol", "endpoints", "tls", "connect_timeout", "idle_timeout", "pool", "balance", "proxy_protocol"]) else { return nil }
         var proto: BackendProtocol?
         if let p = m["protocol"], let s = string(p, join(path, "protocol")) {
             proto = BackendProtocol(rawValue: s)
-            if proto == nil { fail(p, join(path, "protocol"), "expected http1, h2c or tls, not '\(s)'") }
+            if proto == nil { fail(p, join(path, "protocol"), "expected http1, h2c, tls or tcp, not '\(s)'") }
+        }
+        var proxyOut = ProxyProtocolOut.none
+        if let n = m["proxy_protocol"], let s = string(n, join(path, "proxy_protocol")) {
+            if let v = ProxyProtocolOut(rawValue: s) { proxyOut = v } else { fail(n, join(path, "proxy_protocol"), "expected none, v1 or v2, not '\(s)'") }
+            if proto != .tcp { fail(n, join(path, "proxy_protocol"), "a PROXY header goes to protocol: tcp backends (passthrough routes, a fallback); HTTP backends get X-Forwarded-For") }
         }
         var endpoints: [ClientProtocol: [Endpoint]] = [:]
         if let e = m["endpoints"] {
@@ -733,10 +775,16 @@ struct NodeReader {
                 case .tls:
                     endpoints[.http1] = list
                     endpoints[.h2] = list
+                case .tcp:
+                    // (Kept under http1: the connection machinery picks endpoints by protocol.)
+                    endpoints[.http1] = list
                 }
             case .mapping:
                 if proto == .tls {
                     fail(e, join(path, "endpoints"), "a tls backend takes one list of endpoints (ALPN picks the protocol)")
+                }
+                if proto == .tcp {
+                    fail(e, join(path, "endpoints"), "a tcp backend takes one list of endpoints (bytes pass untouched)")
                 }
                 if let em = mapping(e, join(path, "endpoints"), allowed: ["http1", "h2c"]) {
                     for (key, cp) in [("http1", ClientProtocol.http1), ("h2c", ClientProtocol.h2)] {
@@ -810,7 +858,8 @@ struct NodeReader {
         if let n = m["balance"], let s = string(n, join(path, "balance")) {
             if let b = BalancePolicy(rawValue: s) { balance = b } else { fail(n, join(path, "balance"), "expected round_robin or least_request, not '\(s)'") }
         }
-        return BackendConfig(name: name, proto: proto ?? (endpoints[.h2] != nil && endpoints[.http1] == nil ? .h2c : .http1), endpoints: endpoints, tls: tls, connectTimeoutMillis: connect, idleTimeoutMillis: idle, pool: pool, balance: balance)
+        return BackendConfig(name: name, proto: proto ?? (endpoints[.h2] != nil && endpoints[.http1] == nil ? .h2c : .http1), endpoints: endpoints, tls: tls, connectTimeoutMillis: connect, idleTimeoutMillis: idle, pool: pool, balance: balance,
+                             proxyProtocol: proxyOut)
     }
 }
 

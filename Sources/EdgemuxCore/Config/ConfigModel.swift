@@ -70,10 +70,18 @@ public final class ListenerConfig: Sendable {
     /// Request mode: requests one connection may carry (0: no limit); the last gets
     /// `Connection: close` (HTTP/1.1), or the connection a graceful GOAWAY (HTTP/2).
     public let maxRequestsPerConnection: Int
+    /// A `protocol: tcp` backend that takes, raw, a connection whose first bytes are not a TLS
+    /// handshake (SSH on 443, a client with its own framing); nil: such a connection goes the
+    /// TLS way (plain HTTP gets its 400, garbage is closed).
+    public let fallback: String?
+    /// Some route passes TLS through, or a fallback is set: the ClientHello is looked at before
+    /// the handshake.
+    public var peeksClientHello: Bool { fallback != nil || routes.contains { $0.passthrough } }
 
     public init(name: String, address: SocketAddress, proxyProtocol: Bool, tls: ListenerTLSConfig?, handshakeTimeoutMillis: Int64, requestTimeoutMillis: Int64, maxRequestHeadBytes: Int, routes: [RouteConfig], tunnel: TunnelConfig?,
                 http2: HTTP2ServerSettings = HTTP2ServerSettings(), maxConnectionAgeMillis: Int64 = 0, keepaliveTimeoutMillis: Int64 = 75_000,
-                maxConnections: Int = 0, maxConnectionsPerClient: Int = 0, maxRequestsPerConnection: Int = 0) {
+                maxConnections: Int = 0, maxConnectionsPerClient: Int = 0, maxRequestsPerConnection: Int = 0, fallback: String? = nil) {
+        self.fallback = fallback
         self.maxRequestsPerConnection = maxRequestsPerConnection
         self.maxConnections = maxConnections
         self.maxConnectionsPerClient = maxConnectionsPerClient
@@ -246,8 +254,13 @@ public final class RouteConfig: Sendable {
 
     /// `mode` was not given: the default rule chose it.
     public let modeWasDefault: Bool
+    /// TLS passthrough: chosen from the ClientHello before any handshake (on `sni` and `alpn`,
+    /// which the ClientHello carries), the raw connection goes to a `protocol: tcp` backend.
+    public let passthrough: Bool
 
-    public init(name: String, match: RouteMatch, backend: String, idleTimeoutMillis: Int64, mode: RouteMode? = nil, responseTimeoutMillis: Int64? = nil, forwarded: ForwardedMode = .replace, via: Bool = false) {
+    public init(name: String, match: RouteMatch, backend: String, idleTimeoutMillis: Int64, mode: RouteMode? = nil, responseTimeoutMillis: Int64? = nil, forwarded: ForwardedMode = .replace, via: Bool = false,
+                passthrough: Bool = false) {
+        self.passthrough = passthrough
         self.modeWasDefault = mode == nil
         self.name = name
         self.match = match
@@ -293,6 +306,16 @@ public enum BackendProtocol: String, Sendable {
     case h2c
     /// TLS; ALPN passes the client's protocol on.
     case tls
+    /// Raw TCP: passthrough routes and a listener's fallback send connections here untouched.
+    case tcp
+}
+
+/// The PROXY protocol header edgemux sends first to a `protocol: tcp` backend, so that it sees
+/// the client's address (HAProxy's send-proxy / send-proxy-v2).
+public enum ProxyProtocolOut: String, Sendable {
+    case none
+    case v1
+    case v2
 }
 
 /// One backend: endpoints per client protocol.
@@ -311,6 +334,8 @@ public final class BackendConfig: Sendable {
     public let pool: BackendPoolConfig
     /// Request mode: how the endpoint of each request is chosen.
     public let balance: BalancePolicy
+    /// `protocol: tcp`: the PROXY header sent before the client's bytes (off by default).
+    public let proxyProtocol: ProxyProtocolOut
 
     /// The client protocols this backend can carry.
     /// The protocols some endpoint speaks (kept: request mode asks for every request).
@@ -326,7 +351,9 @@ public final class BackendConfig: Sendable {
         return have.first
     }
 
-    public init(name: String, proto: BackendProtocol, endpoints: [ClientProtocol: [Endpoint]], tls: BackendTLSConfig?, connectTimeoutMillis: Int64, idleTimeoutMillis: Int64?, pool: BackendPoolConfig = BackendPoolConfig(), balance: BalancePolicy = .roundRobin) {
+    public init(name: String, proto: BackendProtocol, endpoints: [ClientProtocol: [Endpoint]], tls: BackendTLSConfig?, connectTimeoutMillis: Int64, idleTimeoutMillis: Int64?, pool: BackendPoolConfig = BackendPoolConfig(), balance: BalancePolicy = .roundRobin,
+                proxyProtocol: ProxyProtocolOut = .none) {
+        self.proxyProtocol = proxyProtocol
         self.name = name
         self.balance = balance
         self.pool = pool
@@ -391,6 +418,9 @@ public struct BackendTLSConfig: Sendable {
 /// What `edgemux check` says about a route's mode.
 public enum RouteDescription {
     public static func mode(_ r: RouteConfig) -> String {
+        if r.passthrough {
+            return "passthrough (chosen from the TLS ClientHello, before any handshake: the connection, its TLS untouched, goes to a tcp backend)"
+        }
         switch r.mode {
         case .relay:
             return r.match.targetsGRPC && r.modeWasDefault

@@ -9,6 +9,9 @@ final class ProxyConnection: EventHandler, ClientConnection {
     enum Phase: Equatable {
         /// Waiting for the PROXY protocol header an L4 balancer sends first.
         case awaitingProxyHeader
+        /// Looking at the ClientHello (peeked, not consumed) for a passthrough route or a
+        /// fallback, before any handshake.
+        case awaitingClientHello
         /// Waiting for the client's TLS handshake to complete.
         case awaitingHandshake
         /// Waiting for the first request head (HTTP/1.1) or the first HEADERS (HTTP/2).
@@ -40,8 +43,18 @@ final class ProxyConnection: EventHandler, ClientConnection {
     var proto: ClientProtocol = .http1
     /// ALPN gave no protocol: HTTP/2 with prior knowledge is still possible.
     var protocolUndecided = false
-    /// The SNI the client sent (read from OpenSSL when needed, not stored twice).
-    var serverName: String? { client.tls?.serverName }
+    /// The SNI the client sent (read from OpenSSL when needed, not stored twice; from the
+    /// ClientHello for a passthrough connection).
+    var serverName: String? { client.tls?.serverName ?? peekedServerName }
+    private var peekedServerName: String?
+    /// The connection goes to its backend raw: a passthrough route's TLS, or a fallback's bytes.
+    private(set) var rawKind: RawKind?
+    enum RawKind: String {
+        /// TLS passed through untouched (a passthrough route).
+        case tls
+        /// Not TLS at all, sent to the listener's fallback.
+        case tcp
+    }
     var sniffed: [UInt8] = []
     var h2Sniffer: HTTP2Sniffer?
     var sentSettings = false
@@ -169,18 +182,12 @@ final class ProxyConnection: EventHandler, ClientConnection {
     /// Peeks until the PROXY header is complete, then consumes exactly its bytes: what follows
     /// (a ClientHello) stays in the socket for OpenSSL.
     private func readProxyHeader() {
-        let scratch = UnsafeMutableRawBufferPointer(rebasing: worker.pool.scratch[0..<ProxyProtocolParser.v2MaxLength])
-        let n: Int
-        switch client.peek(into: scratch) {
-        case .bytes(let got): n = got
-        case .nothingYet: return
-        case .closed:
-            close()
-            return
-        }
-        switch ProxyProtocolParser.parse(UnsafeRawBufferPointer(rebasing: scratch[0..<n])) {
+        guard let peeked = peekClient(upTo: ProxyProtocolParser.v2MaxLength) else { return }
+        let scratch = worker.pool.scratch
+        let n = peeked.count
+        switch ProxyProtocolParser.parse(peeked) {
         case .needMore:
-            if n >= scratch.count { proxyHeaderFailed("PROXY header incomplete after \(n) bytes") }
+            if n >= ProxyProtocolParser.v2MaxLength { proxyHeaderFailed("PROXY header incomplete after \(n) bytes") }
         case .error(let why):
             proxyHeaderFailed(why)
         case .done(let source, let length):
@@ -193,6 +200,20 @@ final class ProxyConnection: EventHandler, ClientConnection {
         }
     }
 
+    /// What the client has sent so far, looked at and left in its socket (at most `cap` bytes,
+    /// in the loop's scratch area); nil when nothing came yet, or the client closed (then the
+    /// connection is closed).
+    private func peekClient(upTo cap: Int) -> UnsafeRawBufferPointer? {
+        let scratch = UnsafeMutableRawBufferPointer(rebasing: worker.pool.scratch[0..<cap])
+        switch client.peek(into: scratch) {
+        case .bytes(let n): return UnsafeRawBufferPointer(rebasing: scratch[0..<n])
+        case .nothingYet: return nil
+        case .closed:
+            close()
+            return nil
+        }
+    }
+
     private func proxyHeaderFailed(_ why: String) {
         outcome = "bad_proxy_header"
         worker.metrics.update { $0.sniffErrors["proxy_protocol", default: 0] += 1 }
@@ -201,6 +222,67 @@ final class ProxyConnection: EventHandler, ClientConnection {
     }
 
     private func startTLSOrRequest() {
+        if listener.tls != nil, listener.peeksClientHello {
+            if phase != .awaitingProxyHeader { armTimer(listener.handshakeTimeoutMillis) }
+            phase = .awaitingClientHello
+            peekClientHello()
+            return
+        }
+        startTLS()
+    }
+
+    /// Looks at the connection's first bytes without consuming them: a ClientHello that a
+    /// passthrough route matches goes to that route's backend untouched; bytes that are not a
+    /// TLS handshake go to the fallback, if the listener has one; everything else is terminated
+    /// as usual (OpenSSL reads the same bytes).
+    private func peekClientHello() {
+        guard let bytes = peekClient(upTo: ClientHelloParser.cap) else { return }
+        if bytes[0] != 22 {
+            // SSH ("SSH-2.0-"), a client with its own framing: not a TLS handshake record.
+            if let fallback = listener.fallback {
+                startRaw(.tcp, route: nil, backendName: fallback)
+            } else {
+                startTLS()
+            }
+            return
+        }
+        switch ClientHelloParser.parseHello(bytes) {
+        case .needMore:
+            // A ClientHello in several segments or records: wait for the rest (the handshake
+            // timeout bounds the wait, ClientHelloParser.cap the bytes).
+            return
+        case .error:
+            startTLS()  // OpenSSL refuses it with an alert and a log line, as any bad handshake
+        case .done(let hello):
+            if let route = snapshot.routers[listener.name]?.selectPassthrough(hello) {
+                peekedServerName = hello.serverName
+                startRaw(.tls, route: route, backendName: route.backend)
+            } else {
+                startTLS()
+            }
+        }
+    }
+
+    /// Sends the connection, from its first byte, to a `protocol: tcp` backend.
+    private func startRaw(_ kind: RawKind, route: RouteConfig?, backendName: String) {
+        rawKind = kind
+        self.route = route
+        guard let backend = snapshot.config.backends[backendName], let endpoints = backend.endpoints[.http1], !endpoints.isEmpty else {
+            worker.logger.error("\(logPrefix): backend '\(backendName)' has no endpoints")
+            close()
+            return
+        }
+        worker.metrics.update { $0.routed[route?.name ?? "\(listener.name)/fallback", default: 0] += 1 }
+        backendConfig = backend
+        plan = worker.balancer(for: backend.name).plan(endpoints, protocol: .http1, now: loop.now)
+        attempt = 0
+        phase = .awaitingBackend
+        loop.cancel(timer)
+        timer = nil
+        connectNext()
+    }
+
+    private func startTLS() {
         if let ctx = snapshot.serverContext(listener: listener.name, worker: loop.index) {
             do {
                 client.tls = try TLSStream(server: ctx, fd: client.fd)
@@ -209,7 +291,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 close()
                 return
             }
-            if phase != .awaitingProxyHeader { armTimer(listener.handshakeTimeoutMillis) }
+            if phase != .awaitingProxyHeader && phase != .awaitingClientHello { armTimer(listener.handshakeTimeoutMillis) }
             phase = .awaitingHandshake
             worker.limiter.handshakeStarted()
             countsAsHandshake = true
@@ -230,6 +312,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         }
         switch phase {
         case .awaitingProxyHeader: readProxyHeader()
+        case .awaitingClientHello: peekClientHello()
         case .awaitingHandshake: continueHandshake()
         case .awaitingRequest: readRequest()
         case .awaitingBackend:
@@ -246,7 +329,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
     override func timerFired() {
         timer = nil
         switch phase {
-        case .awaitingProxyHeader, .awaitingHandshake:
+        case .awaitingProxyHeader, .awaitingClientHello, .awaitingHandshake:
             outcome = "handshake_timeout"
             worker.metrics.update { $0.timeouts["handshake", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): TLS handshake not finished within \(listener.handshakeTimeoutMillis) ms; closed")
@@ -625,6 +708,10 @@ final class ProxyConnection: EventHandler, ClientConnection {
 
     /// Ends the connection with an HTTP answer in the client's protocol.
     private func answerError(status: Int, message: String) {
+        if rawKind != nil {
+            close()  // raw bytes: no HTTP answer (the log line said why)
+            return
+        }
         if proto == .h2, let stream = h2Sniffer?.headersStream, stream != 0 {
             if request.contentType.lowercased().hasPrefix("application/grpc") {
                 sendAnswer(ErrorAnswers.grpc(stream: stream, status: status, message: message))
@@ -673,8 +760,13 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func startRelay() {
         guard let backend else { return }
         phase = .relaying
-        let replay = sniffed
+        var replay = sniffed
         sniffed = []
+        if rawKind != nil, let cfg = backendConfig, cfg.proxyProtocol != .none {
+            // Before the client's own first byte, which is still in its socket (only peeked).
+            let local = Posix.localAddress(client.fd) ?? peer
+            replay = ProxyProtocolWriter.header(cfg.proxyProtocol, source: peer, destination: local)
+        }
         let pending = clientPending
         clientPending = nil
         relay = Relay(client: client, backend: backend, loop: loop, pool: worker.pool, replay: replay, filter: ackFilter,
@@ -686,11 +778,16 @@ final class ProxyConnection: EventHandler, ClientConnection {
         // accepts and never speaks gets the client a 504 (gRPC: UNAVAILABLE, retried) after the
         // route's response_timeout, or 30 s where it has none (gRPC routes: any HTTP/2 server
         // sends its SETTINGS at once).
-        let wait = (route?.responseTimeoutMillis ?? 0) > 0 ? route!.responseTimeoutMillis : Self.relayFirstByteMillis
-        firstByteDeadline = loop.now + wait
         relayStartedAt = loop.now
         let idle = route?.idleTimeoutMillis ?? 0
-        armTimer(idle > 0 ? min(idle, wait) : wait)
+        if rawKind != nil {
+            // Raw bytes: no answer edgemux could give; the client's own timeouts apply.
+            if idle > 0 { armTimer(idle) }
+        } else {
+            let wait = (route?.responseTimeoutMillis ?? 0) > 0 ? route!.responseTimeoutMillis : Self.relayFirstByteMillis
+            firstByteDeadline = loop.now + wait
+            armTimer(idle > 0 ? min(idle, wait) : wait)
+        }
         relay?.pumpAll()
     }
 
@@ -847,7 +944,7 @@ extension ProxyConnection {
             ("listener", .string(listener.name)),
             ("client", .string(peer.description)),
             ("sni", opt(serverName)),
-            ("protocol", .string(proto.rawValue)),
+            ("protocol", .string(rawKind?.rawValue ?? proto.rawValue)),
             ("method", opt(request.method.isEmpty ? nil : request.method)),
             ("path", opt(request.path.isEmpty ? nil : request.path)),
             ("host", opt(request.host.isEmpty ? nil : request.host)),

@@ -1,9 +1,15 @@
 /// Chooses a route for a connection from what the handshake and the first request showed.
 /// Pure: no state, no I/O.
 public struct Router: Sendable {
+    /// The routes edgemux terminates TLS for, in file order.
     public let routes: [RouteConfig]
+    /// The passthrough routes, in file order: tried on the ClientHello, before the others.
+    public let passthroughRoutes: [RouteConfig]
 
-    public init(routes: [RouteConfig]) { self.routes = routes }
+    public init(routes: [RouteConfig]) {
+        self.routes = routes.filter { !$0.passthrough }
+        passthroughRoutes = routes.filter { $0.passthrough }
+    }
 
     /// The first route whose every condition holds, or nil.
     /// The path is matched in its normalised form (`PathNormalizer`).
@@ -11,6 +17,17 @@ public struct Router: Sendable {
         var request = request
         request.path = PathNormalizer.normalize(request.path)
         return routes.first { Self.matches($0.match, protocol: proto, sni: sni, request: request) }
+    }
+
+    /// The first passthrough route for a ClientHello: its `sni` matches the server name (a
+    /// ClientHello without one matches only a route without `sni`) and its `alpn` is among the
+    /// protocols the client offers.
+    public func selectPassthrough(_ hello: ClientHelloParser.Hello) -> RouteConfig? {
+        passthroughRoutes.first { route in
+            if let want = route.match.sni, !Self.nameMatches(pattern: want, name: hello.serverName ?? "") { return false }
+            if let alpn = route.match.alpn, !hello.alpn.contains(alpn.rawValue) { return false }
+            return true
+        }
     }
 
     static func matches(_ m: RouteMatch, protocol proto: ClientProtocol, sni: String?, request: RequestInfo) -> Bool {

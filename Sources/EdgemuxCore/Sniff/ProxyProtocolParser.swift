@@ -83,3 +83,33 @@ public enum ProxyProtocolParser {
         }
     }
 }
+
+/// Writes the PROXY protocol header edgemux sends first to a `protocol: tcp` backend (HAProxy's
+/// spec: v1 text, v2 binary with PROXY command over TCP). Pure.
+public enum ProxyProtocolWriter {
+    public static func header(_ version: ProxyProtocolOut, source: SocketAddress, destination: SocketAddress) -> [UInt8] {
+        // A mix of families (a v4-mapped client on a v6 socket) cannot be told in one header.
+        let sameFamily = source.family == destination.family
+        switch version {
+        case .none:
+            return []
+        case .v1:
+            guard sameFamily else { return Array("PROXY UNKNOWN\r\n".utf8) }
+            let family = source.family == AF_INET6 ? "TCP6" : "TCP4"
+            return Array("PROXY \(family) \(source.ipString) \(destination.ipString) \(source.port) \(destination.port)\r\n".utf8)
+        case .v2:
+            var h = ProxyProtocolParser.v2Signature
+            guard sameFamily else {
+                h += [0x20, 0x00, 0x00, 0x00]  // LOCAL: the backend uses the connection's own addresses
+                return h
+            }
+            let v6 = source.family == AF_INET6
+            h += [0x21, v6 ? 0x21 : 0x11]  // version 2, PROXY; TCP over IPv6 / IPv4
+            let length = v6 ? 36 : 12
+            h += [UInt8(length >> 8), UInt8(length & 0xff)]
+            h += source.ip + destination.ip
+            h += [UInt8(source.port >> 8), UInt8(source.port & 0xff), UInt8(destination.port >> 8), UInt8(destination.port & 0xff)]
+            return h
+        }
+    }
+}

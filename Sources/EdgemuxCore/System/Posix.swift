@@ -233,6 +233,16 @@ extension Posix {
         }
         return SocketAddress(storage: storage).port
     }
+
+    /// The local address of a socket (an accepted connection's: the address the client reached).
+    public static func localAddress(_ fd: Int32) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let r = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return r == 0 ? SocketAddress(storage: storage) : nil
+    }
 }
 
 extension Posix {

@@ -10,10 +10,33 @@ public enum ClientHelloParser {
         case error(String)
     }
 
+    /// What a ClientHello says that routing can use before the handshake.
+    public struct Hello: Equatable, Sendable {
+        /// The SNI host name, lowercased (nil: none).
+        public var serverName: String?
+        /// The ALPN protocols offered, in the client's order (empty: no ALPN extension).
+        public var alpn: [String] = []
+    }
+
+    public enum HelloResult: Equatable {
+        case needMore
+        case done(Hello)
+        case error(String)
+    }
+
     /// The most bytes looked at (records included).
     public static let cap = 16 * 1024
 
     public static func parse(_ b: UnsafeRawBufferPointer) -> Result {
+        switch parseHello(b) {
+        case .needMore: return .needMore
+        case .done(let hello): return .done(serverName: hello.serverName)
+        case .error(let why): return .error(why)
+        }
+    }
+
+    /// The server name and the ALPN list of a ClientHello.
+    public static func parseHello(_ b: UnsafeRawBufferPointer) -> HelloResult {
         // Reassemble the handshake layer from consecutive handshake records.
         var handshake: [UInt8] = []
         var i = 0
@@ -34,11 +57,12 @@ public enum ClientHelloParser {
                 if needed! > cap { return .error("ClientHello of \(needed!) bytes exceeds \(cap)") }
             }
         }
-        return serverName(in: Array(handshake[4..<needed!]))
+        return hello(in: Array(handshake[4..<needed!]))
     }
 
-    /// Walks the ClientHello body to the server_name extension (RFC 8446 4.1.2, RFC 6066 3).
-    static func serverName(in h: [UInt8]) -> Result {
+    /// Walks the ClientHello body's extensions (RFC 8446 4.1.2) for server_name (RFC 6066 3) and
+    /// application_layer_protocol_negotiation (RFC 7301 3.1).
+    static func hello(in h: [UInt8]) -> HelloResult {
         var p = 0
         func need(_ n: Int) -> Bool { p + n <= h.count }
         func u8() -> Int { defer { p += 1 }; return Int(h[p]) }
@@ -54,7 +78,8 @@ public enum ClientHelloParser {
         let compression = u8()
         guard need(compression) else { return .error("ClientHello compression methods overrun") }
         p += compression
-        if p == h.count { return .done(serverName: nil) }
+        var result = Hello()
+        if p == h.count { return .done(result) }
         guard need(2) else { return .error("ClientHello extensions length missing") }
         let extEnd = p + 2 + (Int(h[p]) << 8 | Int(h[p + 1]))
         p += 2
@@ -63,23 +88,30 @@ public enum ClientHelloParser {
             let type = u16()
             let length = u16()
             guard p + length <= extEnd else { return .error("ClientHello extension overruns") }
+            let listEnd = min(p + length, p + 2 + (length >= 2 ? Int(h[p]) << 8 | Int(h[p + 1]) : 0))
             if type == 0 {
                 var q = p + 2
-                let listEnd = min(p + length, p + 2 + (length >= 2 ? Int(h[p]) << 8 | Int(h[p + 1]) : 0))
-                while q + 3 <= listEnd {
+                while q + 3 <= listEnd, result.serverName == nil {
                     let nameType = h[q]
                     let nameLength = Int(h[q + 1]) << 8 | Int(h[q + 2])
                     guard q + 3 + nameLength <= listEnd else { return .error("server_name overruns") }
                     if nameType == 0 {
-                        let name = String(decoding: h[(q + 3)..<(q + 3 + nameLength)], as: UTF8.self)
-                        return .done(serverName: name.lowercased())
+                        result.serverName = String(decoding: h[(q + 3)..<(q + 3 + nameLength)], as: UTF8.self).lowercased()
                     }
                     q += 3 + nameLength
                 }
-                return .error("server_name extension without a host name")
+                if result.serverName == nil { return .error("server_name extension without a host name") }
+            } else if type == 16 {
+                var q = p + 2
+                while q < listEnd {
+                    let n = Int(h[q])
+                    guard n > 0, q + 1 + n <= listEnd else { return .error("ALPN protocol list overruns") }
+                    result.alpn.append(String(decoding: h[(q + 1)..<(q + 1 + n)], as: UTF8.self))
+                    q += 1 + n
+                }
             }
             p += length
         }
-        return .done(serverName: nil)
+        return .done(result)
     }
 }

@@ -714,6 +714,93 @@ def stray_ack_probe(args):
     print("no goaway")
 
 
+# MARK: raw TCP peers for passthrough routes
+
+def serve_first_bytes(args):
+    """Accepts connections; prints, for each, the first bytes it received (within 0.5 s of the
+    first one) as "got LEN HEX" (HEX: the first 64 bytes), answers --reply and closes."""
+    srv = socket.create_server(("127.0.0.1", args.port))
+    stop_after(args.max_seconds)
+    ready(srv.getsockname()[1])
+
+    def handle(conn):
+        with conn:
+            conn.settimeout(5)
+            try:
+                data = conn.recv(65536)
+                conn.settimeout(0.5)
+                while True:
+                    more = conn.recv(65536)
+                    if not more:
+                        break
+                    data += more
+            except socket.timeout:
+                pass
+            except OSError:
+                return
+            print(f"got {len(data)} {data[:64].hex()}", flush=True)
+            try:
+                conn.sendall(args.reply.encode())
+            except OSError:
+                pass
+
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def split_hello_client(args):
+    """A TLS client whose first flight (the ClientHello) goes out in --pieces TCP segments,
+    0.1 s apart; then an HTTP/1.1 request. Prints the server certificate's CN and the status line."""
+    ctx = ssl.create_default_context(cafile=args.ca)
+    if args.cert:
+        ctx.load_cert_chain(args.cert, args.key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=args.servername)
+    sock = socket.create_connection(("127.0.0.1", args.port), timeout=args.timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    first = True
+    while True:
+        try:
+            tls.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        data = outgoing.read()
+        if data and first:
+            first = False
+            step = max(1, len(data) // args.pieces + 1)
+            for i in range(0, len(data), step):
+                sock.sendall(data[i:i + step])
+                time.sleep(0.1)
+        elif data:
+            sock.sendall(data)
+        if done:
+            break
+        chunk = sock.recv(65536)
+        if not chunk:
+            print("closed during the handshake")
+            return
+        incoming.write(chunk)
+    cn = dict(x[0] for x in tls.getpeercert()["subject"]).get("commonName")
+    tls.write(f"GET /split HTTP/1.1\r\nHost: {args.servername}\r\nConnection: close\r\n\r\n".encode())
+    sock.sendall(outgoing.read())
+    answer = b""
+    while b"\r\n" not in answer:
+        try:
+            answer += tls.read(65536)
+        except ssl.SSLWantReadError:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            incoming.write(chunk)
+        except ssl.SSLError:
+            break
+    status = answer.split(b"\r\n", 1)[0].decode(errors="replace")
+    print(f"peer CN={cn} status={status}")
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -748,6 +835,18 @@ def main():
     b.add_argument("--seed", type=int, default=7)
     b.add_argument("--size", type=int, required=True)
     b.add_argument("--out")
+    fb = sub.add_parser("first-bytes")
+    fb.add_argument("--port", type=int, default=0)
+    fb.add_argument("--reply", default="")
+    fb.add_argument("--max-seconds", type=float, default=300)
+    sh = sub.add_parser("split-hello")
+    sh.add_argument("--port", type=int, required=True)
+    sh.add_argument("--ca", required=True)
+    sh.add_argument("--servername", required=True)
+    sh.add_argument("--cert")
+    sh.add_argument("--key")
+    sh.add_argument("--pieces", type=int, default=3)
+    sh.add_argument("--timeout", type=float, default=10)
     t = sub.add_parser("tcp-sink")
     t.add_argument("--port", type=int, default=0)
     t.add_argument("--mode", default="sink-then-reply")
@@ -812,6 +911,10 @@ def main():
                 for piece in blob(args.seed, args.size):
                     f.write(piece)
         print(blob_sha256(args.seed, args.size))
+    elif args.cmd == "first-bytes":
+        serve_first_bytes(args)
+    elif args.cmd == "split-hello":
+        split_hello_client(args)
     elif args.cmd == "tcp-sink":
         serve_tcp_sink(args)
     elif args.cmd == "tls-fin-client":

@@ -1,0 +1,143 @@
+import Foundation
+import Testing
+
+extension Integration {
+    @Suite("TLS passthrough by SNI beside terminated routes, and a fallback for what is not TLS", .serialized)
+    struct PassthroughTests {
+        var client: [String] { ["--cert", "\(TestCerts.dir)/client.pem", "--key", "\(TestCerts.dir)/client.key"] }
+
+        /// A listener that terminates `localhost` (edgemux's certificate) and passes `*.other.test`
+        /// through to TLS servers that hold the `other` certificate and require a client one.
+        func config(port: UInt16, admin: UInt16, sServer: UInt16, inner: UInt16, web: UInt16, fallback: UInt16, proxyHeader: String = "none") -> String {
+            """
+            workers: 2
+            access_log: stdout
+            admin: { listen: 127.0.0.1:\(admin) }
+            listeners:
+              - name: public
+                listen: 127.0.0.1:\(port)
+            \(tlsBlock())
+                fallback: raw
+                routes:
+                  - { name: bulk, match: { sni: bulk.other.test }, passthrough: true, backend: inner }
+                  - { name: cluster, match: { sni: "*.other.test" }, passthrough: true, backend: sserver }
+                  - { name: web, backend: web }
+            backends:
+              sserver: { protocol: tcp, endpoints: ["127.0.0.1:1", "127.0.0.1:\(sServer)"] }
+              inner: { protocol: tcp, endpoints: ["127.0.0.1:\(inner)"], proxy_protocol: \(proxyHeader) }
+              raw: { protocol: tcp, endpoints: ["127.0.0.1:\(fallback)"] }
+              web: { endpoints: { http1: ["127.0.0.1:\(web)"] } }
+            """
+        }
+
+        @Test("a passthrough SNI reaches its own TLS server end to end (its certificate, mTLS, a ClientHello in three segments, 32 MiB each way byte-exact); other names are terminated by edgemux; logged and counted")
+        func passthrough() throws {
+            let certs = TestCerts.dir
+            let sPort = freePort()
+            let sServer = try Background("s_server", "/usr/bin/openssl", ["s_server", "-accept", "127.0.0.1:\(sPort)", "-cert", "\(certs)/other.pem", "-key", "\(certs)/other.key",
+                                                                          "-CAfile", TestCerts.ca, "-Verify", "1", "-www", "-quiet"])
+            defer { sServer.stop() }
+            #expect(waitForPort(sPort, while: sServer))
+            let (inner, innerPort) = try startPeer("http1", ["--name", "inner", "--cert", "\(certs)/other.pem", "--key", "\(certs)/other.key", "--client-ca", TestCerts.ca])
+            defer { inner.stop() }
+            let (web, webPort) = try startPeer("http1", ["--name", "web"])
+            defer { web.stop() }
+            let (raw, rawPort) = try startPeer("first-bytes", ["--reply", "SSH-2.0-stand-in\r\n"])
+            defer { raw.stop() }
+            let port = freePort(), admin = freePort()
+            let e = try Edgemux(config: config(port: port, admin: admin, sServer: sPort, inner: innerPort, web: webPort, fallback: rawPort), port: port)
+
+            // openssl s_client with that SNI sees the server's own certificate and completes
+            // mTLS through edgemux (the first endpoint refuses: failover before the first byte).
+            let mtls = Command.run("/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-servername", "c1.other.test", "-CAfile", TestCerts.ca, "-ign_eof"] + client,
+                                   timeout: 15, stdin: "GET / HTTP/1.0\r\n\r\n")
+            #expect(mtls.stdout.contains("CN = other") && mtls.stdout.contains("Verify return code: 0 (ok)"), "\(mtls.stdout) \(mtls.stderr) \(e.log)")
+            #expect(mtls.stdout.contains("HTTP/1.0 200 ok"), "s_server -www answered: \(mtls.stdout)")
+            // curl too; without a client certificate the server (not edgemux) refuses.
+            let viaCurl = Command.run("/usr/bin/curl", ["-sS", "--cacert", TestCerts.ca, "--resolve", "c2.other.test:\(port):127.0.0.1", "-w", " %{http_code}"] + client
+                                      + ["https://c2.other.test:\(port)/"], timeout: 15)
+            #expect(viaCurl.stdout.hasSuffix(" 200") && viaCurl.stdout.contains("s_server"), "\(viaCurl.stdout) \(viaCurl.stderr)")
+            let noCert = Command.run("/usr/bin/curl", ["-sS", "--cacert", TestCerts.ca, "--resolve", "c3.other.test:\(port):127.0.0.1", "https://c3.other.test:\(port)/"], timeout: 15)
+            #expect(noCert.status != 0, "\(noCert.stdout) \(noCert.stderr)")
+            // Another SNI: edgemux's certificate and the web backend.
+            let terminated = curl(["--http1.1", "https://localhost:\(port)/here"], port: port)
+            #expect(terminated.stdout.hasPrefix("web GET /here"), "\(terminated.stdout) \(terminated.stderr)")
+            let edgemuxCert = Command.run("/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-servername", "localhost", "-CAfile", TestCerts.ca], timeout: 15, stdin: "")
+            #expect(edgemuxCert.stdout.contains("CN = localhost"), "\(edgemuxCert.stdout)")
+
+            // A ClientHello in three TCP segments is reassembled before the route is chosen.
+            let split = Command.run(Paths.python, [Paths.peers, "split-hello", "--port", "\(port)", "--ca", TestCerts.ca, "--servername", "bulk.other.test",
+                                                   "--cert", "\(certs)/client.pem", "--key", "\(certs)/client.key"], timeout: 20)
+            #expect(split.stdout.contains("peer CN=other status=HTTP/1.1"), "\(split.stdout) \(split.stderr)")
+            let splitLocal = Command.run(Paths.python, [Paths.peers, "split-hello", "--port", "\(port)", "--ca", TestCerts.ca, "--servername", "localhost"], timeout: 20)
+            #expect(splitLocal.stdout.contains("peer CN=localhost status=HTTP/1.1 200"), "\(splitLocal.stdout) \(splitLocal.stderr)")
+
+            // 32 MiB each way through the passthrough, byte-exact at both ends.
+            let scratch = Scratch("passthrough")
+            let size = 32 << 20
+            let bulk = ["-sS", "--cacert", TestCerts.ca, "--resolve", "bulk.other.test:\(port):127.0.0.1"] + client
+            let down = Command.run("/usr/bin/curl", bulk + ["-o", scratch.file("down"), "https://bulk.other.test:\(port)/blob?size=\(size)&seed=3"], timeout: 60)
+            let want = Command.run(Paths.python, [Paths.peers, "blob-sha256", "--seed", "3", "--size", "\(size)", "--out", scratch.file("up")], timeout: 60).stdout
+            let got = Command.run("/usr/bin/sha256sum", [scratch.file("down")]).stdout.split(separator: " ").first.map(String.init) ?? ""
+            #expect(down.status == 0 && want.hasPrefix(got) && !got.isEmpty, "\(down.stderr) \(got) \(want)")
+            let up = Command.run("/usr/bin/curl", bulk + ["--data-binary", "@\(scratch.file("up"))", "https://bulk.other.test:\(port)/upload"], timeout: 60)
+            #expect(up.stdout == "\(want.trimmingCharacters(in: .whitespacesAndNewlines)) \(size)\n", "\(up.stdout) \(up.stderr)")
+
+            // Not TLS at all (an SSH client speaks first): the fallback backend gets it raw.
+            let ssh = Command.run(Paths.python, ["-c", """
+                import socket
+                s = socket.create_connection(("127.0.0.1", \(port)), timeout=5)
+                s.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\\r\\n")
+                print(s.recv(100))
+                """], timeout: 15)
+            #expect(ssh.stdout.contains("SSH-2.0-stand-in"), "\(ssh.stdout) \(ssh.stderr) \(e.log)")
+            #expect(raw.log.contains("got 32 \(Array("SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n".utf8).map { String(format: "%02x", $0) }.joined())"), "\(raw.log)")
+            // Plain HTTP is not TLS either: with a fallback it goes there too (without one: 400).
+
+            usleep(300_000)
+            let log = e.log
+            #expect(log.contains("\"sni\":\"c1.other.test\"") && log.contains("\"protocol\":\"tls\"") && log.contains("\"route\":\"cluster\""), "\(log)")
+            #expect(log.contains("\"endpoint\":\"127.0.0.1:\(sPort)\""), "\(log)")
+            #expect(log.contains("\"protocol\":\"tcp\"") && log.contains("\"backend\":\"raw\""), "\(log)")
+            let metrics = Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
+            #expect(metrics.contains("edgemux_routed_total{route=\"cluster\"} 3"), "\(metrics)")
+            #expect(metrics.contains("edgemux_routed_total{route=\"public/fallback\"} 1"), "\(metrics)")
+        }
+
+        @Test("PROXY protocol v2 (and v1) before the ClientHello, per backend; off by default")
+        func proxyProtocolOut() throws {
+            let (sink, sinkPort) = try startPeer("first-bytes")
+            defer { sink.stop() }
+            for (version, prefix) in [("v2", "0d0a0d0a000d0a515549540a2111000c7f0000017f000001"), ("v1", Array("PROXY TCP4 127.0.0.1 127.0.0.1 ".utf8).map { String(format: "%02x", $0) }.joined()),
+                                      ("none", "16030")] {
+                let port = freePort(), admin = freePort()
+                let e = try Edgemux(config: config(port: port, admin: admin, sServer: 1, inner: sinkPort, web: 1, fallback: 1, proxyHeader: version), port: port)
+                _ = Command.run("/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-servername", "bulk.other.test"], timeout: 10, stdin: "")
+                let seen = eventually(timeout: 5) { sink.log.split(separator: "\n").last { $0.contains(" \(prefix)") } }
+                #expect(seen != nil, "\(version): \(sink.log) \(e.log)")
+                e.stop()
+            }
+        }
+
+        @Test("check refuses a passthrough route that matches on what the ClientHello does not carry, or whose backend is not tcp; and a tcp backend behind a terminated route")
+        func checkRules() throws {
+            let scratch = Scratch("passthrough-check")
+            let base = config(port: 1, admin: 2, sServer: 3, inner: 4, web: 5, fallback: 6)
+            let cases: [(String, String)] = [
+                (base.replacingOccurrences(of: "match: { sni: bulk.other.test }", with: "match: { sni: bulk.other.test, path_prefix: /api }"),
+                 "'path_prefix' is inside the encrypted stream"),
+                (base.replacingOccurrences(of: "passthrough: true, backend: inner", with: "passthrough: true, backend: web"), "must be protocol: tcp"),
+                (base.replacingOccurrences(of: "- { name: web, backend: web }", with: "- { name: web, backend: raw }"), "only passthrough routes and a listener's fallback"),
+                (base.replacingOccurrences(of: "fallback: raw", with: "fallback: web"), "must be protocol: tcp"),
+            ]
+            for (text, words) in cases {
+                try text.write(toFile: scratch.file("c.yaml"), atomically: true, encoding: .utf8)
+                let check = Command.run(Paths.edgemux, ["check", "--config", scratch.file("c.yaml")], timeout: 15)
+                #expect(check.status != 0 && (check.stdout + check.stderr).contains(words), "\(words): \(check.stdout) \(check.stderr)")
+            }
+            try base.write(toFile: scratch.file("ok.yaml"), atomically: true, encoding: .utf8)
+            let ok = Command.run(Paths.edgemux, ["check", "--config", scratch.file("ok.yaml")], timeout: 15)
+            #expect(ok.status == 0, "\(ok.stdout) \(ok.stderr)")
+        }
+    }
+}
