@@ -104,6 +104,41 @@ extension Integration {
             #expect(metrics.contains("edgemux_routed_total{route=\"public/fallback\"} 1"), "\(metrics)")
         }
 
+        @Test("kubectl with a kubeconfig whose server name is a passthrough name reaches the API server behind it with its client certificate",
+              .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/kubectl"), "needs kubectl (not a Debian 12 package): here when installed"))
+        func kubectl() throws {
+            let certs = TestCerts.dir
+            let (api, apiPort) = try startPeer("http1", ["--name", "apiserver", "--cert", "\(certs)/other.pem", "--key", "\(certs)/other.key", "--client-ca", TestCerts.ca])
+            defer { api.stop() }
+            let (web, webPort) = try startPeer("http1", ["--name", "web"])
+            defer { web.stop() }
+            let port = freePort(), admin = freePort()
+            let e = try Edgemux(config: config(port: port, admin: admin, sServer: 1, inner: apiPort, web: webPort, fallback: 1), port: port)
+            let scratch = Scratch("kubeconfig")
+            // The address is edgemux's; the name kubectl sends (SNI) and verifies is the cluster's.
+            try """
+                apiVersion: v1
+                kind: Config
+                clusters:
+                - name: workload
+                  cluster:
+                    server: https://127.0.0.1:\(port)
+                    tls-server-name: bulk.other.test
+                    certificate-authority: \(TestCerts.ca)
+                users:
+                - name: platform
+                  user:
+                    client-certificate: \(certs)/client.pem
+                    client-key: \(certs)/client.key
+                contexts:
+                - name: workload
+                  context: { cluster: workload, user: platform }
+                current-context: workload
+                """.write(toFile: scratch.file("kubeconfig"), atomically: true, encoding: .utf8)
+            let r = Command.run("/usr/bin/kubectl", ["--kubeconfig", scratch.file("kubeconfig"), "get", "--raw", "/api/v1/namespaces"], timeout: 30)
+            #expect(r.status == 0 && r.stdout.hasPrefix("apiserver GET /api/v1/namespaces") && r.stdout.contains("client-cert=client"), "\(r.stdout) \(r.stderr) \(e.log)")
+        }
+
         @Test("PROXY protocol v2 (and v1) before the ClientHello, per backend; off by default")
         func proxyProtocolOut() throws {
             let (sink, sinkPort) = try startPeer("first-bytes")
