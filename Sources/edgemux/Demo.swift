@@ -17,7 +17,12 @@ struct Demo: ParsableCommand {
         let logger = Logger(label: "edgemux")
         let demo = try DemoSetup(port: UInt16(port), logger: logger)
         let server = Server(snapshot: demo.snapshot, logger: logger)
-        try server.start()
+        do {
+            try server.start()
+        } catch {
+            demo.cleanUp()  // the folder holds the demo's private key
+            throw error
+        }
         FileHandle.standardOutput.write(Data(demo.instructions.utf8))
         server.runUntilStopped()
         demo.cleanUp()

@@ -102,6 +102,26 @@ struct ConfigTests {
         #expect(issues(h2Settings).map(\.path) == ["listeners[0].http2.max_concurrent_streams"], "\(issues(h2Settings))")
     }
 
+    @Test("sockets that would share an address (SO_REUSEPORT would split their connections) and duplicate route names are refused at their line")
+    func sharedAddressesAndRouteNames() {
+        // The admin listener on a listener's address; a specific address under a wildcard one.
+        let adminClash = good.replacingOccurrences(of: "listen: 127.0.0.1:9901", with: "listen: 127.0.0.1:8443")
+        #expect(issues(adminClash).contains { $0.message.contains("overlaps 127.0.0.1:8443 of the admin listener") && $0.line == 5 }, "\(issues(adminClash))")
+        let second = good.replacingOccurrences(of: "backends:", with: """
+              - name: second
+                listen: 127.0.0.1:8443
+                routes: [{ name: w, backend: web }]
+            backends:
+            """)
+        #expect(issues(second).contains { $0.message.contains("127.0.0.1:8443 overlaps 0.0.0.0:8443 of listener 'public'") }, "\(issues(second))")
+        #expect(issues(second.replacingOccurrences(of: "listen: 127.0.0.1:8443", with: "listen: 127.0.0.1:8444")).isEmpty)
+        #expect(NodeReader.overlap(SocketAddress.parse(ip: "::", port: 1)!, SocketAddress.parse(ip: "10.0.0.1", port: 1)!))
+        #expect(!NodeReader.overlap(SocketAddress.parse(ip: "10.0.0.2", port: 1)!, SocketAddress.parse(ip: "10.0.0.1", port: 1)!))
+        let twice = good.replacingOccurrences(of: "- name: web", with: "- name: agents")
+        #expect(issues(twice).map(\.message) == ["duplicate route name 'agents' in this listener: its logs and metrics would be counted under the other one"], "\(issues(twice))")
+        #expect(issues(twice).first?.line == 11)
+    }
+
     @Test func missingCertificateFiles() {
         let tls = good.replacingOccurrences(of: "    routes:", with: "    tls:\n      certificates:\n        - { cert: /nonexistent/a.crt, key: /nonexistent/a.key }\n    routes:", options: [], range: nil)
         let found = issues(tls)

@@ -42,6 +42,8 @@ enum TestCerts {
         let d = NSTemporaryDirectory() + "edgemux-test-certs-\(getpid())"
         let r = Command.run("/bin/bash", [Paths.certScript, d], timeout: 60)
         precondition(r.status == 0, "cannot make test certificates: \(r.stderr)")
+        // The folder holds the test CA's key: gone when the test process ends.
+        atexit { try? FileManager.default.removeItem(atPath: NSTemporaryDirectory() + "edgemux-test-certs-\(getpid())") }
         return d
     }()
     static var ca: String { "\(dir)/ca.pem" }

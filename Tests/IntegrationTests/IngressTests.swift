@@ -191,6 +191,9 @@ extension Integration {
             #expect(unavailable.stdout.contains("status UNAVAILABLE details edgemux: backend 'grpc' is unavailable"), "\(unavailable.stdout) \(unavailable.stderr) \(grpcDown.log)")
             #expect(!unavailable.stderr.contains("Error parsing metadata"), "\(unavailable.stderr)")
             #expect(down.log.contains("127.0.0.1:\(dead) (Connection refused)"), "\(down.log)")
+            // The only endpoint failed: no "trying the next endpoint" when there is none.
+            #expect(grpcDown.log.contains("endpoint 127.0.0.1:\(dead): ") && !grpcDown.log.contains("trying the next endpoint"), "\(grpcDown.log)")
+            #expect(!down.log.contains("trying the next endpoint"), "\(down.log)")
         }
     }
 }

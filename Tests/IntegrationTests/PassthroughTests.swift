@@ -98,6 +98,8 @@ extension Integration {
             let log = e.log
             #expect(log.contains("\"sni\":\"c1.other.test\"") && log.contains("\"protocol\":\"tls\"") && log.contains("\"route\":\"cluster\""), "\(log)")
             #expect(log.contains("\"endpoint\":\"127.0.0.1:\(sPort)\""), "\(log)")
+            // The terminated requests log their SNI too.
+            #expect(log.split(separator: "\n").contains { $0.contains("\"route\":\"web\"") && $0.contains("\"sni\":\"localhost\"") }, "\(log)")
             #expect(log.contains("\"protocol\":\"tcp\"") && log.contains("\"backend\":\"raw\""), "\(log)")
             let metrics = Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
             #expect(metrics.contains("edgemux_routed_total{route=\"cluster\"} 3"), "\(metrics)")

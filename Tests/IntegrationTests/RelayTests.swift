@@ -189,7 +189,7 @@ extension Integration {
             usleep(300_000)
             let log = e.log
             #expect(log.contains("backend 'reset' failed mid-response"), "\(log)")
-            #expect(log.contains("\"route\":\"relayed\""), "\(log)")
+            #expect(log.split(separator: "\n").contains { $0.contains("\"route\":\"relayed\"") && $0.contains("\"sni\":\"localhost\"") }, "relayed, with its SNI: \(log)")
             let metrics = Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
             #expect(metrics.contains("edgemux_backend_bad_responses_total{backend=\"reset\"} 2"), "\(metrics)")
             #expect(metrics.contains("edgemux_connection_errors_total{side=\"backend\"} 1"), "\(metrics)")

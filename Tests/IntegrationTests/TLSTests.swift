@@ -358,6 +358,25 @@ extension Integration {
 extension Integration {
     @Suite("the demo command", .serialized)
     struct DemoTests {
+        @Test("a demo that cannot bind its port says so and leaves no folder with its private key behind")
+        func demoBindFailure() throws {
+            // A listener without SO_REUSEPORT on the port: the demo's bind fails.
+            let holder = try Background("holder", Paths.python, ["-c", """
+                import socket, sys, time
+                s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+                print(s.getsockname()[1], flush=True); time.sleep(30)
+                """])
+            defer { holder.stop() }
+            let port = try #require(eventually(timeout: 10) { UInt16(holder.log.trimmingCharacters(in: .whitespacesAndNewlines)) })
+            func demoFolders() -> Set<String> {
+                Set(((try? FileManager.default.contentsOfDirectory(atPath: NSTemporaryDirectory())) ?? []).filter { $0.hasPrefix("edgemux-demo-") })
+            }
+            let before = demoFolders()
+            let r = Command.run(Paths.edgemux, ["demo", "--port", "\(port)"], timeout: 20)
+            #expect(r.status != 0 && (r.stdout + r.stderr).contains("\(port)"), "\(r.status) \(r.stdout) \(r.stderr)")
+            #expect(demoFolders().subtracting(before).isEmpty, "left behind: \(demoFolders().subtracting(before))")
+        }
+
         @Test("edgemux demo serves HTTP/1.1, HTTP/2 and gRPC, each answer naming its backend")
         func demo() throws {
             let port = freePort()

@@ -328,15 +328,21 @@ struct NodeReader {
                     listeners.append(listener)
                 }
             }
-            var seen: [SocketAddress: String] = [:]
+            // Every socket of the config binds with SO_REUSEPORT: two on one address (or a
+            // wildcard and a specific address on one port) would both bind, and the kernel would
+            // split connections between them. The admin listener counts too.
+            var bound: [(address: SocketAddress, owner: String)] = []
+            if let admin { bound.append((admin.address, "the admin listener")) }
             var names: Set<String> = []
             for (i, listener) in listeners.enumerated() {
-                if let other = seen[listener.address] {
-                    fail(seq[i], "listeners[\(i)].listen", "\(listener.address) is already used by listener '\(other)'")
+                let node = i < seq.count ? seq[i] : l
+                if let other = bound.first(where: { Self.overlap($0.address, listener.address) }) {
+                    let how = other.address == listener.address ? "is already used by" : "overlaps \(other.address) of"
+                    fail(node, "listeners[\(i)].listen", "\(listener.address) \(how) \(other.owner): give each listener its own address or port")
                 }
-                seen[listener.address] = listener.name
+                bound.append((listener.address, "listener '\(listener.name)'"))
                 if !names.insert(listener.name).inserted {
-                    fail(seq[i], "listeners[\(i)].name", "duplicate listener name '\(listener.name)'")
+                    fail(node, "listeners[\(i)].name", "duplicate listener name '\(listener.name)'")
                 }
             }
         } else if top["listeners"] == nil {
@@ -346,6 +352,17 @@ struct NodeReader {
         if let n = top["max_connections"], let v = count(n, "max_connections") { config.maxConnections = v }
         if let n = top["max_handshakes"], let v = count(n, "max_handshakes") { config.maxHandshakes = v }
         return config
+    }
+
+    /// Two addresses a listening socket each could bind at once: the same port, and the same IP
+    /// or a wildcard on either side (`[::]` takes IPv4 too, as Linux binds it by default).
+    static func overlap(_ a: SocketAddress, _ b: SocketAddress) -> Bool {
+        guard a.port == b.port else { return false }
+        if a == b { return true }
+        let anyA = a.ip.allSatisfy { $0 == 0 }, anyB = b.ip.allSatisfy { $0 == 0 }
+        if anyA && (a.family == AF_INET6 || b.family == AF_INET) { return true }
+        if anyB && (b.family == AF_INET6 || a.family == AF_INET) { return true }
+        return false
     }
 
     mutating func readListener(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> ListenerConfig? {
@@ -363,6 +380,7 @@ struct NodeReader {
             fail(m["max_request_head"], join(path, "max_request_head"), "expected between 1KiB and 1MiB")
         }
         var routes: [RouteConfig] = []
+        var routeNames: Set<String> = []
         var tunnel: TunnelConfig?
         if let t = m["tunnel"] {
             tunnel = readTunnel(t, join(path, "tunnel"))
@@ -371,7 +389,11 @@ struct NodeReader {
             if proxyProtocol { fail(m["proxy_protocol"], join(path, "proxy_protocol"), "PROXY protocol is for ingress listeners; a tunnel listener serves local clients") }
         } else if let r = m["routes"], let seq = sequence(r, join(path, "routes")) {
             for (i, rn) in seq.enumerated() {
-                if let route = readRoute(rn, "\(path).routes[\(i)]", backends: backends, backendNames: backendNames) { routes.append(route) }
+                guard let route = readRoute(rn, "\(path).routes[\(i)]", backends: backends, backendNames: backendNames) else { continue }
+                routes.append(route)
+                if !routeNames.insert(route.name).inserted {
+                    fail(rn, "\(path).routes[\(i)].name", "duplicate route name '\(route.name)' in this listener: its logs and metrics would be counted under the other one")
+                }
             }
             if seq.isEmpty { fail(r, join(path, "routes"), "define at least one route") }
             // A route after a catch-all of its kind can never match: almost certainly a mistake.

@@ -56,6 +56,9 @@ public final class DemoSetup: Sendable {
         let dir = NSTemporaryDirectory() + "edgemux-demo-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         directory = dir
+        // Whatever fails below, the folder with the private key does not stay behind.
+        var ready = false
+        defer { if !ready { try? FileManager.default.removeItem(atPath: dir) } }
         guard CEdgemux_make_self_signed("localhost", 30, "\(dir)/demo.crt", "\(dir)/demo.key") == 1 else {
             throw TLSError.fromQueue("cannot make the demo certificate")
         }
@@ -80,6 +83,7 @@ public final class DemoSetup: Sendable {
         try yaml.write(toFile: "\(dir)/edgemux-demo.yaml", atomically: true, encoding: .utf8)
         let config = try ConfigLoader.load(yaml: yaml, file: "\(dir)/edgemux-demo.yaml")
         snapshot = try Snapshot(config: config, generation: 1, ticketKeys: TLSServerContext.randomTicketKeys())
+        ready = true
         let url = "https://localhost:\(port)"
         instructions = """
 

@@ -43,10 +43,9 @@ final class ProxyConnection: EventHandler, ClientConnection {
     var proto: ClientProtocol = .http1
     /// ALPN gave no protocol: HTTP/2 with prior knowledge is still possible.
     var protocolUndecided = false
-    /// The SNI the client sent (read from OpenSSL when needed, not stored twice; from the
-    /// ClientHello for a passthrough connection).
-    var serverName: String? { client.tls?.serverName ?? peekedServerName }
-    private var peekedServerName: String?
+    /// The SNI the client sent: from the ClientHello (passthrough) or OpenSSL once the handshake
+    /// is done, kept because the TLS state is gone by the time the access log is written.
+    private(set) var serverName: String?
     /// The connection goes to its backend raw: a passthrough route's TLS, or a fallback's bytes.
     private(set) var rawKind: RawKind?
     enum RawKind: String {
@@ -142,6 +141,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         self.peer = peer
         self.client = transport
         self.startedAt = worker.loop.now
+        serverName = transport.tls?.serverName  // an Upgrade's connection: its handshake is done
     }
 
     /// Relays the connection from an Upgrade request (its head, and what followed it, in
@@ -255,7 +255,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             startTLS()  // OpenSSL refuses it with an alert and a log line, as any bad handshake
         case .done(let hello):
             if let route = snapshot.routers[listener.name]?.selectPassthrough(hello) {
-                peekedServerName = hello.serverName
+                serverName = hello.serverName
                 startRaw(.tls, route: route, backendName: route.backend)
             } else {
                 startTLS()
@@ -402,6 +402,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         switch tls.handshake() {
         case .bytes:
             endHandshakeCount()
+            serverName = tls.serverName
             let alpn = tls.negotiatedALPN
             if alpn == "h2" {
                 proto = .h2
@@ -686,7 +687,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
         exchange.failures.append("\(endpoint) (\(why))")  // in place: the forwarding property would copy
         worker.metrics.update { $0.backendConnectFailures["\(backendConfig?.name ?? "?")/\(endpoint)", default: 0] += 1 }
         worker.balancer(for: backendConfig?.name ?? "").markFailed(endpoint, now: loop.now)
-        worker.logger.warning("\(logPrefix): backend '\(backendConfig?.name ?? "?")' endpoint \(endpoint): \(why); trying the next endpoint")
+        let next = attempt < plan.count ? "; trying the next endpoint" : ""
+        worker.logger.warning("\(logPrefix): backend '\(backendConfig?.name ?? "?")' endpoint \(endpoint): \(why)\(next)")
     }
 
     private func connectFailed(_ why: String) {
