@@ -85,12 +85,15 @@ struct Check: ParsableCommand {
     @Option(name: .shortAndLong, help: "The YAML config file.")
     var config: String
 
+    @Flag(name: .customLong("no-files"), help: "Check syntax, values and references only: do not read the certificates, keys, CAs, OCSP responses, ticket keys or credential files the config names (for a config repository's CI, where they are not).")
+    var noFiles = false
+
     func run() throws {
         do {
-            let cfg = try ConfigLoader.load(path: config)
-            _ = try Snapshot(config: cfg, generation: 1, ticketKeys: TLSServerContext.randomTicketKeys())
+            let cfg = try ConfigLoader.load(path: config, readingFiles: !noFiles)
+            if !noFiles { _ = try Snapshot(config: cfg, generation: 1, ticketKeys: TLSServerContext.randomTicketKeys()) }
             let routes = cfg.listeners.reduce(0) { $0 + $1.routes.count }
-            print("\(config): ok: \(cfg.listeners.count) listeners (\(cfg.listeners.map { "\($0.name) \($0.address)" }.joined(separator: ", "))), \(routes) routes, \(cfg.backends.count) backends, \(cfg.workers) workers")
+            print("\(config): ok: \(cfg.listeners.count) listeners (\(cfg.listeners.map { "\($0.name) \($0.address)" }.joined(separator: ", "))), \(routes) routes, \(cfg.backends.count) backends, \(cfg.workers) workers\(noFiles ? " (--no-files: certificates, keys and other files not read)" : "")")
             for l in cfg.listeners where l.tunnel == nil {
                 for r in l.routes {
                     print("  \(l.name): route '\(r.name)' -> backend '\(r.backend)': \(RouteDescription.mode(r))")

@@ -1,3 +1,5 @@
+import CEdgemux
+import Foundation
 import Testing
 import Glibc
 
@@ -120,6 +122,43 @@ struct ConfigTests {
         let twice = good.replacingOccurrences(of: "- name: web", with: "- name: agents")
         #expect(issues(twice).map(\.message) == ["duplicate route name 'agents' in this listener: its logs and metrics would be counted under the other one"], "\(issues(twice))")
         #expect(issues(twice).first?.line == 11)
+    }
+
+    @Test("check's words for the usual slips: a duplicate key at its second line, a tab in the indentation, a folder or missing file, swapped certificate and key")
+    func plainWordsForSlips() throws {
+        let dup = issues("listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    name: b\n")
+        #expect(dup.map(\.description) == ["edgemux.yaml:4: name: duplicate key 'name' (first at line 2): each key appears once in a mapping"], "\(dup)")
+        let tab = issues("listeners:\n\t- name: x\n")
+        #expect(tab.map(\.description) == ["edgemux.yaml:2: a tab in the indentation: YAML indents with spaces only"], "\(tab)")
+        #expect(throws: ConfigError.self) { try ConfigLoader.load(path: "/tmp") }
+        do { _ = try ConfigLoader.load(path: "/tmp") } catch { #expect("\(error)" == "/tmp: is a folder, not a config file: name the YAML file in it") }
+        do { _ = try ConfigLoader.load(path: "/nonexistent/e.yaml") } catch { #expect("\(error)" == "/nonexistent/e.yaml: cannot read the file: No such file or directory") }
+        let dir = NSTemporaryDirectory() + "edgemux-config-test-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(CEdgemux_make_self_signed("localhost", 1, "\(dir)/c.pem", "\(dir)/k.pem") == 1)
+        #expect(TLSServerContext.problem(cert: "\(dir)/k.pem", key: "\(dir)/c.pem") == "the key file \(dir)/c.pem holds a certificate, not a private key (cert and key swapped?)")
+        #expect(TLSServerContext.problem(cert: "\(dir)/c.pem", key: "\(dir)/c.pem") == "the key file \(dir)/c.pem holds a certificate, not a private key")
+        #expect(TLSServerContext.problem(cert: "\(dir)/k.pem", key: "\(dir)/k.pem") == "the certificate file \(dir)/k.pem holds a private key, not a certificate")
+        #expect(TLSServerContext.problem(cert: "\(dir)/c.pem", key: "\(dir)/k.pem") == nil)
+    }
+
+    @Test("--no-files: syntax, values and references checked, the files a config names not read")
+    func withoutFiles() throws {
+        let tls = good.replacingOccurrences(of: "    routes:", with: """
+                tls:
+                  certificates:
+                    - { cert: /nonexistent/a.crt, key: /nonexistent/a.key, ocsp_response: /nonexistent/a.ocsp }
+                  client_ca: /nonexistent/ca.pem
+                  ticket_keys: /nonexistent/ticket.key
+                routes:
+            """)
+        #expect(issues(tls).count == 5, "\(issues(tls))")
+        let cfg = try ConfigLoader.load(yaml: tls, file: "edgemux.yaml", readingFiles: false)
+        #expect(cfg.listeners[0].tls?.certificates.first?.certPath == "/nonexistent/a.crt")
+        #expect(throws: ConfigError.self) {
+            try ConfigLoader.load(yaml: tls.replacingOccurrences(of: "backend: web", with: "backend: nope"), file: "edgemux.yaml", readingFiles: false)
+        }
     }
 
     @Test func missingCertificateFiles() {

@@ -12,7 +12,8 @@ public struct ConfigIssue: Sendable, CustomStringConvertible, Equatable {
     public let message: String
 
     public var description: String {
-        line > 0 ? "\(file):\(line): \(path): \(message)" : "\(file): \(path): \(message)"
+        let field = path.isEmpty ? "" : "\(path): "
+        return line > 0 ? "\(file):\(line): \(field)\(message)" : "\(file): \(field)\(message)"
     }
 }
 
@@ -33,22 +34,27 @@ public struct ConfigLoader {
     public static let defaultDrainTimeout: Int64 = 30_000
 
     /// Loads and validates a file.
-    public static func load(path: String) throws -> EdgemuxConfig {
+    public static func load(path: String, readingFiles: Bool = true) throws -> EdgemuxConfig {
+        var info = stat()
+        if stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR {
+            throw ConfigError(issues: [ConfigIssue(file: path, line: 0, path: "", message: "is a folder, not a config file: name the YAML file in it")])
+        }
         guard let text = readFile(path) else {
             throw ConfigError(issues: [ConfigIssue(file: path, line: 0, path: "", message: "cannot read the file: \(String(cString: strerror(errno)))")])
         }
-        return try load(yaml: text, file: path)
+        return try load(yaml: text, file: path, readingFiles: readingFiles)
     }
 
     /// Loads and validates YAML text; `file` names it in errors, and relative paths in it are
     /// taken from the file's folder.
-    public static func load(yaml: String, file: String) throws -> EdgemuxConfig {
+    public static func load(yaml: String, file: String, readingFiles: Bool = true) throws -> EdgemuxConfig {
         var reader = NodeReader(file: file)
+        reader.readsFiles = readingFiles
         let root: Node?
         do {
             root = try Yams.compose(yaml: yaml)
         } catch let e as YamlError {
-            throw ConfigError(issues: [NodeReader.issue(for: e, file: file)])
+            throw ConfigError(issues: [NodeReader.issue(for: e, file: file, text: yaml)])
         }
         guard let root else {
             throw ConfigError(issues: [ConfigIssue(file: file, line: 0, path: "", message: "the file is empty")])
@@ -119,6 +125,10 @@ extension String {
 struct NodeReader {
     let file: String
     var issues: [ConfigIssue] = []
+    /// Read the files the config names (certificates, keys, CAs, OCSP responses, ticket keys,
+    /// credentials); false: check syntax, values and references only (`check --no-files`, for a
+    /// config repository's CI, where the secrets are not).
+    var readsFiles = true
     /// The folder relative file paths in the config are taken from.
     let baseDirectory: String
 
@@ -131,14 +141,38 @@ struct NodeReader {
         }
     }
 
-    static func issue(for error: YamlError, file: String) -> ConfigIssue {
+    static func issue(for error: YamlError, file: String, text: String) -> ConfigIssue {
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         switch error {
         case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _):
+            let at = mark.line >= 1 && mark.line <= lines.count ? lines[mark.line - 1] : ""
+            if at.prefix(while: { $0 == " " || $0 == "\t" }).contains("\t") {
+                return ConfigIssue(file: file, line: mark.line, path: "", message: "a tab in the indentation: YAML indents with spaces only")
+            }
             let ctx = context.map { "\($0.text) " } ?? ""
             return ConfigIssue(file: file, line: mark.line, path: "", message: "YAML syntax error: \(ctx)\(problem)")
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            // Yams names the keys and where their mapping starts; the lines of the key are found
+            // here: from that line on, at the column the first one has.
+            let names = duplicates.sorted()
+            guard let name = names.first else { break }
+            var first: (line: Int, column: Int)?
+            for i in max(0, context.mark.line - 1)..<lines.count {
+                let line = lines[i]
+                let indent = line.prefix { $0 == " " || $0 == "-" }.count
+                let rest = line.dropFirst(indent)
+                guard rest.hasPrefix("\(name):") || rest.hasPrefix("\"\(name)\":") else { continue }
+                if let first {
+                    guard indent == first.column else { continue }
+                    return ConfigIssue(file: file, line: i + 1, path: name, message: "duplicate key '\(name)' (first at line \(first.line)): each key appears once in a mapping")
+                }
+                first = (i + 1, indent)
+            }
+            return ConfigIssue(file: file, line: 0, path: "", message: "duplicate keys: \(names.joined(separator: ", ")): each key appears once in a mapping")
         default:
-            return ConfigIssue(file: file, line: 0, path: "", message: "YAML error: \(error)")
+            break
         }
+        return ConfigIssue(file: file, line: 0, path: "", message: "YAML error: \(error)")
     }
 
     mutating func fail(_ node: Node?, _ path: String, _ message: String) {
@@ -255,6 +289,7 @@ struct NodeReader {
     mutating func readablePath(_ node: Node, _ path: String) -> String? {
         guard let s = string(node, path) else { return nil }
         let full = s.hasPrefix("/") ? s : "\(baseDirectory)/\(s)"
+        if !readsFiles { return full }
         if access(full, R_OK) != 0 {
             fail(node, path, "cannot read '\(full)': \(String(cString: strerror(errno)))")
             return nil
@@ -574,7 +609,7 @@ struct NodeReader {
         if let a = m["auth_file"], let file = readablePath(a, join(path, "auth_file")) {
             if mode != .connect { fail(a, join(path, "auth_file"), "proxy authentication applies to connect mode only") }
             tokens = []
-            for (n, line) in (ConfigLoader.readFile(file) ?? "").split(separator: "\n").enumerated() {
+            for (n, line) in (readsFiles ? ConfigLoader.readFile(file) ?? "" : "-:-").split(separator: "\n").enumerated() {
                 let entry = String(line).trimmedSpaces()
                 if entry.isEmpty || entry.hasPrefix("#") { continue }
                 guard entry.contains(":") else {
@@ -587,7 +622,7 @@ struct NodeReader {
         }
         var parentAuth: String?
         if let a = m["parent_auth_file"], let file = readablePath(a, join(path, "parent_auth_file")) {
-            let entry = (ConfigLoader.readFile(file) ?? "").split(separator: "\n").first.map { String($0).trimmedSpaces() } ?? ""
+            let entry = (readsFiles ? ConfigLoader.readFile(file) ?? "" : "-:-").split(separator: "\n").first.map { String($0).trimmedSpaces() } ?? ""
             if entry.contains(":") { parentAuth = "Basic " + Base64.encode(Array(entry.utf8)) } else { fail(a, join(path, "parent_auth_file"), "expected one line user:password") }
         }
         var map: [TunnelConfig.Mapping] = []
@@ -633,7 +668,9 @@ struct NodeReader {
                     ocsp = path
                 }
                 if let cert, let key {
-                    if let problem = TLSServerContext.problem(cert: cert, key: key) {
+                    if !readsFiles {
+                        certs.append(CertificatePair(cert: cert, key: key, ocspResponse: ocsp))
+                    } else if let problem = TLSServerContext.problem(cert: cert, key: key) {
                         fail(keyNode, p, problem)
                     } else if let ocsp, let problem = TLSServerContext.problem(cert: cert, key: key, ocspResponse: ocsp) {
                         fail(cm["ocsp_response"]!, join(p, "ocsp_response"), problem)
@@ -665,7 +702,7 @@ struct NodeReader {
         }
         var config = ListenerTLSConfig(certificates: certs, alpn: alpn, minVersion: minVersion)
         if let n = m["client_ca"], let ca = readablePath(n, join(path, "client_ca")) {
-            if let problem = TLSServerContext.caProblem(ca) { fail(n, join(path, "client_ca"), problem) } else { config.clientCA = ca }
+            if readsFiles, let problem = TLSServerContext.caProblem(ca) { fail(n, join(path, "client_ca"), problem) } else { config.clientCA = ca }
             config.clientAuth = .required
         }
         if let n = m["client_auth"], let s = string(n, join(path, "client_auth")) {
@@ -690,7 +727,9 @@ struct NodeReader {
             }
         }
         if let kn = m["ticket_keys"], let file = readablePath(kn, join(path, "ticket_keys")) {
-            if let keys = Self.ticketKeys(fromFile: file) {
+            if !readsFiles {
+                config.ticketKeyPath = file
+            } else if let keys = Self.ticketKeys(fromFile: file) {
                 config.ticketKeys = keys
                 config.ticketKeyPath = file
             } else {
@@ -826,7 +865,7 @@ struct NodeReader {
             if let tm = mapping(t, join(path, "tls"), allowed: ["ca", "server_name", "cert", "key", "verify", "alpn"]) {
                 let tp = join(path, "tls")
                 var ca = tm["ca"].flatMap { readablePath($0, join(tp, "ca")) }
-                if let path = ca, let problem = TLSServerContext.caProblem(path) {
+                if readsFiles, let path = ca, let problem = TLSServerContext.caProblem(path) {
                     fail(tm["ca"], join(tp, "ca"), problem)
                     ca = nil
                 }
@@ -835,7 +874,7 @@ struct NodeReader {
                 if tm["cert"] != nil || tm["key"] != nil {
                     if let c = tm["cert"], let k = tm["key"] {
                         if let cert = readablePath(c, join(tp, "cert")), let key = readablePath(k, join(tp, "key")) {
-                            if let problem = TLSServerContext.problem(cert: cert, key: key) {
+                            if readsFiles, let problem = TLSServerContext.problem(cert: cert, key: key) {
                                 fail(k, tp, problem)
                             } else {
                                 client = CertificatePair(cert: cert, key: key)

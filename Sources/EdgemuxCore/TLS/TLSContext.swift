@@ -216,6 +216,14 @@ extension TLSServerContext {
     /// Loads a certificate chain and key the way a listener will, and says what is wrong with
     /// them (nil: they load and belong together). For config validation.
     public static func problem(cert: String, key: String, ocspResponse: String? = nil) -> String? {
+        // The usual mix-up, said plainly rather than as OpenSSL's decoder error.
+        let keyText = ConfigLoader.readFile(key) ?? "", certText = ConfigLoader.readFile(cert) ?? ""
+        if !keyText.contains("PRIVATE KEY-----"), keyText.contains("-----BEGIN CERTIFICATE-----") {
+            return "the key file \(key) holds a certificate, not a private key" + (certText.contains("PRIVATE KEY-----") ? " (cert and key swapped?)" : "")
+        }
+        if !certText.contains("-----BEGIN CERTIFICATE-----"), certText.contains("PRIVATE KEY-----") {
+            return "the certificate file \(cert) holds a private key, not a certificate"
+        }
         guard let ctx = SSL_CTX_new(TLS_server_method()) else { return "SSL_CTX_new failed" }
         defer { SSL_CTX_free(ctx) }
         ERR_clear_error()
