@@ -21,13 +21,22 @@ struct LogOptions: ParsableArguments {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(name: .long, help: "Process log lines on stderr: text, or json (one object per line).")
+    var logFormat: String = "text"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level \(logLevel): expected one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard ProcessLogHandler.Format(rawValue: logFormat) != nil else {
+            throw ValidationError("--log-format \(logFormat): expected text or json")
+        }
+    }
+
     func bootstrap() {
         let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
-        }
+        let format = ProcessLogHandler.Format(rawValue: logFormat) ?? .text
+        LoggingSystem.bootstrap { label in ProcessLogHandler(label: label, format: format, level: level) }
     }
 }
 

@@ -141,6 +141,11 @@ struct ConfigTests {
         #expect(TLSServerContext.problem(cert: "\(dir)/c.pem", key: "\(dir)/c.pem") == "the key file \(dir)/c.pem holds a certificate, not a private key")
         #expect(TLSServerContext.problem(cert: "\(dir)/k.pem", key: "\(dir)/k.pem") == "the certificate file \(dir)/k.pem holds a private key, not a certificate")
         #expect(TLSServerContext.problem(cert: "\(dir)/c.pem", key: "\(dir)/k.pem") == nil)
+        // A backend's own error, not a "cannot speak h2" that follows from it.
+        let unknown = good.replacingOccurrences(of: "protocol: h2c", with: "protocol: h3")
+        #expect(issues(unknown).map(\.path) == ["backends.grpc.protocol"], "\(issues(unknown))")
+        let noPort = good.replacingOccurrences(of: "h2c: [127.0.0.1:8081]", with: "h2c: [\"[127.0.0.1]\"]")
+        #expect(issues(noPort).map(\.path) == ["backends.web.endpoints.h2c[0]"], "\(issues(noPort))")
     }
 
     @Test("--no-files: syntax, values and references checked, the files a config names not read")
@@ -159,6 +164,11 @@ struct ConfigTests {
         #expect(throws: ConfigError.self) {
             try ConfigLoader.load(yaml: tls.replacingOccurrences(of: "backend: web", with: "backend: nope"), file: "edgemux.yaml", readingFiles: false)
         }
+    }
+
+    @Test func durationsAsTheConfigWritesThem() {
+        let cases: [(Int64, String)] = [(0, "0ms"), (500, "500ms"), (1000, "1s"), (1500, "1.5s"), (30_000, "30s"), (90_000, "90s"), (300_000, "5m"), (7_200_000, "2h"), (61_250, "61.3s")]
+        for (ms, text) in cases { #expect(DurationText.of(ms) == text, "\(ms)") }
     }
 
     @Test func missingCertificateFiles() {

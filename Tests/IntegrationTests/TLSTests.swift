@@ -377,6 +377,27 @@ extension Integration {
             #expect(demoFolders().subtracting(before).isEmpty, "left behind: \(demoFolders().subtracting(before))")
         }
 
+        @Test("--log-format json: every process log line is a JSON object with a millisecond timestamp; --log-level debug says where each request went")
+        func jsonDebugLogs() throws {
+            let port = freePort()
+            let bg = try Background("demo-json", Paths.edgemux, ["demo", "--port", "\(port)", "--log-format", "json", "--log-level", "debug"])
+            defer { bg.stop(signal: SIGTERM) }
+            #expect(waitForPort(port, while: bg), "\(bg.log)")
+            _ = Command.run("/usr/bin/curl", ["-sk", "--http1.1", "https://localhost:\(port)/json-log"], timeout: 10)
+            let lines = try #require(eventually(timeout: 5) { () -> [Substring]? in
+                let l = bg.log.split(separator: "\n").filter { $0.hasPrefix("{") }
+                return l.contains { $0.contains("/json-log") } ? l : nil
+            }, "\(bg.log)")
+            for line in lines {
+                let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+                let time = object?["time"] as? String ?? ""
+                #expect(object?["message"] is String && time.count == 24 && time.hasSuffix("Z") && time.contains("."), "\(line)")
+            }
+            #expect(lines.contains { $0.contains("\"level\":\"debug\"") && $0.contains("GET /json-log") && $0.contains("-> route 'web'") }, "\(lines)")
+            let bad = Command.run(Paths.edgemux, ["demo", "--log-level", "loud"], timeout: 10)
+            #expect(bad.status != 0 && bad.stderr.contains("expected one of trace, debug"), "\(bad.stderr)")
+        }
+
         @Test("edgemux demo serves HTTP/1.1, HTTP/2 and gRPC, each answer naming its backend")
         func demo() throws {
             let port = freePort()

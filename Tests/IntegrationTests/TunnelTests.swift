@@ -108,7 +108,7 @@ extension Integration {
             usleep(200_000)
             let log = e.log
             for line in ["405 method GET is not CONNECT", "400 CONNECT target 'localhost' is not host:port", "without valid proxy credentials",
-                         "localhost:\(dead): 502 cannot reach localhost:\(dead): Connection refused", "127.0.0.1:\(holePort): 504 cannot reach 127.0.0.1:\(holePort): timed out after 500 ms"] {
+                         "localhost:\(dead): 502 cannot reach localhost:\(dead): Connection refused", "127.0.0.1:\(holePort): 504 cannot reach 127.0.0.1:\(holePort): timed out after 500ms"] {
                 #expect(log.contains(line), "a log line with '\(line)': \(log)")
             }
         }

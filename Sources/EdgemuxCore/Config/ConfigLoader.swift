@@ -129,6 +129,9 @@ struct NodeReader {
     /// credentials); false: check syntax, values and references only (`check --no-files`, for a
     /// config repository's CI, where the secrets are not).
     var readsFiles = true
+    /// Backends with an error of their own: checks that would follow from it (a protocol a route
+    /// cannot reach) are not reported again as a second, misleading error.
+    var brokenBackends: Set<String> = []
     /// The folder relative file paths in the config are taken from.
     let baseDirectory: String
 
@@ -348,7 +351,9 @@ struct NodeReader {
                         continue
                     }
                     backendLines[name] = v
+                    let before = issues.count
                     if let backend = readBackend(v, name: name) { backends[name] = backend }
+                    if issues.count > before { brokenBackends.insert(name) }
                 }
             } else {
                 fail(b, "backends", "expected a mapping of backend names to backends")
@@ -527,7 +532,7 @@ struct NodeReader {
             var rest = route.match
             rest.alpn = nil
             if rest.isCatchAll { remaining.subtract(receives) }
-            guard let backend = backends[route.backend] else { continue }
+            guard let backend = backends[route.backend], !brokenBackends.contains(route.backend) else { continue }
             let routeNode = i < routeNodes.count ? routeNodes[i] : node
             if route.mode == .request {
                 // Request routes translate between HTTP/1.1 and HTTP/2, but gRPC needs HTTP/2 to

@@ -481,7 +481,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
                 close(gracefully: true)
             } else if listener.requestTimeoutMillis > 0, loop.now - headStartedAt >= listener.requestTimeoutMillis {
                 worker.metrics.update { $0.timeouts["request", default: 0] += 1 }
-                worker.logger.notice("\(logPrefix): no complete request head within \(listener.requestTimeoutMillis) ms (\(input.count) bytes received); closed")
+                worker.logger.notice("\(logPrefix): no complete request head within \(DurationText.of(listener.requestTimeoutMillis)) (\(input.count) bytes received); closed")
                 finishWith(ErrorAnswers.http1(status: 408, message: "request head not received in time"))
             } else {
                 armTimer()

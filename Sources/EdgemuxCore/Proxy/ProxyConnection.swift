@@ -267,6 +267,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func startRaw(_ kind: RawKind, route: RouteConfig?, backendName: String) {
         rawKind = kind
         self.route = route
+        worker.logger.debug("\(logPrefix): \(kind == .tls ? "TLS for '\(serverName ?? "")' passed through by route '\(route?.name ?? "")'" : "not TLS: to the fallback") -> backend '\(backendName)'")
         guard let backend = snapshot.config.backends[backendName], let endpoints = backend.endpoints[.http1], !endpoints.isEmpty else {
             worker.logger.error("\(logPrefix): backend '\(backendName)' has no endpoints")
             close()
@@ -332,12 +333,12 @@ final class ProxyConnection: EventHandler, ClientConnection {
         case .awaitingProxyHeader, .awaitingClientHello, .awaitingHandshake:
             outcome = "handshake_timeout"
             worker.metrics.update { $0.timeouts["handshake", default: 0] += 1 }
-            worker.logger.notice("\(logPrefix): TLS handshake not finished within \(listener.handshakeTimeoutMillis) ms; closed")
+            worker.logger.notice("\(logPrefix): TLS handshake not finished within \(DurationText.of(listener.handshakeTimeoutMillis)); closed")
             close()
         case .awaitingRequest:
             outcome = "request_timeout"
             worker.metrics.update { $0.timeouts["request", default: 0] += 1 }
-            worker.logger.notice("\(logPrefix): no complete first request within \(listener.requestTimeoutMillis) ms (\(sniffed.count) bytes received); closed")
+            worker.logger.notice("\(logPrefix): no complete first request within \(DurationText.of(listener.requestTimeoutMillis)) (\(sniffed.count) bytes received); closed")
             if proto == .h2, let s = h2Sniffer, s.prefaceReceived {
                 sendAnswer(ErrorAnswers.goaway(lastStream: 0, error: .noError, debug: "request timeout"))
             } else if proto == .http1, !sniffed.isEmpty, !protocolUndecided || !HTTP2Sniffer.couldBePrefaceArray(sniffed) {
@@ -346,7 +347,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 close()
             }
         case .awaitingBackend:
-            connectFailed("connect timed out after \(backendConfig?.connectTimeoutMillis ?? 0) ms")
+            connectFailed("connect timed out after \(DurationText.of(backendConfig?.connectTimeoutMillis ?? 0))")
         case .relaying, .exchanging:
             guard let route else { return }
             if phase == .relaying, firstByteDeadline > 0, let relay {
@@ -356,7 +357,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                     outcome = "response_timeout"
                     worker.metrics.update { $0.timeouts["response", default: 0] += 1 }
                     let name = backendConfig?.name ?? "?"
-                    worker.logger.warning("\(logPrefix): backend '\(name)' sent nothing within \(loop.now - relayStartedAt) ms on route '\(route.name)'; answered 504")
+                    worker.logger.warning("\(logPrefix): backend '\(name)' sent nothing within \(DurationText.of(loop.now - relayStartedAt)) on route '\(route.name)'; answered 504")
                     relay.release()
                     self.relay = nil
                     answerError(status: 504, message: "backend '\(name)' did not answer in time")
@@ -376,10 +377,10 @@ final class ProxyConnection: EventHandler, ClientConnection {
             outcome = "idle_timeout"
             worker.metrics.update { $0.timeouts["idle", default: 0] += 1 }
             if phase == .exchanging, exchange.http1?.responseStarted != true {
-                worker.logger.info("\(logPrefix): backend '\(backendConfig?.name ?? "?")' silent for \(idle) ms on route '\(route.name)'; closed")
+                worker.logger.info("\(logPrefix): backend '\(backendConfig?.name ?? "?")' silent for \(DurationText.of(idle)) on route '\(route.name)'; closed")
                 answerError(status: 504, message: "backend '\(backendConfig?.name ?? "?")' did not answer in time")
             } else {
-                worker.logger.info("\(logPrefix): idle for \(idle) ms on route '\(route.name)'; closed")
+                worker.logger.info("\(logPrefix): idle for \(DurationText.of(idle)) on route '\(route.name)'; closed")
                 close()
             }
         case .flushingAnswer, .lingering:
@@ -602,6 +603,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             return
         }
         self.route = route
+        worker.logger.debug("\(logPrefix): \(proto.rawValue) \(request.method) \(request.path) host '\(request.host)' sni '\(serverName ?? "")' -> route '\(route.name)' (\(route.mode.rawValue))")
         if route.mode == .request, proto == .h2 {
             // From here every request of the connection is routed on its own.
             handOverToHTTP2(replay: sniffed, acked: sentSettingsAck)
@@ -679,7 +681,10 @@ final class ProxyConnection: EventHandler, ClientConnection {
             return
         case .ready: break
         }
-        if let e = currentEndpoint { worker.balancer(for: cfg.name).markHealthy(e) }
+        if let e = currentEndpoint {
+            worker.balancer(for: cfg.name).markHealthy(e)
+            worker.logger.debug("\(logPrefix): connected to backend '\(cfg.name)' endpoint \(e)")
+        }
         if exchangeStorage?.pooled == true { startExchange() } else { startRelay() }
     }
 

@@ -140,7 +140,7 @@ public final class Server: @unchecked Sendable {
                         logger.notice("SIGHUP: reloading")
                         reload()
                     } else {
-                        logger.notice("received \(sig == SIGTERM ? "SIGTERM" : "SIGINT"): draining (up to \(snapshot.config.drainTimeoutMillis) ms)")
+                        logger.notice("received \(sig == SIGTERM ? "SIGTERM" : "SIGINT"): draining (up to \(DurationText.of(snapshot.config.drainTimeoutMillis)))")
                         drain(signalFD: sfd)
                         return
                     }

@@ -161,7 +161,7 @@ final class Worker {
         Posix.releaseFreeHeapMemory()
         let after = Posix.residentKiB()
         metrics.update { $0.memoryTrims += 1 }
-        logger.info("\(peakSinceTrim - openConnections) connections closed since the peak of \(peakSinceTrim): free heap memory returned, resident \(before / 1024) -> \(after / 1024) MiB in \(Posix.monotonicMillis() - started) ms")
+        logger.info("\(peakSinceTrim - openConnections) connections closed since the peak of \(peakSinceTrim): free heap memory returned, resident \(before / 1024) -> \(after / 1024) MiB in \(DurationText.of(Posix.monotonicMillis() - started))")
         peakSinceTrim = openConnections
     }
 

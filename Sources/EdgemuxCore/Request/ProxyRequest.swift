@@ -253,6 +253,7 @@ final class ProxyRequest: EventHandler {
             return
         }
         self.route = route
+        worker.logger.debug("\(logPrefix): \(clientProtocol.rawValue) \(head.method) \(head.path) host '\(info.host)' -> route '\(route.name)'")
         if let why = misdirection(route: route, info: info) {
             worker.logger.info("\(logPrefix): \(why): 421")
             answer(status: 421, message: why, outcome: .misdirected)
@@ -524,13 +525,13 @@ final class ProxyRequest: EventHandler {
         }
         if response == nil, responseDeadline > 0, now >= responseDeadline {
             worker.metrics.update { $0.timeouts["response", default: 0] += 1 }
-            worker.logger.notice("\(logPrefix): backend '\(name)' sent no response head within \(route?.responseTimeoutMillis ?? 0) ms")
+            worker.logger.notice("\(logPrefix): backend '\(name)' sent no response head within \(DurationText.of(route?.responseTimeoutMillis ?? 0))")
             expire(status: 504, message: "backend '\(name)' did not answer in time", outcome: .responseTimeout, grpcCode: 4)
             return
         }
         if let idle = route?.idleTimeoutMillis, idle > 0, now - lastActivity >= idle {
             worker.metrics.update { $0.timeouts["stream_idle", default: 0] += 1 }
-            worker.logger.info("\(logPrefix): idle for \(now - lastActivity) ms on route '\(route?.name ?? "?")'")
+            worker.logger.info("\(logPrefix): idle for \(DurationText.of(now - lastActivity)) on route '\(route?.name ?? "?")'")
             expire(status: 504, message: "backend '\(name)' idle too long", outcome: .idleTimeout, grpcCode: 4)
             return
         }

@@ -102,7 +102,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
         switch phase {
         case .awaitingRequest:
             worker.metrics.update { $0.timeouts["tunnel_request", default: 0] += 1 }
-            worker.logger.notice("\(logPrefix): no complete \(tunnel.mode == .connect ? "CONNECT request" : "ClientHello") within \(listener.requestTimeoutMillis) ms; closed")
+            worker.logger.notice("\(logPrefix): no complete \(tunnel.mode == .connect ? "CONNECT request" : "ClientHello") within \(DurationText.of(listener.requestTimeoutMillis)); closed")
             outcome = "request_timeout"
             if tunnel.mode == .connect && !buffer.isEmpty {
                 sendAnswer(ErrorAnswers.http1(status: 408, message: "request not received in time"))
@@ -113,7 +113,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
             fail(504, "resolving \(target?.host ?? "?") took too long")
         case .awaitingDestination, .awaitingParent:
             lastFailureWasTimeout = true
-            destinationFailed("timed out after \(tunnel.connectTimeoutMillis) ms")
+            destinationFailed("timed out after \(DurationText.of(tunnel.connectTimeoutMillis))")
         case .relaying:
             guard tunnel.idleTimeoutMillis > 0, let relay else { return }
             let idle = loop.now - relay.lastActivity

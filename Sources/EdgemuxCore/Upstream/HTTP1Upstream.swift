@@ -104,7 +104,7 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
 
     override func timerFired() {
         timer = nil
-        if state == .connecting { fail("connect timed out after \(backend.connectTimeoutMillis) ms", connect: true) }
+        if state == .connecting { fail("connect timed out after \(DurationText.of(backend.connectTimeoutMillis))", connect: true) }
     }
 
     // MARK: RequestUpstream

@@ -169,7 +169,7 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
     override func timerFired() {
         timer = nil
         switch state {
-        case .connecting: failAll("connect timed out after \(backend.connectTimeoutMillis) ms", connect: true)
+        case .connecting: failAll("connect timed out after \(DurationText.of(backend.connectTimeoutMillis))", connect: true)
         case .ready, .goingAway: if load == 0 { shutdown() }
         case .closed: break
         }
