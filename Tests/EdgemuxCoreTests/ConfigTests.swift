@@ -256,6 +256,9 @@ struct RouterTests {
             r.path = path
             #expect(router.select(protocol: .http1, sni: nil, request: r)?.name == "admin", "\(path)")
         }
+        // Bytes, not grapheme clusters: a combining mark after the prefix does not hide it.
+        r.path = "/admin/\u{0301}x"
+        #expect(router.select(protocol: .http1, sni: nil, request: r)?.name == "admin", "a combining mark")
         for path in ["/adminx", "/x/admin/", "/%2Fadmin/x", "/admin%2Fx"] {
             r.path = path
             #expect(router.select(protocol: .http1, sni: nil, request: r)?.name == "web", "\(path)")

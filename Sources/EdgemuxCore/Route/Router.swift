@@ -30,23 +30,29 @@ public struct Router: Sendable {
         }
     }
 
+    /// Every comparison is on bytes, as the backend sees them: Swift's String comparisons work on
+    /// grapheme clusters and canonical equivalence, so "/admin" followed by a combining mark
+    /// would not start with "/admin" there, while a backend matching bytes serves it as /admin
+    /// (found by the fuzzer).
     static func matches(_ m: RouteMatch, protocol proto: ClientProtocol, sni: String?, request: RequestInfo) -> Bool {
         if let alpn = m.alpn, alpn != proto { return false }
         if let want = m.sni, !nameMatches(pattern: want, name: sni?.lowercased() ?? "") { return false }
-        if let ct = m.contentType, !request.contentType.lowercased().hasPrefix(ct.lowercased()) { return false }
-        if let p = m.pathPrefix, !request.path.hasPrefix(p) { return false }
+        if let ct = m.contentType, !bytesStart(request.contentType.lowercased(), with: ct.lowercased()) { return false }
+        if let p = m.pathPrefix, !bytesStart(request.path, with: p) { return false }
         if let h = m.host, !nameMatches(pattern: h, name: request.host) { return false }
-        if let method = m.method, method != request.method { return false }
-        if let up = m.upgrade, up != request.upgrade { return false }
+        if let method = m.method, !request.method.utf8.elementsEqual(method.utf8) { return false }
+        if let up = m.upgrade, !request.upgrade.utf8.elementsEqual(up.utf8) { return false }
         return true
     }
+
+    static func bytesStart(_ s: String, with prefix: String) -> Bool { s.utf8.starts(with: prefix.utf8) }
 
     /// `example.com` matches itself; `*.example.com` matches one or more labels before it.
     static func nameMatches(pattern: String, name: String) -> Bool {
         if pattern.hasPrefix("*.") {
-            let suffix = pattern.dropFirst(1)
-            return name.count > suffix.count && name.hasSuffix(suffix)
+            let suffix = pattern.utf8.dropFirst(1)
+            return name.utf8.count > suffix.count && name.utf8.reversed().starts(with: suffix.reversed())
         }
-        return pattern == name
+        return name.utf8.elementsEqual(pattern.utf8)
     }
 }
