@@ -23,17 +23,19 @@ enum PathNormalizer {
     /// one is refused with 400, as nginx does: decoding it is ambiguous (`%%361` is `%61` to
     /// one decoder and garbage to another), and normalising would not be idempotent.
     static func hasValidEscapes(_ path: String) -> Bool {
-        let u = Array(path.utf8.prefix { $0 != UInt8(ascii: "?") })
-        var i = 0
-        while i < u.count {
-            if u[i] == UInt8(ascii: "%") {
-                guard i + 2 < u.count, hexValue(u[i + 1]) != nil, hexValue(u[i + 2]) != nil else { return false }
-                i += 3
-            } else {
-                i += 1
+        // Every request passes here: walk the bytes in place, no copy.
+        var digitsDue = 0
+        for c in path.utf8 {
+            if digitsDue > 0 {
+                guard hexValue(c) != nil else { return false }
+                digitsDue -= 1
+            } else if c == UInt8(ascii: "?") {
+                return true
+            } else if c == UInt8(ascii: "%") {
+                digitsDue = 2
             }
         }
-        return true
+        return digitsDue == 0
     }
 
     private static func needsWork(_ p: Substring.UTF8View) -> Bool {
