@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build_packages=(libssl-dev libnghttp2-dev openssl ca-certificates)
-test_packages=(curl nghttp2-client nghttp2-server python3-grpcio python3-websockets python3-h2 procps chromium sslscan slowhttptest libstdc++-12-dev)
+test_packages=(curl nghttp2-client nghttp2-server python3-grpcio python3-websockets python3-h2 procps chromium sslscan slowhttptest libstdc++-12-dev openssh-client openssh-server)
 
 install_missing() {
   local missing=()
@@ -22,7 +22,16 @@ install_missing() {
   echo "dev.sh: apt-get update${missing[*]:+; installing ${missing[*]}}" >&2
   "${sudo[@]}" apt-get update -qq
   if [ ${#missing[@]} -gt 0 ]; then
+    # The tests start their own sshd on a loopback port: the package's service must not start
+    # (and listen on port 22) when it is installed, so services are held off for the install.
+    local held=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      held=1
+      printf '#!/bin/sh\n# dev.sh: no service starts while test packages install\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+      "${sudo[@]}" chmod 755 /usr/sbin/policy-rc.d
+    fi
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ -n "$held" ]; then "${sudo[@]}" rm -f /usr/sbin/policy-rc.d; fi
   fi
 }
 

@@ -12,6 +12,9 @@
 #include <malloc.h>
 #include <time.h>
 #include <openssl/ocsp.h>
+#include <openssl/rand.h>
+#include <openssl/evp.h>
+#include <openssl/core_names.h>
 #include "CEdgemux.h"
 
 int CEdgemux_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
@@ -48,8 +51,73 @@ long CEdgemux_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode) {
 
 void CEdgemux_SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes) { SSL_CTX_set_read_ahead(ctx, yes); }
 
-int CEdgemux_SSL_CTX_set_tlsext_ticket_keys(SSL_CTX *ctx, const unsigned char *keys, long len) {
-    return (int)SSL_CTX_set_tlsext_ticket_keys(ctx, (void *)keys, len);
+// Session ticket keys: a list, the first encrypts, all decrypt (nginx's ssl_session_ticket_key
+// order), so replicas behind one balancer resume each other's sessions while a new key is rolled
+// out. OpenSSL's own SSL_CTX_set_tlsext_ticket_keys holds one key only. Each key is 80 bytes as
+// nginx's and HAProxy's files: name (16), HMAC-SHA256 secret (32), AES-256-CBC key (32).
+typedef struct {
+    int count;
+    unsigned char keys[];  // count * 80
+} edgemux_ticket_keys;
+
+static int ticket_keys_index = -1;
+static pthread_once_t ticket_keys_once = PTHREAD_ONCE_INIT;
+
+static void ticket_keys_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp) {
+    (void)parent; (void)ad; (void)idx; (void)argl; (void)argp;
+    if (ptr) {
+        edgemux_ticket_keys *k = ptr;
+        OPENSSL_cleanse(k->keys, (size_t)k->count * 80);
+        free(k);
+    }
+}
+
+static void ticket_keys_index_init(void) {
+    ticket_keys_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, ticket_keys_free);
+}
+
+static int ticket_key_mac(EVP_MAC_CTX *hctx, const unsigned char *key) {
+    OSSL_PARAM params[3];
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)(key + 16), 32);
+    params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
+    params[2] = OSSL_PARAM_construct_end();
+    return EVP_MAC_CTX_set_params(hctx, params);
+}
+
+static int ticket_key_cb(SSL *ssl, unsigned char key_name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx, EVP_MAC_CTX *hctx, int enc) {
+    edgemux_ticket_keys *k = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ticket_keys_index);
+    if (!k || k->count == 0) return enc ? -1 : 0;
+    if (enc) {
+        const unsigned char *key = k->keys;
+        memcpy(key_name, key, 16);
+        if (RAND_bytes(iv, 16) <= 0) return -1;
+        if (!EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, key + 48, iv)) return -1;
+        if (!ticket_key_mac(hctx, key)) return -1;
+        return 1;
+    }
+    for (int i = 0; i < k->count; i++) {
+        const unsigned char *key = k->keys + (size_t)i * 80;
+        if (memcmp(key_name, key, 16) != 0) continue;
+        if (!ticket_key_mac(hctx, key)) return -1;
+        if (!EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, key + 48, iv)) return -1;
+        // Not the current key: the session resumes and the client gets a new ticket under it.
+        return i == 0 ? 1 : 2;
+    }
+    return 0;  // unknown key (rotated out, another cluster's): a full handshake
+}
+
+int CEdgemux_SSL_CTX_set_ticket_keys(SSL_CTX *ctx, const unsigned char *keys, int count) {
+    pthread_once(&ticket_keys_once, ticket_keys_index_init);
+    if (ticket_keys_index < 0 || count <= 0) return 0;
+    edgemux_ticket_keys *k = malloc(sizeof(edgemux_ticket_keys) + (size_t)count * 80);
+    if (!k) return 0;
+    k->count = count;
+    memcpy(k->keys, keys, (size_t)count * 80);
+    if (!SSL_CTX_set_ex_data(ctx, ticket_keys_index, k)) {
+        free(k);
+        return 0;
+    }
+    return (int)SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_key_cb);
 }
 
 int CEdgemux_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {

@@ -8,6 +8,19 @@ struct ProxyProtocolTests {
         bytes.withUnsafeBytes { ProxyProtocolParser.parse($0) }
     }
 
+    @Test("a PROXY signature is told from a ClientHello or HTTP at its first differing byte")
+    func startsHeader() {
+        func starts(_ b: [UInt8]) -> Bool? { b.withUnsafeBytes { ProxyProtocolParser.startsHeader($0) } }
+        #expect(starts([]) == nil)
+        #expect(starts(Array("PROX".utf8)) == nil)
+        #expect(starts(Array("PROXY TCP4".utf8)) == true)
+        #expect(starts([0x0d, 0x0a, 0x0d]) == nil)
+        #expect(starts([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21]) == true)
+        #expect(starts([22, 3, 1]) == false)
+        #expect(starts(Array("PRI * HTTP/2.0".utf8)) == false)
+        #expect(starts(Array("POST".utf8)) == false)
+    }
+
     @Test func version1() {
         let line = Array("PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n".utf8)
         #expect(parse(line + Array("\u{16}\u{3}".utf8)) == .done(source: SocketAddress.parse(ip: "192.0.2.1", port: 56324), length: line.count))

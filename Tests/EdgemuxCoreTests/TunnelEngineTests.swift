@@ -59,7 +59,7 @@ struct ClientHelloParserTests {
         sni.sni = "*.proxy.example.com"
         var h2Only = RouteMatch()
         h2Only.sni = "grpc.example.com"
-        h2Only.alpn = .h2
+        h2Only.offeredALPN = "h2"
         let router = Router(routes: [
             RouteConfig(name: "grpc-through", match: h2Only, backend: "b", idleTimeoutMillis: 0, passthrough: true),
             RouteConfig(name: "frps", match: sni, backend: "frps", idleTimeoutMillis: 0, passthrough: true),

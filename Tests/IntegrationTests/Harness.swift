@@ -242,6 +242,22 @@ final class Edgemux {
     deinit { stop() }
 }
 
+/// Writes `yaml` as edgemux's config and sends SIGHUP.
+func reload(_ e: Edgemux, to yaml: String) throws {
+    try yaml.write(toFile: e.configPath, atomically: true, encoding: .utf8)
+    e.background.signal(SIGHUP)
+}
+
+/// Waits until edgemux's log has `count` lines containing `text`.
+func waitForLog(_ e: Edgemux, _ text: String, count: Int = 1, timeout: Double = 10) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if e.log.components(separatedBy: text).count - 1 >= count { return true }
+        usleep(50_000)
+    }
+    return false
+}
+
 /// A peer from Peers/peers.py, started and waited for.
 func startPeer(_ kind: String, _ args: [String] = []) throws -> (Background, UInt16) {
     let bg = try Background(kind, Paths.python, [Paths.peers, kind, "--max-seconds", "600"] + args)

@@ -8,7 +8,7 @@ extension Integration {
 
         /// A listener that terminates `localhost` (edgemux's certificate) and passes `*.other.test`
         /// through to TLS servers that hold the `other` certificate and require a client one.
-        func config(port: UInt16, admin: UInt16, sServer: UInt16, inner: UInt16, web: UInt16, fallback: UInt16, proxyHeader: String = "none") -> String {
+        func config(port: UInt16, admin: UInt16, sServer: UInt16, inner: UInt16, web: UInt16, fallback: UInt16, proxyHeader: String = "none", fallbackTimeout: String? = nil) -> String {
             """
             workers: 2
             access_log: stdout
@@ -18,8 +18,10 @@ extension Integration {
                 listen: 127.0.0.1:\(port)
             \(tlsBlock())
                 fallback: raw
+            \(fallbackTimeout.map { "    fallback_timeout: \($0)" } ?? "")
                 routes:
                   - { name: bulk, match: { sni: bulk.other.test }, passthrough: true, backend: inner }
+                  - { name: acme, match: { sni: "*.other.test", alpn: acme-tls/1 }, passthrough: true, backend: inner }
                   - { name: cluster, match: { sni: "*.other.test" }, passthrough: true, backend: sserver }
                   - { name: web, backend: web }
             backends:
@@ -53,6 +55,10 @@ extension Integration {
                                    timeout: 15, stdin: "GET / HTTP/1.0\r\n\r\n")
             #expect(mtls.stdout.contains("CN = other") && mtls.stdout.contains("Verify return code: 0 (ok)"), "\(mtls.stdout) \(mtls.stderr) \(e.log)")
             #expect(mtls.stdout.contains("HTTP/1.0 200 ok"), "s_server -www answered: \(mtls.stdout)")
+            // ALPN is matched on any name the ClientHello offers (a TLS-ALPN-01 challenge here).
+            let acme = Command.run("/usr/bin/openssl", ["s_client", "-connect", "127.0.0.1:\(port)", "-servername", "c4.other.test", "-alpn", "acme-tls/1", "-CAfile", TestCerts.ca, "-ign_eof"] + client,
+                                   timeout: 15, stdin: "GET /challenge HTTP/1.0\r\n\r\n")
+            #expect(acme.stdout.contains("inner GET /challenge"), "\(acme.stdout) \(acme.stderr) \(e.log)")
             // curl too; without a client certificate the server (not edgemux) refuses.
             let viaCurl = Command.run("/usr/bin/curl", ["-sS", "--cacert", TestCerts.ca, "--resolve", "c2.other.test:\(port):127.0.0.1", "-w", " %{http_code}"] + client
                                       + ["https://c2.other.test:\(port)/"], timeout: 15)
@@ -104,6 +110,14 @@ extension Integration {
             let metrics = Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
             #expect(metrics.contains("edgemux_routed_total{route=\"cluster\"} 3"), "\(metrics)")
             #expect(metrics.contains("edgemux_routed_total{route=\"public/fallback\"} 1"), "\(metrics)")
+            #expect(metrics.contains("edgemux_passthrough_connections_total{listener=\"public\",route=\"cluster\",protocol=\"tls\"} 3"), "\(metrics)")
+            #expect(metrics.contains("edgemux_passthrough_connections_total{listener=\"public\",route=\"acme\",protocol=\"tls\"} 1"), "\(metrics)")
+            #expect(metrics.contains("edgemux_passthrough_connections_total{listener=\"public\",route=\"fallback\",protocol=\"tcp\"} 1"), "\(metrics)")
+            #expect(metrics.contains("edgemux_passthrough_received_bytes_total{listener=\"public\",route=\"fallback\",protocol=\"tcp\"} 32"), "\(metrics)")
+            #expect(metrics.contains("edgemux_passthrough_connections_active 0"), "\(metrics)")
+            // 32 MiB went each way on the bulk route (plus TLS framing and the handshake).
+            let bulkIn = metrics.split(separator: "\n").first { $0.hasPrefix("edgemux_passthrough_received_bytes_total{listener=\"public\",route=\"bulk\"") }
+            #expect(bulkIn.flatMap { Int($0.split(separator: " ").last ?? "") }.map { $0 > size } ?? false, "\(metrics)")
         }
 
         @Test("kubectl with a kubeconfig whose server name is a passthrough name reaches the API server behind it with its client certificate",
@@ -141,6 +155,62 @@ extension Integration {
             #expect(r.status == 0 && r.stdout.hasPrefix("apiserver GET /api/v1/namespaces") && r.stdout.contains("client-cert=client"), "\(r.stdout) \(r.stderr) \(e.log)")
         }
 
+        @Test("a real ssh client reaches a real sshd through the listener's fallback, on the same port that terminates and passes TLS through",
+              .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/sshd") && FileManager.default.isExecutableFile(atPath: "/usr/bin/ssh"),
+                       "needs Debian's openssh-server and openssh-client, and root (sshd's privilege separation)"))
+        func sshFallback() throws {
+            let scratch = Scratch("ssh")
+            for key in ["host", "user"] {
+                let gen = Command.run("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", key, "-f", scratch.file(key)], timeout: 15)
+                #expect(gen.status == 0, "\(gen.stderr)")
+            }
+            try FileManager.default.copyItem(atPath: scratch.file("user.pub"), toPath: scratch.file("authorized_keys"))
+            // sshd's privilege-separated child chroots here; the package makes it at boot only.
+            try? FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+            let sshdPort = freePort()
+            let user = String(cString: getpwuid(getuid())!.pointee.pw_name)
+            // As a daemon with a PID file: sshd closes every inherited descriptor at start, which
+            // Foundation's Process takes for the child's exit (and then blocks waiting for it).
+            let pidFile = scratch.file("sshd.pid")
+            let start = Command.run("/usr/sbin/sshd", [
+                "-f", "/dev/null", "-h", scratch.file("host"), "-E", scratch.file("sshd.log"),
+                "-o", "ListenAddress=127.0.0.1:\(sshdPort)", "-o", "AuthorizedKeysFile=\(scratch.file("authorized_keys"))",
+                "-o", "StrictModes=no", "-o", "PermitRootLogin=prohibit-password", "-o", "PasswordAuthentication=no",
+                "-o", "KbdInteractiveAuthentication=no", "-o", "UsePAM=no", "-o", "PidFile=\(pidFile)", "-o", "LogLevel=VERBOSE",
+            ], timeout: 15)
+            #expect(start.status == 0, "\(start.stderr)")
+            defer {
+                // SIGTERM: sshd handles it itself (the runner's children inherit it ignored).
+                if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGTERM) }
+            }
+            var sshdLog: String { (try? String(contentsOfFile: scratch.file("sshd.log"), encoding: .utf8)) ?? "" }
+            #expect(waitForPort(sshdPort), "\(sshdLog)")
+            let (web, webPort) = try startPeer("http1", ["--name", "web"])
+            defer { web.stop() }
+            let port = freePort(), admin = freePort()
+            // ssh-keyscan waits for the server's banner: silent for 1 s, it goes to the fallback.
+            let e = try Edgemux(config: config(port: port, admin: admin, sServer: 1, inner: 1, web: webPort, fallback: sshdPort, fallbackTimeout: "1s"), port: port)
+
+            // The host key, as ssh-keyscan sees it through edgemux, must be the sshd's own.
+            let scan = Command.run("/usr/bin/ssh-keyscan", ["-p", "\(port)", "-t", "ed25519", "127.0.0.1"], timeout: 20)
+            let hostKey = (try? String(contentsOfFile: scratch.file("host.pub"), encoding: .utf8))?.split(separator: " ").dropFirst().first.map(String.init) ?? "?"
+            #expect(scan.stdout.contains(hostKey), "keyscan through edgemux: \(scan.stdout) \(scan.stderr) \(e.log)")
+            try scan.stdout.write(toFile: scratch.file("known_hosts"), atomically: true, encoding: .utf8)
+            let session = Command.run("/usr/bin/ssh", [
+                "-p", "\(port)", "-i", scratch.file("user"), "-F", "/dev/null",
+                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=\(scratch.file("known_hosts"))",
+                "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=10",
+                "\(user)@127.0.0.1", "echo through-edgemux; sha256sum",
+            ], timeout: 30, stdin: String(repeating: "ssh bytes over 443\n", count: 50_000))
+            let want = Command.run("/bin/sh", ["-c", "yes 'ssh bytes over 443' | head -n 50000 | sha256sum"]).stdout
+            #expect(session.status == 0 && session.stdout == "through-edgemux\n\(want)", "\(session.stdout) \(session.stderr) \(sshdLog) \(e.log)")
+            // The same port still terminates TLS for the web route.
+            let terminated = curl(["--http1.1", "https://localhost:\(port)/still"], port: port)
+            #expect(terminated.stdout.hasPrefix("web GET /still"), "\(terminated.stdout) \(terminated.stderr)")
+            usleep(300_000)
+            #expect(e.log.contains("\"protocol\":\"tcp\"") && e.log.contains("\"endpoint\":\"127.0.0.1:\(sshdPort)\""), "\(e.log)")
+        }
+
         @Test("PROXY protocol v2 (and v1) before the ClientHello, per backend; off by default")
         func proxyProtocolOut() throws {
             let (sink, sinkPort) = try startPeer("first-bytes")
@@ -166,6 +236,9 @@ extension Integration {
                 (base.replacingOccurrences(of: "passthrough: true, backend: inner", with: "passthrough: true, backend: web"), "must be protocol: tcp"),
                 (base.replacingOccurrences(of: "- { name: web, backend: web }", with: "- { name: web, backend: raw }"), "only passthrough routes and a listener's fallback"),
                 (base.replacingOccurrences(of: "fallback: raw", with: "fallback: web"), "must be protocol: tcp"),
+                (config(port: 1, admin: 2, sServer: 3, inner: 4, web: 5, fallback: 6, fallbackTimeout: "1h"), "is not shorter than handshake_timeout"),
+                (base.replacingOccurrences(of: "match: { sni: bulk.other.test }", with: "match: { sni: bulk.other.test, alpn: \"\" }"), "a protocol name is 1 to 255 bytes"),
+                (base.replacingOccurrences(of: "- { name: web, backend: web }", with: "- { name: web, match: { alpn: acme-tls/1 }, backend: web }"), "a passthrough route may match any name"),
             ]
             for (text, words) in cases {
                 try text.write(toFile: scratch.file("c.yaml"), atomically: true, encoding: .utf8)

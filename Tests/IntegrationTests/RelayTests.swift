@@ -235,5 +235,56 @@ extension Integration {
             #expect(e.log.contains("\"client\":\"[2001:db8::9]:6000\""), "\(e.log)")
             #expect(e.log.contains("not a PROXY protocol header"), "\(e.log)")
         }
+
+        @Test("proxy_protocol_from: only the balancers' networks may send a PROXY header; other clients are taken as they come, and one that sends a header is refused")
+        func proxyProtocolFrom() throws {
+            let (h1, h1Port) = try startPeer("http1")
+            defer { h1.stop() }
+            let port = freePort(), admin = freePort()
+            let yaml = """
+                workers: 1
+                access_log: stdout
+                admin: { listen: 127.0.0.1:\(admin) }
+                listeners:
+                  - name: behind-lb
+                    listen: 127.0.0.1:\(port)
+                    proxy_protocol_from: [127.0.0.1, "10.0.0.0/8"]
+                \(tlsBlock(alpn: "[http/1.1]"))
+                    routes:
+                      - { name: web, backend: web }
+                backends:
+                  web:
+                    endpoints: { http1: ["127.0.0.1:\(h1Port)"] }
+                """
+            let e = try Edgemux(config: yaml, port: port)
+            // From the balancer (127.0.0.1): the header names the client.
+            let trusted = Command.run(Paths.python, [Paths.peers, "raw-tls", "--port", "\(port)", "--ca", TestCerts.ca, "--alpn", "http/1.1",
+                                                     "--proxy-header", "b'PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\\r\\n'",
+                                                     "--send", "b'GET /lb HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n'"], timeout: 20)
+            #expect(trusted.stdout.contains("HTTP/1.1 200 OK"), "\(trusted.stdout) \(trusted.stderr) \(e.log)")
+            // From elsewhere (127.0.0.2): served as a direct client, under its own address...
+            let direct = curl(["--interface", "127.0.0.2", "--http1.1", "https://localhost:\(port)/direct"], port: port)
+            #expect(direct.stdout.hasPrefix("http1 GET /direct"), "\(direct.stdout) \(direct.stderr) \(e.log)")
+            // ...and refused when it claims another address.
+            let spoof = curl(["--interface", "127.0.0.2", "--haproxy-protocol", "--http1.1", "https://localhost:\(port)/spoof"], port: port)
+            #expect(spoof.status != 0 && !spoof.stdout.contains("/spoof"), "\(spoof.stdout) \(spoof.stderr)")
+            usleep(200_000)
+            let log = e.log
+            let lines = log.split(separator: "\n")
+            #expect(lines.contains { $0.contains("\"client\":\"203.0.113.7") && $0.contains("\"path\":\"/lb\"") }, "\(log)")
+            #expect(lines.contains { $0.contains("\"client\":\"127.0.0.2") && $0.contains("\"path\":\"/direct\"") }, "\(log)")
+            #expect(log.contains("PROXY header from 127.0.0.2, which is not in proxy_protocol_from; closed"), "\(log)")
+            let metrics = Command.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout
+            #expect(metrics.contains("edgemux_sniff_errors_total{kind=\"proxy_protocol_untrusted\"} 1"), "\(metrics)")
+
+            // check: a network with host bits, an empty list, proxy_protocol: false beside it.
+            let scratch = Scratch("proxy-from")
+            for (bad, words) in [("proxy_protocol_from: [10.0.0.1/8]", "host bits zero"), ("proxy_protocol_from: []", "list the load balancers' networks"),
+                                 ("proxy_protocol_from: [10.0.0.0/8]\n    proxy_protocol: false", "remove one of them")] {
+                try yaml.replacingOccurrences(of: "proxy_protocol_from: [127.0.0.1, \"10.0.0.0/8\"]", with: bad).write(toFile: scratch.file("c.yaml"), atomically: true, encoding: .utf8)
+                let check = Command.run(Paths.edgemux, ["check", "--config", scratch.file("c.yaml")], timeout: 15)
+                #expect(check.status != 0 && (check.stdout + check.stderr).contains(words), "\(bad): \(check.stdout) \(check.stderr)")
+            }
+        }
     }
 }

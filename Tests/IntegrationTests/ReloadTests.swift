@@ -35,21 +35,6 @@ final class ReloadFixture {
 extension Integration {
     @Suite("reload, watch and drain", .serialized)
     struct ReloadTests {
-        func reload(_ e: Edgemux, to yaml: String) throws {
-            try yaml.write(toFile: e.configPath, atomically: true, encoding: .utf8)
-            e.background.signal(SIGHUP)
-        }
-
-        /// Waits until the log has `count` lines containing `text`.
-        func waitForLog(_ e: Edgemux, _ text: String, count: Int = 1, timeout: Double = 10) -> Bool {
-            let deadline = Date().addingTimeInterval(timeout)
-            while Date() < deadline {
-                if e.log.components(separatedBy: text).count - 1 >= count { return true }
-                usleep(50_000)
-            }
-            return false
-        }
-
         @Test("20 reloads under load (h2 and a new TLS connection per request): nothing fails, nothing refused")
         func reloadUnderLoad() throws {
             let f = try ReloadFixture()

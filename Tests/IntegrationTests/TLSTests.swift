@@ -249,6 +249,51 @@ extension Integration {
             #expect(onC.stdout.contains("New,"), "own random keys: \(onC.stdout) \(c.log)")
         }
 
+        @Test("ticket_keys as a list: replicas in the middle of a key rotation resume each other's sessions; a key dropped by reload no longer resumes")
+        func ticketKeyRotation() throws {
+            let (h1, h1Port) = try startPeer("http1")
+            defer { h1.stop() }
+            let scratch = Scratch("ticket-rotation")
+            let (old, new) = (scratch.file("old.key"), scratch.file("new.key"))
+            #expect(Command.run("/bin/sh", ["-c", "openssl rand 80 > \(old) && openssl rand 80 | base64 -w0 > \(new)"]).status == 0)
+            func yaml(_ port: UInt16, _ keys: [String]) -> String {
+                config(port: port, http1Port: h1Port).replacingOccurrences(of: "min_version:", with: "ticket_keys: [\(keys.joined(separator: ", "))]\n      min_version:")
+            }
+            let request = "GET /t HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            func session(_ port: UInt16, _ version: String, out: String? = nil, in input: String? = nil) -> String {
+                var args = ["-servername", "localhost", "-alpn", "http/1.1", "-ign_eof", version]
+                if let out { args += ["-sess_out", scratch.file(out)] }
+                if let input { args += ["-sess_in", scratch.file(input)] }
+                let r = sClient(port, args, stdin: request)
+                return r.stdout.contains("Reused,") ? "reused" : r.stdout.contains("New,") ? "new" : "failed: \(r.stdout) \(r.stderr)"
+            }
+            // Step 1 of a rotation on replica A (the new key added second), step 2 on B (first).
+            let (pa, pb) = (freePort(), freePort())
+            let a = try Edgemux(config: yaml(pa, [old, new]), port: pa)
+            let b = try Edgemux(config: yaml(pb, [new, old]), port: pb)
+            for version in ["-tls1_3", "-tls1_2"] {
+                #expect(session(pa, version, out: "a\(version)") == "new")
+                #expect(session(pb, version, out: "b\(version)") == "new")
+                #expect(session(pb, version, in: "a\(version)") == "reused", "B decrypts A's ticket (old key, second on B) \(version): \(b.log)")
+                #expect(session(pa, version, in: "b\(version)") == "reused", "A decrypts B's ticket (new key, second on A) \(version): \(a.log)")
+            }
+            // Step 3 on A, by reload: only the new key. B's tickets resume, A's old ones do not.
+            try reload(a, to: yaml(pa, [new]))
+            #expect(waitForLog(a, "reloaded config"), "\(a.log)")
+            for version in ["-tls1_3", "-tls1_2"] {
+                #expect(session(pa, version, in: "b\(version)") == "reused", "\(version): \(a.log)")
+                #expect(session(pa, version, in: "a\(version)") == "new", "the old key is gone \(version)")
+            }
+            // check: a file that is neither one raw key nor base64 keys, and too many keys.
+            try "not a key\n".write(toFile: scratch.file("bad.key"), atomically: true, encoding: .utf8)
+            try String(repeating: Command.run("/bin/sh", ["-c", "openssl rand 80 | base64 -w0"]).stdout + "\n", count: 17).write(toFile: scratch.file("many.key"), atomically: true, encoding: .utf8)
+            for (keys, words) in [([scratch.file("bad.key")], "must hold 80 bytes raw, or base64 lines"), ([scratch.file("many.key")], "at most 16")] {
+                try yaml(1, keys).write(toFile: scratch.file("c.yaml"), atomically: true, encoding: .utf8)
+                let check = Command.run(Paths.edgemux, ["check", "--config", scratch.file("c.yaml")], timeout: 15)
+                #expect(check.status != 0 && (check.stdout + check.stderr).contains(words), "\(check.stdout) \(check.stderr)")
+            }
+        }
+
         @Test("a tls backend speaking HTTP/2: ALPN passes the client's h2 on, verified against the CA")
         func tlsBackendALPN() throws {
             let www = Scratch("tls-www")

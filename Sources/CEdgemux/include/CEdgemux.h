@@ -46,7 +46,9 @@ int CEdgemux_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version);
 int CEdgemux_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version);
 long CEdgemux_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode);
 void CEdgemux_SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes);
-int CEdgemux_SSL_CTX_set_tlsext_ticket_keys(SSL_CTX *ctx, const unsigned char *keys, long len);
+/// Session ticket keys, `count` of 80 bytes each (name 16, HMAC 32, AES 32): the first encrypts,
+/// every one decrypts (a ticket under another than the first is renewed). 1 on success.
+int CEdgemux_SSL_CTX_set_ticket_keys(SSL_CTX *ctx, const unsigned char *keys, int count);
 int CEdgemux_SSL_set_tlsext_host_name(SSL *ssl, const char *name);
 /// Verifies the peer certificate against `name`: an IP literal as an IP SAN, otherwise as a DNS
 /// name (and sends it as SNI). 1 on success.

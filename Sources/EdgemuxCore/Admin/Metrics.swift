@@ -41,6 +41,10 @@ public final class WorkerMetrics: Sendable {
         var goaways: [String: Int] = [:]
         /// HTTP/2 streams refused (REFUSED_STREAM) beyond a connection's stream limit.
         var refusedStreams = 0
+        /// Passthrough routes and fallbacks: connections and their bytes, by listener, route and
+        /// what was passed on (TLS untouched, or raw TCP to a fallback).
+        var passthrough: [PassthroughKey: PassthroughTotals] = [:]
+        var passthroughActive = 0
 
         /// Counts one finished request-mode request.
         mutating func recordRequest(listener: String, route: String, status: Int, millis: Int64) {
@@ -66,6 +70,27 @@ struct RequestKey: Hashable {
     let statusClass: Int
 
     var label: String { statusClass == 0 ? "none" : "\(statusClass)xx" }
+}
+
+/// One series of the `edgemux_passthrough_*` counters.
+struct PassthroughKey: Hashable {
+    let listener: String
+    /// The passthrough route, or "fallback" for a listener's fallback (protocol tcp).
+    let route: String
+    /// "tls" (a passthrough route) or "tcp" (the fallback).
+    let kind: String
+}
+
+struct PassthroughTotals {
+    var connections = 0
+    var bytesFromClient = 0
+    var bytesToClient = 0
+
+    mutating func add(_ o: PassthroughTotals) {
+        connections += o.connections
+        bytesFromClient += o.bytesFromClient
+        bytesToClient += o.bytesToClient
+    }
 }
 
 /// A Prometheus histogram of request durations (seconds), kept in milliseconds.
@@ -132,6 +157,8 @@ public final class Metrics: Sendable {
             total.serverConnections.merge(v.serverConnections, uniquingKeysWith: +)
             total.goaways.merge(v.goaways, uniquingKeysWith: +)
             total.refusedStreams += v.refusedStreams
+            for (k, t) in v.passthrough { total.passthrough[k, default: PassthroughTotals()].add(t) }
+            total.passthroughActive += v.passthroughActive
         }
         var out = ""
         func counter(_ name: String, _ help: String, _ value: Int) {
@@ -185,6 +212,16 @@ public final class Metrics: Sendable {
         for (k, v) in total.serverConnections.sorted(by: { $0.key < $1.key }) { out += "edgemux_server_connections{protocol=\"\(k)\"} \(v)\n" }
         counter("edgemux_h2_streams_refused_total", "HTTP/2 streams refused with REFUSED_STREAM because their connection had max_concurrent_streams open (backend sides included).", total.refusedStreams)
         labelled("edgemux_goaway_sent_total", "GOAWAY frames edgemux sent to HTTP/2 clients, by reason.", "reason", total.goaways)
+        let passthrough = total.passthrough.sorted { ($0.key.listener, $0.key.route, $0.key.kind) < ($1.key.listener, $1.key.route, $1.key.kind) }
+        for (name, help, value) in [("edgemux_passthrough_connections_total", "Connections sent on untouched by a passthrough route (protocol tls) or a listener's fallback (tcp).", \PassthroughTotals.connections),
+                                    ("edgemux_passthrough_received_bytes_total", "Bytes received from clients on passthrough and fallback connections (TLS records as they are).", \PassthroughTotals.bytesFromClient),
+                                    ("edgemux_passthrough_sent_bytes_total", "Bytes sent to clients on passthrough and fallback connections.", \PassthroughTotals.bytesToClient)] {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) counter\n"
+            for (k, t) in passthrough {
+                out += "\(name){listener=\"\(k.listener)\",route=\"\(k.route)\",protocol=\"\(k.kind)\"} \(t[keyPath: value])\n"
+            }
+        }
+        out += "# HELP edgemux_passthrough_connections_active Passthrough and fallback connections open now.\n# TYPE edgemux_passthrough_connections_active gauge\nedgemux_passthrough_connections_active \(total.passthroughActive)\n"
         counter("edgemux_client_bytes_received_total", "Bytes received from clients (after TLS).", total.bytesIn)
         counter("edgemux_client_bytes_sent_total", "Bytes sent to clients (before TLS).", total.bytesOut)
         let r = reloads.withLock { $0 }

@@ -406,11 +406,24 @@ struct NodeReader {
     }
 
     mutating func readListener(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> ListenerConfig? {
-        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes", "tunnel", "http2", "max_connection_age", "keepalive_timeout", "max_connections", "max_connections_per_client", "max_requests_per_connection", "fallback"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes", "tunnel", "http2", "max_connection_age", "keepalive_timeout", "max_connections", "max_connections_per_client", "max_requests_per_connection", "fallback", "fallback_timeout", "proxy_protocol_from"]) else { return nil }
         let name = m["name"].flatMap { string($0, join(path, "name")) } ?? path
         var addr: SocketAddress?
         if let l = m["listen"] { addr = address(l, join(path, "listen")) } else { fail(node, join(path, "listen"), "missing: the address to listen on, e.g. 0.0.0.0:443") }
-        let proxyProtocol = m["proxy_protocol"].flatMap { bool($0, join(path, "proxy_protocol")) } ?? false
+        var proxyProtocol = m["proxy_protocol"].flatMap { bool($0, join(path, "proxy_protocol")) } ?? false
+        var proxyFrom: [CIDR] = []
+        if let n = m["proxy_protocol_from"], let seq = sequence(n, join(path, "proxy_protocol_from")) {
+            for (i, item) in seq.enumerated() {
+                let itemPath = "\(path).proxy_protocol_from[\(i)]"
+                guard let text = string(item, itemPath) else { continue }
+                if let cidr = CIDR(text) { proxyFrom.append(cidr) } else { fail(item, itemPath, "expected a network such as 10.0.0.0/8 or fd00::/8 (host bits zero), or an address, not '\(text)'") }
+            }
+            if seq.isEmpty { fail(n, join(path, "proxy_protocol_from"), "list the load balancers' networks, or leave the key out") }
+            if m["proxy_protocol"] != nil, !proxyProtocol {
+                fail(m["proxy_protocol"], join(path, "proxy_protocol"), "false, but proxy_protocol_from is set: remove one of them")
+            }
+            proxyProtocol = true
+        }
         var tls: ListenerTLSConfig?
         if let t = m["tls"] { tls = readListenerTLS(t, join(path, "tls")) }
         let handshake = m["handshake_timeout"].flatMap { duration($0, join(path, "handshake_timeout")) } ?? ConfigLoader.defaultHandshakeTimeout
@@ -468,13 +481,24 @@ struct NodeReader {
                 fail(n, join(path, "fallback"), "unknown backend '\(s)'; defined backends: \(backendNames.sorted().joined(separator: ", "))")
             }
         }
+        var fallbackTimeout: Int64 = 0
+        if let n = m["fallback_timeout"], let t = duration(n, join(path, "fallback_timeout")) {
+            if m["fallback"] == nil {
+                fail(n, join(path, "fallback_timeout"), "sends silent clients to the fallback: set fallback: BACKEND too")
+            } else if t >= handshake {
+                fail(n, join(path, "fallback_timeout"), "\(DurationText.of(t)) is not shorter than handshake_timeout (\(DurationText.of(handshake))): a silent client would be closed first")
+            } else {
+                fallbackTimeout = t
+            }
+        }
         guard let addr else { return nil }
         let maxConnections = m["max_connections"].flatMap { count($0, join(path, "max_connections")) } ?? 0
         let perClient = m["max_connections_per_client"].flatMap { count($0, join(path, "max_connections_per_client")) } ?? 0
         let perConnection = m["max_requests_per_connection"].flatMap { count($0, join(path, "max_requests_per_connection")) } ?? 0
         let listener = ListenerConfig(name: name, address: addr, proxyProtocol: proxyProtocol, tls: tls, handshakeTimeoutMillis: handshake, requestTimeoutMillis: request, maxRequestHeadBytes: maxHead, routes: routes, tunnel: tunnel,
                                       http2: http2, maxConnectionAgeMillis: age, keepaliveTimeoutMillis: keepalive, maxConnections: maxConnections, maxConnectionsPerClient: perClient,
-                                      maxRequestsPerConnection: perConnection, fallback: fallback)
+                                      maxRequestsPerConnection: perConnection, fallback: fallback, fallbackTimeoutMillis: fallbackTimeout,
+                                      proxyProtocolFrom: proxyFrom)
         checkProtocols(listener, node: node, path: path, routes: m["routes"], backends: backends)
         return listener
     }
@@ -499,16 +523,27 @@ struct NodeReader {
         if let v = number("requests_per_pass", 1...100_000, sized: false) { settings.requestsPerPass = v }
     }
 
-    /// 80 bytes of ticket keys (16 name, 32 HMAC, 32 AES), raw as nginx's or in base64 as HAProxy's.
+    /// Ticket keys a listener may hold (a rotation needs two or three).
+    static let maxTicketKeys = 16
+
+    /// Ticket keys, 80 bytes each (16 name, 32 HMAC, 32 AES): a file of exactly 80 bytes is one
+    /// raw key (nginx's format); else each non-empty line is one key in base64 (HAProxy's).
     static func ticketKeys(fromFile file: String) -> [UInt8]? {
         guard let f = fopen(file, "r") else { return nil }
         defer { fclose(f) }
-        var raw = [UInt8](repeating: 0, count: 512)
+        let cap = (maxTicketKeys + 1) * 120
+        var raw = [UInt8](repeating: 0, count: cap)
         let n = fread(&raw, 1, raw.count, f)
         if n == 80 { return Array(raw[0..<80]) }
-        let text = String(decoding: raw[0..<n], as: UTF8.self).split(whereSeparator: \.isNewline).first.map(String.init) ?? ""
-        guard let decoded = Data(base64Encoded: text.trimmedSpaces()), decoded.count == 80 else { return nil }
-        return Array(decoded)
+        guard n < cap else { return nil }
+        var keys: [UInt8] = []
+        for line in String(decoding: raw[0..<n], as: UTF8.self).split(whereSeparator: \.isNewline) {
+            let text = String(line).trimmedSpaces()
+            if text.isEmpty { continue }
+            guard let decoded = Data(base64Encoded: text), decoded.count == 80 else { return nil }
+            keys += decoded
+        }
+        return keys.isEmpty ? nil : keys
     }
 
     /// A route must not receive connections in a protocol its backend cannot speak: edgemux relays
@@ -731,14 +766,30 @@ struct NodeReader {
                 config.policy = policy
             }
         }
-        if let kn = m["ticket_keys"], let file = readablePath(kn, join(path, "ticket_keys")) {
-            if !readsFiles {
-                config.ticketKeyPath = file
-            } else if let keys = Self.ticketKeys(fromFile: file) {
+        if let kn = m["ticket_keys"] {
+            // One file or a list of them; a file holds one raw key or base64 keys, one a line.
+            var items: [(Node, String)] = []
+            if case .scalar = kn {
+                items = [(kn, join(path, "ticket_keys"))]
+            } else if let seq = sequence(kn, join(path, "ticket_keys")) {
+                items = seq.enumerated().map { ($1, "\(path).ticket_keys[\($0)]") }
+                if seq.isEmpty { fail(kn, join(path, "ticket_keys"), "list at least one key file, or leave the key out for random keys") }
+            }
+            var keys: [UInt8] = []
+            for (node, itemPath) in items {
+                guard let file = readablePath(node, itemPath) else { continue }
+                config.ticketKeyPaths.append(file)
+                guard readsFiles else { continue }
+                if let found = Self.ticketKeys(fromFile: file) {
+                    keys += found
+                } else {
+                    fail(node, itemPath, "\(file) must hold 80 bytes raw, or base64 lines of 80 bytes each (make one with: openssl rand 80 > \(file))")
+                }
+            }
+            if keys.count > Self.maxTicketKeys * 80 {
+                fail(kn, join(path, "ticket_keys"), "\(keys.count / 80) keys: at most \(Self.maxTicketKeys) (each one is tried on every resumption)")
+            } else if !keys.isEmpty {
                 config.ticketKeys = keys
-                config.ticketKeyPath = file
-            } else {
-                fail(kn, join(path, "ticket_keys"), "\(file) must hold 80 bytes, raw or base64 (make one with: openssl rand 80 > \(file))")
             }
         }
         return config
@@ -752,7 +803,14 @@ struct NodeReader {
         if let mn = m["match"], let mm = mapping(mn, join(path, "match"), allowed: ["alpn", "sni", "content_type", "path_prefix", "host", "method", "upgrade"]) {
             let mp = join(path, "match")
             if let a = mm["alpn"], let s = string(a, join(mp, "alpn")) {
-                if let p = ClientProtocol(rawValue: s) { match.alpn = p } else { fail(a, join(mp, "alpn"), "expected h2 or http/1.1, not '\(s)'") }
+                if passthrough {
+                    // RFC 7301: a name is 1 to 255 bytes.
+                    if s.utf8.isEmpty || s.utf8.count > 255 { fail(a, join(mp, "alpn"), "a protocol name is 1 to 255 bytes") } else { match.offeredALPN = s }
+                } else if let p = ClientProtocol(rawValue: s) {
+                    match.alpn = p
+                } else {
+                    fail(a, join(mp, "alpn"), "expected h2 or http/1.1, not '\(s)' (edgemux speaks these two; a passthrough route may match any name the ClientHello offers)")
+                }
             }
             match.sni = mm["sni"].flatMap { string($0, join(mp, "sni")) }?.lowercased()
             match.contentType = mm["content_type"].flatMap { string($0, join(mp, "content_type")) }

@@ -42,6 +42,10 @@ public final class ListenerConfig: Sendable {
     public let address: SocketAddress
     /// Expect a PROXY protocol v1 or v2 header before anything else.
     public let proxyProtocol: Bool
+    /// The networks whose connections carry a PROXY header (the load balancers'); a connection
+    /// from elsewhere is taken as it comes, and one that sends a PROXY header is refused: only a
+    /// trusted balancer may say who the client is. Empty: every connection must carry one.
+    public let proxyProtocolFrom: [CIDR]
     /// TLS termination; nil: plaintext (HTTP/1.1, or HTTP/2 with prior knowledge).
     public let tls: ListenerTLSConfig?
     /// How long a client may take to finish its TLS handshake (and PROXY header).
@@ -74,14 +78,24 @@ public final class ListenerConfig: Sendable {
     /// handshake (SSH on 443, a client with its own framing); nil: such a connection goes the
     /// TLS way (plain HTTP gets its 400, garbage is closed).
     public let fallback: String?
+    /// With a fallback: a client that has sent nothing for this long goes to the fallback (the
+    /// server speaks first: ssh-keyscan, a port scanner's banner grab; HAProxy's inspect-delay,
+    /// sslh's on_timeout); 0: such a client waits out handshake_timeout and is closed.
+    public let fallbackTimeoutMillis: Int64
     /// Some route passes TLS through, or a fallback is set: the ClientHello is looked at before
     /// the handshake.
+    /// Must a connection from `peer` start with a PROXY header?
+    public func expectsProxyHeader(from peer: SocketAddress) -> Bool {
+        proxyProtocol && (proxyProtocolFrom.isEmpty || proxyProtocolFrom.contains { $0.contains(peer) })
+    }
     public var peeksClientHello: Bool { fallback != nil || routes.contains { $0.passthrough } }
 
     public init(name: String, address: SocketAddress, proxyProtocol: Bool, tls: ListenerTLSConfig?, handshakeTimeoutMillis: Int64, requestTimeoutMillis: Int64, maxRequestHeadBytes: Int, routes: [RouteConfig], tunnel: TunnelConfig?,
                 http2: HTTP2ServerSettings = HTTP2ServerSettings(), maxConnectionAgeMillis: Int64 = 0, keepaliveTimeoutMillis: Int64 = 75_000,
-                maxConnections: Int = 0, maxConnectionsPerClient: Int = 0, maxRequestsPerConnection: Int = 0, fallback: String? = nil) {
+                maxConnections: Int = 0, maxConnectionsPerClient: Int = 0, maxRequestsPerConnection: Int = 0, fallback: String? = nil, fallbackTimeoutMillis: Int64 = 0, proxyProtocolFrom: [CIDR] = []) {
+        self.proxyProtocolFrom = proxyProtocolFrom
         self.fallback = fallback
+        self.fallbackTimeoutMillis = fallbackTimeoutMillis
         self.maxRequestsPerConnection = maxRequestsPerConnection
         self.maxConnections = maxConnections
         self.maxConnectionsPerClient = maxConnectionsPerClient
@@ -194,11 +208,13 @@ public struct ListenerTLSConfig: Sendable {
     public let alpn: [String]
     /// "1.2" or "1.3".
     public let minVersion: String
-    /// Session ticket keys from a file (80 bytes), shared by every instance and restart that
-    /// reads the same file; nil: random keys per process.
+    /// Session ticket keys from files, 80 bytes each, one after the other: the first encrypts,
+    /// all decrypt, so replicas that read the same files resume each other's sessions while a
+    /// key is rotated (add it second everywhere, then first, then drop the old one); nil:
+    /// random keys per process.
     public var ticketKeys: [UInt8]? = nil
-    /// Where `ticketKeys` came from (watched with `--watch`).
-    public var ticketKeyPath: String? = nil
+    /// Where `ticketKeys` came from, in order (watched with `--watch`).
+    public var ticketKeyPaths: [String] = []
     /// Cipher choice and key exchange groups.
     public var policy = TLSPolicy()
     /// Client certificates: the CA that signs them (PEM), nil: not asked for.
@@ -277,6 +293,9 @@ public final class RouteConfig: Sendable {
 public struct RouteMatch: Sendable, Equatable {
     /// The connection's protocol (ALPN result, or what the client spoke without ALPN).
     public var alpn: ClientProtocol?
+    /// Passthrough routes: a protocol name the ClientHello must offer. Any name, not only the two
+    /// edgemux speaks: the TLS server behind decides (`acme-tls/1` for TLS-ALPN-01 challenges).
+    public var offeredALPN: String?
     /// The TLS server name, exact or `*.suffix`.
     public var sni: String?
     /// A prefix of the first request's `content-type`.

@@ -85,7 +85,7 @@ extension EdgemuxConfig {
         var files: [String] = []
         for l in listeners {
             for c in l.tls?.certificates ?? [] { files += [c.certPath, c.keyPath] + (c.ocspResponsePath.map { [$0] } ?? []) }
-            if let keys = l.tls?.ticketKeyPath { files.append(keys) }
+            files += l.tls?.ticketKeyPaths ?? []
         }
         for b in backends.values {
             if let ca = b.tls?.caPath { files.append(ca) }

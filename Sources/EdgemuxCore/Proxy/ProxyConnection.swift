@@ -48,6 +48,13 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private(set) var serverName: String?
     /// The connection goes to its backend raw: a passthrough route's TLS, or a fallback's bytes.
     private(set) var rawKind: RawKind?
+    /// Waiting for the first bytes of a client outside proxy_protocol_from (a PROXY header from
+    /// it is refused).
+    private var refusesProxyHeader = false
+    /// The timer is the listener's fallback_timeout: nothing received yet.
+    private var waitingOutSilence = false
+    /// The passthrough series this connection counts in (set when it is passed on raw).
+    private var passthroughKey: PassthroughKey?
     enum RawKind: String {
         /// TLS passed through untouched (a passthrough route).
         case tls
@@ -170,11 +177,34 @@ final class ProxyConnection: EventHandler, ClientConnection {
             return
         }
         client.readable = true
-        if listener.proxyProtocol {
+        if listener.expectsProxyHeader(from: peer) {
             phase = .awaitingProxyHeader
             armTimer(listener.handshakeTimeoutMillis)
             readProxyHeader()
+        } else if listener.proxyProtocol {
+            // Not from a trusted balancer: its own address stands, and it may not claim another.
+            phase = .awaitingProxyHeader
+            refusesProxyHeader = true
+            armTimer(listener.handshakeTimeoutMillis)
+            refuseUntrustedProxyHeader()
         } else {
+            startTLSOrRequest()
+        }
+    }
+
+    /// A client outside proxy_protocol_from: if its first bytes are a PROXY header, it claims an
+    /// address it may not claim (closed, logged, counted); else it goes on as a direct client.
+    private func refuseUntrustedProxyHeader() {
+        guard let peeked = peekClient(upTo: 12) else { return }
+        switch ProxyProtocolParser.startsHeader(peeked) {
+        case nil: return
+        case true?:
+            outcome = "untrusted_proxy_header"
+            worker.metrics.update { $0.sniffErrors["proxy_protocol_untrusted", default: 0] += 1 }
+            worker.logger.notice("\(logPrefix): PROXY header from \(peer.ipString), which is not in proxy_protocol_from; closed")
+            close()
+        case false?:
+            refusesProxyHeader = false
             startTLSOrRequest()
         }
     }
@@ -223,7 +253,13 @@ final class ProxyConnection: EventHandler, ClientConnection {
 
     private func startTLSOrRequest() {
         if listener.tls != nil, listener.peeksClientHello {
-            if phase != .awaitingProxyHeader { armTimer(listener.handshakeTimeoutMillis) }
+            if listener.fallbackTimeoutMillis > 0 {
+                // Silence first: a client that says nothing for this long goes to the fallback.
+                waitingOutSilence = true
+                armTimer(listener.fallbackTimeoutMillis)
+            } else if phase != .awaitingProxyHeader {
+                armTimer(listener.handshakeTimeoutMillis)
+            }
             phase = .awaitingClientHello
             peekClientHello()
             return
@@ -237,6 +273,11 @@ final class ProxyConnection: EventHandler, ClientConnection {
     /// as usual (OpenSSL reads the same bytes).
     private func peekClientHello() {
         guard let bytes = peekClient(upTo: ClientHelloParser.cap) else { return }
+        if waitingOutSilence {
+            // Not silent: what is left of handshake_timeout (from the accept) is for the handshake.
+            waitingOutSilence = false
+            armTimer(max(1, listener.handshakeTimeoutMillis - (loop.now - startedAt)))
+        }
         if bytes[0] != 22 {
             // SSH ("SSH-2.0-"), a client with its own framing: not a TLS handshake record.
             if let fallback = listener.fallback {
@@ -273,7 +314,13 @@ final class ProxyConnection: EventHandler, ClientConnection {
             close()
             return
         }
-        worker.metrics.update { $0.routed[route?.name ?? "\(listener.name)/fallback", default: 0] += 1 }
+        let key = PassthroughKey(listener: listener.name, route: route?.name ?? "fallback", kind: kind.rawValue)
+        passthroughKey = key
+        worker.metrics.update {
+            $0.routed[route?.name ?? "\(listener.name)/fallback", default: 0] += 1
+            $0.passthrough[key, default: PassthroughTotals()].connections += 1
+            $0.passthroughActive += 1
+        }
         backendConfig = backend
         plan = worker.balancer(for: backend.name).plan(endpoints, protocol: .http1, now: loop.now)
         attempt = 0
@@ -312,7 +359,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             return
         }
         switch phase {
-        case .awaitingProxyHeader: readProxyHeader()
+        case .awaitingProxyHeader: if refusesProxyHeader { refuseUntrustedProxyHeader() } else { readProxyHeader() }
         case .awaitingClientHello: peekClientHello()
         case .awaitingHandshake: continueHandshake()
         case .awaitingRequest: readRequest()
@@ -330,6 +377,17 @@ final class ProxyConnection: EventHandler, ClientConnection {
     override func timerFired() {
         timer = nil
         switch phase {
+        case .awaitingClientHello where waitingOutSilence:
+            waitingOutSilence = false
+            guard let fallback = listener.fallback else { return }
+            if peekClient(upTo: 1) == nil {
+                guard phase != .closed else { return }  // it closed meanwhile
+                worker.logger.debug("\(logPrefix): nothing received in \(DurationText.of(listener.fallbackTimeoutMillis)): to the fallback (the server speaks first)")
+                startRaw(.tcp, route: nil, backendName: fallback)
+            } else {
+                // Some of a ClientHello came: the rest of the handshake time is for the rest.
+                armTimer(max(1, listener.handshakeTimeoutMillis - (loop.now - startedAt)))
+            }
         case .awaitingProxyHeader, .awaitingClientHello, .awaitingHandshake:
             outcome = "handshake_timeout"
             worker.metrics.update { $0.timeouts["handshake", default: 0] += 1 }
@@ -928,9 +986,15 @@ final class ProxyConnection: EventHandler, ClientConnection {
         client.close(on: loop)
         let inBytes = bytesFromClient
         let outBytes = bytesToClient
+        let passthrough = passthroughKey
         worker.metrics.update {
             $0.bytesIn += inBytes
             $0.bytesOut += outBytes
+            if let passthrough {
+                $0.passthrough[passthrough, default: PassthroughTotals()].bytesFromClient += inBytes
+                $0.passthrough[passthrough, default: PassthroughTotals()].bytesToClient += outBytes
+                $0.passthroughActive -= 1
+            }
         }
         if let log = snapshot.accessLog { writeAccessLog(log) }
         worker.finished(self)

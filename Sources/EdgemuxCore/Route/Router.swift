@@ -25,7 +25,7 @@ public struct Router: Sendable {
     public func selectPassthrough(_ hello: ClientHelloParser.Hello) -> RouteConfig? {
         passthroughRoutes.first { route in
             if let want = route.match.sni, !Self.nameMatches(pattern: want, name: hello.serverName ?? "") { return false }
-            if let alpn = route.match.alpn, !hello.alpn.contains(alpn.rawValue) { return false }
+            if let alpn = route.match.offeredALPN, !hello.alpn.contains(alpn) { return false }
             return true
         }
     }

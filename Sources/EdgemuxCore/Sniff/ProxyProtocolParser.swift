@@ -17,6 +17,17 @@ public enum ProxyProtocolParser {
     /// The largest v2 header accepted (addresses plus TLVs).
     public static let v2MaxLength = 16 + 2048
 
+    /// Do these first bytes start a PROXY header (v1 or v2)? true once a whole signature is
+    /// there, false at the first byte that rules both out, nil while either could still follow.
+    public static func startsHeader(_ b: UnsafeRawBufferPointer) -> Bool? {
+        for signature in [v2Signature, Array("PROXY ".utf8)] {
+            let n = min(b.count, signature.count)
+            guard n > 0, (0..<n).allSatisfy({ b[$0] == signature[$0] }) else { continue }
+            return n == signature.count ? true : nil
+        }
+        return b.isEmpty ? nil : false
+    }
+
     public static func parse(_ b: UnsafeRawBufferPointer) -> Result {
         guard !b.isEmpty else { return .needMore }
         if b[0] == 0x0d {

@@ -36,7 +36,8 @@ public final class TLSServerContext: @unchecked Sendable {
     ///   - certificates: chosen by SNI; the first is the default.
     ///   - alpn: the protocols offered, in preference order.
     ///   - minVersion: "1.2" or "1.3".
-    ///   - ticketKeys: 80 bytes shared by every context (so a ticket from any worker resumes).
+    ///   - ticketKeys: 80 bytes a key, the first encrypting, shared by every context (so a
+    ///     ticket from any worker, or any replica with the same keys, resumes).
     ///   - policy: ciphers and groups.
     ///   - clientCA, clientAuth: client certificates asked for, verified against this CA.
     public init(certificates: [CertificatePair], alpn: [String], minVersion: String, ticketKeys: [UInt8], policy: TLSPolicy = TLSPolicy(),
@@ -97,8 +98,10 @@ public final class TLSServerContext: @unchecked Sendable {
                 CEdgemux_SSL_CTX_set_read_ahead(ctx, 1)
                 let sid: [UInt8] = Array("edgemux".utf8)
                 _ = SSL_CTX_set_session_id_context(ctx, sid, UInt32(sid.count))
-                if ticketKeys.count == 80 {
-                    _ = CEdgemux_SSL_CTX_set_tlsext_ticket_keys(ctx, ticketKeys, 80)
+                if !ticketKeys.isEmpty {
+                    guard ticketKeys.count % 80 == 0, CEdgemux_SSL_CTX_set_ticket_keys(ctx, ticketKeys, Int32(ticketKeys.count / 80)) == 1 else {
+                        throw TLSError.fromQueue("OpenSSL refused the session ticket keys")
+                    }
                 }
                 CEdgemux_SSL_CTX_set_alpn_server_protocols(ctx, alpnList)
             }
