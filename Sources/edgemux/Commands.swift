@@ -94,7 +94,7 @@ struct Check: ParsableCommand {
     @Option(name: .shortAndLong, help: "The YAML config file.")
     var config: String
 
-    @Flag(name: .customLong("no-files"), help: "Check syntax, values and references only: do not read the certificates, keys, CAs, OCSP responses, ticket keys or credential files the config names (for a config repository's CI, where they are not).")
+    @Flag(name: .customLong("no-files"), help: "Check syntax, values and references only: do not read the certificates, keys, CAs, OCSP responses, ticket keys or credential files the config names, nor resolve its backends' host names (for a config repository's CI, where they are not).")
     var noFiles = false
 
     func run() throws {
@@ -102,7 +102,7 @@ struct Check: ParsableCommand {
             let cfg = try ConfigLoader.load(path: config, readingFiles: !noFiles)
             if !noFiles { _ = try Snapshot(config: cfg, generation: 1, ticketKeys: TLSServerContext.randomTicketKeys()) }
             let routes = cfg.listeners.reduce(0) { $0 + $1.routes.count }
-            print("\(config): ok: \(cfg.listeners.count) listeners (\(cfg.listeners.map { "\($0.name) \($0.address)" }.joined(separator: ", "))), \(routes) routes, \(cfg.backends.count) backends, \(cfg.workers) workers\(noFiles ? " (--no-files: certificates, keys and other files not read)" : "")")
+            print("\(config): ok: \(cfg.listeners.count) listeners (\(cfg.listeners.map { "\($0.name) \($0.address)" }.joined(separator: ", "))), \(routes) routes, \(cfg.backends.count) backends, \(cfg.workers) workers\(noFiles ? " (--no-files: certificates, keys and other files not read, host names not resolved)" : "")")
             for l in cfg.listeners where l.tunnel == nil {
                 for r in l.routes {
                     print("  \(l.name): route '\(r.name)' -> backend '\(r.backend)': \(RouteDescription.mode(r))")

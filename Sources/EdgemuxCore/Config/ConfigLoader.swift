@@ -282,6 +282,11 @@ struct NodeReader {
             fail(node, path, "expected host:port (IPv6 as [addr]:port), not '\(s)'")
             return nil
         }
+        if !readsFiles, let (host, port) = SocketAddress.splitHostPort(s), SocketAddress.parse(ip: host, port: port) == nil {
+            // check --no-files runs where the config's names need not resolve (a config
+            // repository's CI, outside the cluster whose Service names it uses).
+            return Endpoint(text: s, address: SocketAddress.parse(ip: "0.0.0.0", port: port)!)
+        }
         guard let a = SocketAddress.resolve(s).first else {
             fail(node, path, "cannot resolve '\(s)'")
             return nil
