@@ -7,15 +7,12 @@ struct EdgemuxCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "edgemux",
         abstract: "TLS-terminating reverse proxy and connection multiplexer: web/API and gRPC on one port.",
-        version: EdgemuxVersion.string,
+        version: EdgemuxBuild.version,
         subcommands: [Run.self, Check.self, Demo.self, Version.self],
         defaultSubcommand: nil
     )
 }
 
-enum EdgemuxVersion {
-    static let string = "0.1.0"
-}
 
 struct LogOptions: ParsableArguments {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
@@ -118,6 +115,6 @@ struct Check: ParsableCommand {
 struct Version: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the version.")
     func run() {
-        print("edgemux \(EdgemuxVersion.string)")
+        print("edgemux \(EdgemuxBuild.version) (OpenSSL \(EdgemuxBuild.openSSL), nghttp2 \(EdgemuxBuild.nghttp2))")
     }
 }

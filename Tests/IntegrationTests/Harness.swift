@@ -242,6 +242,26 @@ final class Edgemux {
     deinit { stop() }
 }
 
+/// The sum of a metric's series in Prometheus text whose labels include `labels` (every
+/// listener's, when `listener` is not given); 0 when there is none.
+func metricSum(_ text: String, _ name: String, _ labels: [String: String] = [:]) -> Int {
+    var sum = 0
+    for line in text.split(separator: "\n") where line.hasPrefix(name) && !line.hasPrefix("#") {
+        let rest = line.dropFirst(name.count)
+        guard rest.first == "{" || rest.first == " " else { continue }
+        var have: [String: String] = [:]
+        if rest.first == "{", let close = rest.firstIndex(of: "}") {
+            for pair in rest[rest.index(after: rest.startIndex)..<close].split(separator: ",") {
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                if kv.count == 2 { have[String(kv[0])] = String(kv[1].dropFirst().dropLast()) }
+            }
+        }
+        guard labels.allSatisfy({ have[$0.key] == $0.value }) else { continue }
+        sum += Int(Double(line.split(separator: " ").last ?? "") ?? 0)
+    }
+    return sum
+}
+
 /// Writes `yaml` as edgemux's config and sends SIGHUP.
 func reload(_ e: Edgemux, to yaml: String) throws {
     try yaml.write(toFile: e.configPath, atomically: true, encoding: .utf8)

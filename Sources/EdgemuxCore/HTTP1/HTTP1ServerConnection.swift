@@ -85,7 +85,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
     /// followed it).
     func start(replay: [UInt8]) {
         worker.servers[ObjectIdentifier(self)] = self
-        worker.metrics.update { $0.serverConnections["http1", default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.serverConnections["http1", default: 0] += 1 }
         if listener.maxConnectionAgeMillis > 0 {
             let age = listener.maxConnectionAgeMillis
             ageDeadline = startedAt + age + Int64.random(in: 0...max(1, age / 10))
@@ -221,7 +221,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
     /// A head that cannot be read: the answer says why, and the connection closes (what follows
     /// the bad head cannot be framed).
     private func refuse(_ e: HTTP1RequestError) -> Bool {
-        worker.metrics.update { $0.sniffErrors[e.label, default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.sniffErrors[e.label, default: 0] += 1 }
         worker.logger.notice("\(logPrefix): \(e); closed")
         finishWith(ErrorAnswers.http1(status: e.status, message: e.reason))
         return false
@@ -300,7 +300,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
     /// A chunked body that does not parse: answered 400 if nothing was answered yet, then the
     /// connection closes (its framing is lost).
     private func badBody(_ r: ProxyRequest, _ why: String) {
-        worker.metrics.update { $0.sniffErrors["h1_chunked", default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.sniffErrors["h1_chunked", default: 0] += 1 }
         worker.logger.notice("\(logPrefix): bad chunked request body: \(why)")
         requestBodyDone = true
         closeAfterResponse = true
@@ -334,7 +334,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
     }
 
     private func broke(_ why: String) -> Bool {
-        worker.metrics.update { $0.closedWithError["client", default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.closedWithError["client", default: 0] += 1 }
         worker.logger.info("\(logPrefix): client side failed during request \(requestCount) on route '\(current?.route?.name ?? "?")': \(why); closed")
         close()
         return false
@@ -437,7 +437,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         input = []
         phase = .closed
         worker.servers[ObjectIdentifier(self)] = nil
-        worker.metrics.update { $0.serverConnections["http1", default: 0] -= 1 }
+        worker.metrics.update(listener.name) { $0.serverConnections["http1", default: 0] -= 1 }
         let relay = ProxyConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer)
         loop.rebind(fd: client.fd, to: relay)
         relay.takeUpgrade(bytes)
@@ -480,7 +480,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
             if input.isEmpty {
                 close(gracefully: true)
             } else if listener.requestTimeoutMillis > 0, loop.now - headStartedAt >= listener.requestTimeoutMillis {
-                worker.metrics.update { $0.timeouts["request", default: 0] += 1 }
+                worker.metrics.update(listener.name) { $0.timeouts["request", default: 0] += 1 }
                 worker.logger.notice("\(logPrefix): no complete request head within \(DurationText.of(listener.requestTimeoutMillis)) (\(input.count) bytes received); closed")
                 finishWith(ErrorAnswers.http1(status: 408, message: "request head not received in time"))
             } else {
@@ -576,7 +576,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         out.release(pool: worker.pool)
         client.close(on: loop)
         worker.servers[ObjectIdentifier(self)] = nil
-        worker.metrics.update { $0.serverConnections["http1", default: 0] -= 1 }
+        worker.metrics.update(listener.name) { $0.serverConnections["http1", default: 0] -= 1 }
         worker.finished(self)
     }
 }

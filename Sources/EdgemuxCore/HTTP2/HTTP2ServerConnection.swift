@@ -83,7 +83,7 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
     /// Creates the session, announces edgemux's SETTINGS, and feeds it what the front door read.
     func start(replay: [UInt8], inputFilter: SettingsAckFilter?, acknowledgedSettings: Bool, pendingOutput: Chunk?) {
         worker.servers[ObjectIdentifier(self)] = self
-        worker.metrics.update { $0.serverConnections["h2", default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.serverConnections["h2", default: 0] += 1 }
         guard makeSession() else {
             worker.logger.error("\(logPrefix): cannot create an HTTP/2 session")
             close()
@@ -186,7 +186,7 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
     /// The session refused the client's bytes (a connection error it answered with GOAWAY, or
     /// bytes that are not HTTP/2 at all).
     private func protocolFailure(_ why: String) {
-        worker.metrics.update { $0.sniffErrors["h2_session", default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.sniffErrors["h2_session", default: 0] += 1 }
         worker.logger.notice("\(logPrefix): \(why); closed")
         _ = flush()
         close()
@@ -264,14 +264,14 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
             _ = Self.drainPing.withUnsafeBufferPointer { nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), $0.baseAddress) }
             phase = .noticeSent
             phaseDeadline = loop.now + 1000
-            worker.metrics.update { $0.goaways[reason, default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.goaways[reason, default: 0] += 1 }
         }
         flushNow()
     }
 
     private func sendFinalGoaway(reason: String?) {
         guard let session, phase == .serving || phase == .noticeSent else { return }
-        if let reason { worker.metrics.update { $0.goaways[reason, default: 0] += 1 } }
+        if let reason { worker.metrics.update(listener.name) { $0.goaways[reason, default: 0] += 1 } }
         nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nghttp2_session_get_last_proc_stream_id(session), NGHTTP2_NO_ERROR.rawValue, nil, 0)
         phase = .goawaySent
         phaseDeadline = 0
@@ -293,7 +293,7 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
             guard let session else { return 0 }
             if requests.count >= listener.http2.maxConcurrentStreams || phase == .goawaySent || phase == .closing {
                 // Streams count until their backend side is done, beyond nghttp2's own count.
-                worker.metrics.update { $0.refusedStreams += 1 }
+                worker.metrics.update(listener.name) { $0.refusedStreams += 1 }
                 nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_REFUSED_STREAM.rawValue)
                 return 0
             }
@@ -476,7 +476,7 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
         requests = [:]
         transport.close(on: loop)
         worker.servers[ObjectIdentifier(self)] = nil
-        worker.metrics.update { $0.serverConnections["h2", default: 0] -= 1 }
+        worker.metrics.update(listener.name) { $0.serverConnections["h2", default: 0] -= 1 }
         worker.finished(self)
     }
 }

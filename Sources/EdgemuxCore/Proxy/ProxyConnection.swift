@@ -28,6 +28,19 @@ final class ProxyConnection: EventHandler, ClientConnection {
         /// closing with unread input does not reset the connection under the answer.
         case lingering
         case closed
+
+        /// The `state` label of edgemux_connections (nil: not counted there).
+        var metricState: String? {
+            switch self {
+            case .awaitingProxyHeader, .awaitingClientHello, .awaitingHandshake: return "handshake"
+            case .awaitingRequest: return "request"
+            case .awaitingBackend: return "connecting"
+            case .relaying: return "relaying"
+            case .exchanging: return "exchanging"
+            case .flushingAnswer, .lingering: return "closing"
+            case .closed: return nil
+            }
+        }
     }
 
     unowned let worker: Worker
@@ -39,7 +52,16 @@ final class ProxyConnection: EventHandler, ClientConnection {
     let client: Transport
     var backend: Transport?
 
-    private(set) var phase: Phase = .awaitingHandshake
+    private(set) var phase: Phase = .awaitingHandshake {
+        didSet {
+            let (was, now) = (oldValue.metricState, phase.metricState)
+            guard was != now else { return }
+            worker.metrics.update(listener.name) {
+                if let was { $0.states[was, default: 0] -= 1 }
+                if let now { $0.states[now, default: 0] += 1 }
+            }
+        }
+    }
     var proto: ClientProtocol = .http1
     /// ALPN gave no protocol: HTTP/2 with prior knowledge is still possible.
     var protocolUndecided = false
@@ -51,6 +73,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
     /// Waiting for the first bytes of a client outside proxy_protocol_from (a PROXY header from
     /// it is refused).
     private var refusesProxyHeader = false
+    /// When the connect to the current endpoint started (edgemux_backend_connect_duration_seconds).
+    private var connectStartedAt: Int64 = 0
     /// The timer is the listener's fallback_timeout: nothing received yet.
     private var waitingOutSilence = false
     /// The passthrough series this connection counts in (set when it is passed on raw).
@@ -167,6 +191,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
 
     func start() {
         let fd = client.fd  // TCP_NODELAY and SO_KEEPALIVE come from the listening socket
+        worker.metrics.update(listener.name) { $0.states["handshake", default: 0] += 1 }  // the initial phase
         do {
             try loop.register(fd: fd, events: EventLoop.relayEvents, handler: self)
         } catch {
@@ -200,7 +225,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         case nil: return
         case true?:
             outcome = "untrusted_proxy_header"
-            worker.metrics.update { $0.sniffErrors["proxy_protocol_untrusted", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.sniffErrors["proxy_protocol_untrusted", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): PROXY header from \(peer.ipString), which is not in proxy_protocol_from; closed")
             close()
         case false?:
@@ -246,7 +271,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
 
     private func proxyHeaderFailed(_ why: String) {
         outcome = "bad_proxy_header"
-        worker.metrics.update { $0.sniffErrors["proxy_protocol", default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.sniffErrors["proxy_protocol", default: 0] += 1 }
         worker.logger.notice("\(logPrefix): \(why); closed")
         close()
     }
@@ -314,9 +339,9 @@ final class ProxyConnection: EventHandler, ClientConnection {
             close()
             return
         }
-        let key = PassthroughKey(listener: listener.name, route: route?.name ?? "fallback", kind: kind.rawValue)
+        let key = PassthroughKey(route: route?.name ?? "fallback", kind: kind.rawValue)
         passthroughKey = key
-        worker.metrics.update {
+        worker.metrics.update(listener.name) {
             $0.routed[route?.name ?? "\(listener.name)/fallback", default: 0] += 1
             $0.passthrough[key, default: PassthroughTotals()].connections += 1
             $0.passthroughActive += 1
@@ -390,12 +415,12 @@ final class ProxyConnection: EventHandler, ClientConnection {
             }
         case .awaitingProxyHeader, .awaitingClientHello, .awaitingHandshake:
             outcome = "handshake_timeout"
-            worker.metrics.update { $0.timeouts["handshake", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.timeouts["handshake", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): TLS handshake not finished within \(DurationText.of(listener.handshakeTimeoutMillis)); closed")
             close()
         case .awaitingRequest:
             outcome = "request_timeout"
-            worker.metrics.update { $0.timeouts["request", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.timeouts["request", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): no complete first request within \(DurationText.of(listener.requestTimeoutMillis)) (\(sniffed.count) bytes received); closed")
             if proto == .h2, let s = h2Sniffer, s.prefaceReceived {
                 sendAnswer(ErrorAnswers.goaway(lastStream: 0, error: .noError, debug: "request timeout"))
@@ -413,7 +438,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                     firstByteDeadline = 0
                 } else if loop.now >= firstByteDeadline {
                     outcome = "response_timeout"
-                    worker.metrics.update { $0.timeouts["response", default: 0] += 1 }
+                    worker.metrics.update(listener.name) { $0.timeouts["response", default: 0] += 1 }
                     let name = backendConfig?.name ?? "?"
                     worker.logger.warning("\(logPrefix): backend '\(name)' sent nothing within \(DurationText.of(loop.now - relayStartedAt)) on route '\(route.name)'; answered 504")
                     relay.release()
@@ -433,7 +458,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 return
             }
             outcome = "idle_timeout"
-            worker.metrics.update { $0.timeouts["idle", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.timeouts["idle", default: 0] += 1 }
             if phase == .exchanging, exchange.http1?.responseStarted != true {
                 worker.logger.info("\(logPrefix): backend '\(backendConfig?.name ?? "?")' silent for \(DurationText.of(idle)) on route '\(route.name)'; closed")
                 answerError(status: 504, message: "backend '\(backendConfig?.name ?? "?")' did not answer in time")
@@ -461,6 +486,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
         switch tls.handshake() {
         case .bytes:
             endHandshakeCount()
+            let took = loop.now - startedAt
+            worker.metrics.update(listener.name) { $0.handshakes.observe(took) }
             serverName = tls.serverName
             let alpn = tls.negotiatedALPN
             if alpn == "h2" {
@@ -473,20 +500,20 @@ final class ProxyConnection: EventHandler, ClientConnection {
         case .wantRead, .wantWrite:
             return
         case .eof:
-            worker.metrics.update { $0.handshakeFailures["client_closed", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.handshakeFailures["client_closed", default: 0] += 1 }
             close()
         case .failed(let why):
             if tls.sawPlainHTTP {
                 // As nginx does: a short answer in clear text says what went wrong.
                 outcome = "plain_http_on_tls"
-                worker.metrics.update { $0.handshakeFailures["plain_http", default: 0] += 1 }
+                worker.metrics.update(listener.name) { $0.handshakeFailures["plain_http", default: 0] += 1 }
                 worker.logger.notice("\(logPrefix): plain HTTP request sent to a TLS port; answered 400")
                 client.tls = nil
                 sendAnswer(ErrorAnswers.http1(status: 400, message: "plain HTTP request sent to an HTTPS port: use https://"))
                 return
             }
             outcome = "tls_handshake_failed"
-            worker.metrics.update { $0.handshakeFailures["protocol", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.handshakeFailures["protocol", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): \(why)")
             close()
         }
@@ -557,7 +584,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 routeRequest()
             case .error(let e):
                 outcome = "bad_request:\(e.metricLabel)"
-                worker.metrics.update { $0.sniffErrors[e.metricLabel, default: 0] += 1 }
+                worker.metrics.update(listener.name) { $0.sniffErrors[e.metricLabel, default: 0] += 1 }
                 worker.logger.notice("\(logPrefix): \(e); closed")
                 if case .headTooLarge = e {
                     sendAnswer(ErrorAnswers.http1(status: 431, message: "\(e)"))
@@ -603,7 +630,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 routeRequest()
             case .error(let e):
                 outcome = "bad_request:\(e.metricLabel)"
-                worker.metrics.update { $0.sniffErrors[e.metricLabel, default: 0] += 1 }
+                worker.metrics.update(listener.name) { $0.sniffErrors[e.metricLabel, default: 0] += 1 }
                 worker.logger.notice("\(logPrefix): \(e); closed")
                 let code: ErrorAnswers.H2Error
                 switch e {
@@ -648,14 +675,14 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func routeRequest() {
         guard PathNormalizer.hasValidEscapes(request.path) else {
             outcome = "bad_request:path_encoding"
-            worker.metrics.update { $0.sniffErrors["path_encoding", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.sniffErrors["path_encoding", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): invalid percent-encoding in the path \(request.path.prefix(200)); answered 400")
             answerError(status: 400, message: "invalid percent-encoding in the request path")
             return
         }
         guard let router = snapshot.routers[listener.name], let route = router.select(protocol: proto, sni: serverName, request: request) else {
             outcome = "no_route"
-            worker.metrics.update { $0.noRoute += 1 }
+            worker.metrics.update(listener.name) { $0.noRoute += 1 }
             worker.logger.notice("\(logPrefix): no route for \(proto.rawValue) \(request.method) \(request.path) host '\(request.host)' content-type '\(request.contentType)'")
             answerError(status: 404, message: "no route matches this request")
             return
@@ -676,7 +703,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             answerError(status: 502, message: "backend '\(route.backend)' cannot serve \(proto.rawValue)")
             return
         }
-        worker.metrics.update { $0.routed[route.name, default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.routed[route.name, default: 0] += 1 }
         backendConfig = backend
         plan = worker.balancer(for: backend.name).plan(endpoints, protocol: proto, now: loop.now)
         attempt = 0
@@ -717,6 +744,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 // TCP keepalive (first probe after 2 h by default) matters only where no idle
                 // timeout closes the connection sooner: long-lived routes such as gRPC.
                 let keepalive = route.map { $0.idleTimeoutMillis == 0 || $0.idleTimeoutMillis >= 7_200_000 } ?? true
+                connectStartedAt = loop.now
                 backend = try Transport.connecting(to: endpoint.address, keepalive: keepalive, loop: loop, handler: self)
                 worker.metrics.update { $0.backendConnections[backendConfig.name, default: 0] += 1 }
                 armTimer(backendConfig.connectTimeoutMillis)
@@ -741,6 +769,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         }
         if let e = currentEndpoint {
             worker.balancer(for: cfg.name).markHealthy(e)
+            worker.recordConnect(backend: cfg.name, since: connectStartedAt)
             worker.logger.debug("\(logPrefix): connected to backend '\(cfg.name)' endpoint \(e)")
         }
         if exchangeStorage?.pooled == true { startExchange() } else { startRelay() }
@@ -748,7 +777,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
 
     private func noteEndpointFailure(_ endpoint: Endpoint, _ why: String) {
         exchange.failures.append("\(endpoint) (\(why))")  // in place: the forwarding property would copy
-        worker.metrics.update { $0.backendConnectFailures["\(backendConfig?.name ?? "?")/\(endpoint)", default: 0] += 1 }
+        worker.metrics.update { $0.backendConnectFailures[EndpointKey(backend: backendConfig?.name ?? "?", endpoint: endpoint.text), default: 0] += 1 }
         worker.balancer(for: backendConfig?.name ?? "").markFailed(endpoint, now: loop.now)
         let next = attempt < plan.count ? "; trying the next endpoint" : ""
         worker.logger.warning("\(logPrefix): backend '\(backendConfig?.name ?? "?")' endpoint \(endpoint): \(why)\(next)")
@@ -914,10 +943,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 return
             }
             outcome = "\(side)_error"
-            worker.metrics.update {
-                $0.closedWithError[side, default: 0] += 1
-                if side == "backend" { $0.badResponses[name, default: 0] += 1 }
-            }
+            worker.metrics.update(listener.name) { $0.closedWithError[side, default: 0] += 1 }
+            if side == "backend" { worker.metrics.update { $0.badResponses[name, default: 0] += 1 } }
             worker.logger.notice("\(logPrefix): \(side) side failed during the exchange with backend '\(name)': \(why)")
             if side == "backend", !responseStarted {
                 answerError(status: 502, message: "backend '\(name)' failed: \(why)")
@@ -941,7 +968,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             outcome = "completed"
         case .failed(let side, let why):
             outcome = "\(side)_error"
-            worker.metrics.update { $0.closedWithError[side, default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.closedWithError[side, default: 0] += 1 }
             worker.logger.info("\(logPrefix): \(side) side failed during relay on route '\(route?.name ?? "?")': \(why)")
         }
         close()
@@ -987,7 +1014,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         let inBytes = bytesFromClient
         let outBytes = bytesToClient
         let passthrough = passthroughKey
-        worker.metrics.update {
+        worker.metrics.update(listener.name) {
             $0.bytesIn += inBytes
             $0.bytesOut += outBytes
             if let passthrough {

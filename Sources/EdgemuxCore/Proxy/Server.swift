@@ -231,10 +231,10 @@ public final class Server: @unchecked Sendable {
             }
             for l in next.config.listeners where added.contains(l.address) { logListener(l, workers: workers.count) }
             for a in removed { logger.notice("listener on \(a) removed: no new connections; open ones go on") }
-            metrics.reloads.withLock { $0.ok += 1 }
+            metrics.recordReload(ok: true, generation: next.generation)
             logger.notice("reloaded config (generation \(next.generation)): \(next.config.listeners.count) listeners, \(next.config.backends.count) backends")
         } catch {
-            metrics.reloads.withLock { $0.failed += 1 }
+            metrics.recordReload(ok: false, generation: 0)
             logger.error("reload rejected, the running config stays: \(error)")
         }
     }
@@ -258,7 +258,7 @@ public final class Server: @unchecked Sendable {
         let deadline = Posix.monotonicMillis() + snapshot.config.drainTimeoutMillis
         var pfd = pollfd(fd: signalFD, events: Int16(POLLIN), revents: 0)
         while Posix.monotonicMillis() < deadline {
-            let open = metrics.workers.reduce(0) { $0 + $1.values.withLock { $0.active } }
+            let open = metrics.workers.reduce(0) { $0 + $1.values.withLock { $0.listeners.values.reduce(0) { $0 + $1.active } } }
             if open == 0 { break }
             if poll(&pfd, 1, 100) > 0 {
                 logger.notice("second signal: closing \(open) open connections now")

@@ -116,7 +116,7 @@ final class Worker {
         }
         let client = listener.maxConnectionsPerClient > 0 ? peer.ipString : nil
         if let refusal = limiter.admit(listener, client: client, config: snapshot.config) {
-            metrics.update { $0.connectionsRefused[refusal.rawValue, default: 0] += 1 }
+            metrics.update(listener.name) { $0.connectionsRefused[refusal.rawValue, default: 0] += 1 }
             if let n = refusals.occurred(now: loop.now) {
                 let limit = refusal == .client ? "max_connections_per_client (\(listener.maxConnectionsPerClient)) for \(peer.ipString)"
                     : refusal == .listener ? "max_connections (\(listener.maxConnections))" : "the process's max_connections (\(limiter.processMax(snapshot.config)))"
@@ -125,7 +125,7 @@ final class Worker {
             Posix.closeWithReset(fd)
             return
         }
-        metrics.update { $0.accepted += 1; $0.active += 1 }
+        metrics.update(listener.name) { $0.accepted += 1; $0.active += 1 }
         openConnections += 1
         peakSinceTrim = max(peakSinceTrim, openConnections)
         let conn: ClientConnection
@@ -140,10 +140,18 @@ final class Worker {
         conn.start()
     }
 
+    /// A connect to an endpoint of `backend` that started at `since` (loop time) succeeded.
+    func recordConnect(backend: String, since: Int64) {
+        let took = loop.now - since
+        metrics.update { $0.backendConnectTimes[backend, default: DurationHistogram()].observe(took) }
+    }
+
     /// A connection's last act (called exactly once per connection).
     func finished(_ conn: ClientConnection) {
-        metrics.update { $0.active -= 1 }
-        if let a = admitted.removeValue(forKey: conn.client.fd) { limiter.release(listener: a.listener, client: a.client) }
+        if let a = admitted.removeValue(forKey: conn.client.fd) {
+            metrics.update(a.listener) { $0.active -= 1 }
+            limiter.release(listener: a.listener, client: a.client)
+        }
         openConnections -= 1
         // After a burst of connections has closed, glibc keeps the memory they freed (scattered
         // between live blocks, it is not at an arena's top): 147 MiB stayed after 8,000 idle TLS
@@ -255,7 +263,7 @@ final class ListenerSocket: EventHandler {
             if let listener = worker.snapshot.config.listeners.first(where: { $0.address == address }),
                let full = worker.limiter.hasRoom(listener, config: worker.snapshot.config) {
                 // At the limit: stop accepting (connections wait in the backlog) and look again soon.
-                worker.metrics.update { $0.acceptPauses[full.rawValue, default: 0] += 1 }
+                worker.metrics.update(listener.name) { $0.acceptPauses[full.rawValue, default: 0] += 1 }
                 if let n = limitPauses.occurred(now: worker.loop.now) {
                     let limit = full == .handshakes ? "max_handshakes (\(worker.limiter.maxHandshakes(worker.snapshot.config)) TLS handshakes in progress)"
                         : full == .listener ? "its max_connections" : "the process's max_connections"

@@ -177,7 +177,7 @@ final class ProxyRequest: EventHandler {
         head.endStream = endStream
         requestEnded = endStream
         guard PathNormalizer.hasValidEscapes(head.path) else {
-            worker.metrics.update { $0.sniffErrors["path_encoding", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.sniffErrors["path_encoding", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): invalid percent-encoding in the path \(head.path.prefix(200)); answered 400")
             answer(status: 400, message: "invalid percent-encoding in the request path", outcome: .badRequest)
             return
@@ -247,7 +247,7 @@ final class ProxyRequest: EventHandler {
     private func dispatch() {
         let info = head.routingInfo()
         guard let router = snapshot.routers[listener.name], let route = router.select(protocol: clientProtocol, sni: sni, request: info) else {
-            worker.metrics.update { $0.noRoute += 1 }
+            worker.metrics.update(listener.name) { $0.noRoute += 1 }
             worker.logger.notice("\(logPrefix): no route for \(clientProtocol.rawValue) \(head.method) \(head.path) host '\(info.host)'")
             answer(status: 404, message: "no route matches this request", outcome: .noRoute)
             return
@@ -268,7 +268,7 @@ final class ProxyRequest: EventHandler {
         }
         self.backend = backend
         upstreamProtocol = proto
-        worker.metrics.update { $0.routed[route.name, default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.routed[route.name, default: 0] += 1 }
         plan = worker.endpointPlan(backend: backend, endpoints: endpoints, protocol: proto)
         attempt = 0
         state = .awaitingResponse
@@ -388,7 +388,7 @@ final class ProxyRequest: EventHandler {
         let name = backend?.name ?? "?"
         if let e = endpoint, connect {
             worker.balancer(for: name).markFailed(e, now: loop.now)
-            worker.metrics.update { $0.backendConnectFailures["\(name)/\(e)", default: 0] += 1 }
+            worker.metrics.update { $0.backendConnectFailures[EndpointKey(backend: name, endpoint: e.text), default: 0] += 1 }
         }
         // A request the backend never saw may go elsewhere; one it saw only if it is idempotent,
         // unanswered and its body was not consumed (nothing would be left to send again).
@@ -519,18 +519,18 @@ final class ProxyRequest: EventHandler {
         let now = loop.now
         let name = backend?.name ?? "?"
         if grpcDeadline > 0, now >= grpcDeadline {
-            worker.metrics.update { $0.timeouts["grpc_deadline", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.timeouts["grpc_deadline", default: 0] += 1 }
             expire(status: 504, message: "deadline exceeded (grpc-timeout)", outcome: .deadlineExceeded, grpcCode: 4)
             return
         }
         if response == nil, responseDeadline > 0, now >= responseDeadline {
-            worker.metrics.update { $0.timeouts["response", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.timeouts["response", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): backend '\(name)' sent no response head within \(DurationText.of(route?.responseTimeoutMillis ?? 0))")
             expire(status: 504, message: "backend '\(name)' did not answer in time", outcome: .responseTimeout, grpcCode: 4)
             return
         }
         if let idle = route?.idleTimeoutMillis, idle > 0, now - lastActivity >= idle {
-            worker.metrics.update { $0.timeouts["stream_idle", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.timeouts["stream_idle", default: 0] += 1 }
             worker.logger.info("\(logPrefix): idle for \(DurationText.of(now - lastActivity)) on route '\(route?.name ?? "?")'")
             expire(status: 504, message: "backend '\(name)' idle too long", outcome: .idleTimeout, grpcCode: 4)
             return
@@ -586,8 +586,8 @@ final class ProxyRequest: EventHandler {
         let ms = loop.now - startedAt
         let status = response?.status ?? 0
         let routeName = route?.name ?? ""
-        worker.metrics.update { m in
-            m.recordRequest(listener: listener.name, route: routeName, status: status, millis: ms)
+        worker.metrics.update(listener.name) { m in
+            m.recordRequest(route: routeName, status: status, millis: ms)
             m.bytesIn += requestBytes
             m.bytesOut += responseBytes
         }

@@ -203,7 +203,13 @@ public enum Posix {
     public static func releaseFreeHeapMemory() { _ = CEdgemux_malloc_trim() }
 
     /// The process's resident set in KiB (the second field of /proc/self/statm), 0 if unknown.
-    public static func residentKiB() -> Int {
+    public static func residentKiB() -> Int { statmKiB(field: 1) }
+
+    /// The process's virtual size in KiB (the first field of /proc/self/statm), 0 if unknown.
+    public static func virtualKiB() -> Int { statmKiB(field: 0) }
+
+    /// A field of /proc/self/statm (pages) in KiB.
+    private static func statmKiB(field: Int) -> Int {
         let fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return 0 }
         defer { Glibc.close(fd) }
@@ -211,8 +217,21 @@ public enum Posix {
         let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
         guard n > 0 else { return 0 }
         let fields = buffer[0..<n].split(separator: UInt8(ascii: " "))
-        guard fields.count > 1, let pages = Int(String(decoding: fields[1], as: UTF8.self)) else { return 0 }
+        guard fields.count > field, let pages = Int(String(decoding: fields[field], as: UTF8.self)) else { return 0 }
         return pages * Int(sysconf(Int32(_SC_PAGESIZE))) / 1024
+    }
+
+    /// How many descriptors the process has open (the entries of /proc/self/fd, less the one
+    /// that reads it), 0 if unknown.
+    public static func openDescriptorCount() -> Int {
+        guard let dir = opendir("/proc/self/fd") else { return 0 }
+        defer { closedir(dir) }
+        var count = 0
+        while let entry = readdir(dir) {
+            let first = withUnsafeBytes(of: entry.pointee.d_name) { $0[0] }
+            if first != UInt8(ascii: ".") { count += 1 }
+        }
+        return max(0, count - 1)
     }
 
     /// CLOCK_MONOTONIC in milliseconds.

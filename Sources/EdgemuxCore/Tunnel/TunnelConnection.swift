@@ -101,7 +101,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
         timer = nil
         switch phase {
         case .awaitingRequest:
-            worker.metrics.update { $0.timeouts["tunnel_request", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.timeouts["tunnel_request", default: 0] += 1 }
             worker.logger.notice("\(logPrefix): no complete \(tunnel.mode == .connect ? "CONNECT request" : "ClientHello") within \(DurationText.of(listener.requestTimeoutMillis)); closed")
             outcome = "request_timeout"
             if tunnel.mode == .connect && !buffer.isEmpty {
@@ -119,7 +119,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
             let idle = loop.now - relay.lastActivity
             if idle >= tunnel.idleTimeoutMillis {
                 outcome = "idle_timeout"
-                worker.metrics.update { $0.timeouts["idle", default: 0] += 1 }
+                worker.metrics.update(listener.name) { $0.timeouts["idle", default: 0] += 1 }
                 close()
             } else {
                 armTimer(tunnel.idleTimeoutMillis - idle)
@@ -159,7 +159,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
         case .needMore:
             return
         case .error(let status, let reason):
-            worker.metrics.update { $0.sniffErrors[status == 405 ? "tunnel_method" : "tunnel_malformed", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.sniffErrors[status == 405 ? "tunnel_method" : "tunnel_malformed", default: 0] += 1 }
             fail(status, reason)
         case .done(let request):
             buffer.removeFirst(request.headLength)
@@ -171,7 +171,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
                     return String(parts[1]).trimmedSpaces()
                 }
                 guard let presented, tokens.contains(presented) else {
-                    worker.metrics.update { $0.tunnelDenied["auth", default: 0] += 1 }
+                    worker.metrics.update(listener.name) { $0.tunnelDenied["auth", default: 0] += 1 }
                     outcome = "auth_required"
                     worker.logger.notice("\(logPrefix): CONNECT \(targetText) without valid proxy credentials")
                     sendAnswer(Array("HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"edgemux\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8))
@@ -211,7 +211,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
     }
 
     private func closeSNI(_ why: String, metric: String) {
-        worker.metrics.update { $0.tunnelDenied[metric, default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.tunnelDenied[metric, default: 0] += 1 }
         worker.logger.notice("\(logPrefix): \(why); closed")
         outcome = metric
         close()
@@ -258,7 +258,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
     }
 
     private func deny(_ why: String) {
-        worker.metrics.update { $0.tunnelDenied["allowlist", default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.tunnelDenied["allowlist", default: 0] += 1 }
         outcome = "denied"
         if tunnel.mode == .connect {
             fail(403, "denied: \(why)", metricDone: true)
@@ -286,7 +286,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
                 lastFailure = String(cString: strerror(e.errnoCode))
                 lastFailureWasTimeout = false
                 let reason = Self.connectFailureReason(lastFailure, timedOut: false)
-                worker.metrics.update { $0.tunnelConnectFailures[reason, default: 0] += 1 }
+                worker.metrics.update(listener.name) { $0.tunnelConnectFailures[reason, default: 0] += 1 }
                 worker.logger.warning("\(logPrefix): \(address) for \(targetText): \(lastFailure)")
             } catch {
                 lastFailure = "\(error)"
@@ -332,7 +332,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
         lastFailure = why
         // By reason, not by destination: a client must not make a metric series per address.
         let reason = Self.connectFailureReason(why, timedOut: lastFailureWasTimeout)
-        worker.metrics.update { $0.tunnelConnectFailures[reason, default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.tunnelConnectFailures[reason, default: 0] += 1 }
         worker.logger.warning("\(logPrefix): \(current?.description ?? "?") for \(targetText): \(why)")
         if phase == .awaitingParent {
             fail(502, "parent proxy \(tunnel.parent?.text ?? "?") failed for \(targetText): \(why)")
@@ -396,7 +396,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
     private func established(extra: [UInt8]) {
         guard let d = destination else { return }
         phase = .relaying
-        worker.metrics.update { $0.routed["tunnel:\(listener.name)", default: 0] += 1 }
+        worker.metrics.update(listener.name) { $0.routed["tunnel:\(listener.name)", default: 0] += 1 }
         var toClient: Chunk?
         var firstBytes: [UInt8] = []
         if tunnel.mode == .connect { firstBytes = Array("HTTP/1.1 200 Connection Established\r\n\r\n".utf8) }
@@ -414,7 +414,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
                 self.outcome = "completed"
             case .failed(let side, let why):
                 self.outcome = "\(side == "backend" ? "destination" : side)_error"
-                self.worker.metrics.update { $0.closedWithError[side == "backend" ? "destination" : side, default: 0] += 1 }
+                self.worker.metrics.update(listener.name) { $0.closedWithError[side == "backend" ? "destination" : side, default: 0] += 1 }
                 self.worker.logger.info("\(self.logPrefix): tunnel to \(self.targetText) ended: \(side == "backend" ? "destination" : side) \(why)")
             }
             self.close()
@@ -430,7 +430,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
     private func fail(_ status: Int, _ why: String, metricDone: Bool = false) {
         if !metricDone {
             outcome = "\(status)"
-            worker.metrics.update { $0.tunnelFailures["\(status)", default: 0] += 1 }
+            worker.metrics.update(listener.name) { $0.tunnelFailures["\(status)", default: 0] += 1 }
         }
         worker.logger.notice("\(logPrefix): \(tunnel.mode == .connect ? "CONNECT " : "")\(targetText): \(status) \(why)")
         if tunnel.mode == .connect {
@@ -462,7 +462,7 @@ final class TunnelConnection: EventHandler, ClientConnection {
         destination = nil
         client.close(on: loop)
         let inBytes = relay?.bytesFromClient ?? 0, outBytes = relay?.bytesToClient ?? 0
-        worker.metrics.update {
+        worker.metrics.update(listener.name) {
             $0.bytesIn += inBytes
             $0.bytesOut += outBytes
         }

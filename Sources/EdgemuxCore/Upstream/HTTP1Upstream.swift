@@ -32,6 +32,8 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
     private(set) var state: State = .connecting
     /// The connection came from the pool (a failure before any answer may be retried).
     private var reused = false
+    /// When its own connect started (edgemux_backend_connect_duration_seconds).
+    private var connectStartedAt: Int64 = 0
     private var timer: TimerHandle?
 
     /// Framed request bytes (head, chunk framing, body) the socket has not taken yet.
@@ -73,6 +75,7 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
             kept.writable = true
         } else {
             // TCP keepalive matters only where no idle timeout closes the connection sooner.
+            u.connectStartedAt = worker.loop.now
             u.transport = try Transport.connecting(to: endpoint.address, keepalive: (request.route?.idleTimeoutMillis ?? 0) == 0, loop: worker.loop, handler: u)
             u.timer = worker.loop.schedule(afterMillis: backend.connectTimeoutMillis, for: u)
             worker.metrics.update { $0.backendConnections[backend.name, default: 0] += 1 }
@@ -96,6 +99,7 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
                 worker.loop.cancel(timer)
                 timer = nil
                 worker.balancer(for: backend.name).markHealthy(endpoint)
+                worker.recordConnect(backend: backend.name, since: connectStartedAt)
                 state = .awaitingHead
             }
         }

@@ -70,6 +70,8 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
     unowned(unsafe) let owner: HTTP2UpstreamPool  // a worker's, as long-lived
     let backend: BackendConfig
     let endpoint: Endpoint
+    /// When the connect started (edgemux_backend_connect_duration_seconds).
+    private var connectStartedAt: Int64 = 0
     let snapshot: Snapshot
     private(set) var state: State = .connecting
     private var dial = BackendDial(alpn: .h2)
@@ -93,6 +95,7 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
         self.backend = backend
         self.endpoint = endpoint
         self.snapshot = snapshot
+        connectStartedAt = pool.worker.loop.now
         let t = try Transport.connecting(to: endpoint.address, keepalive: true)
         pool.worker.metrics.update { $0.backendConnections[backend.name, default: 0] += 1 }
         super.init(loop: pool.worker.loop, pool: pool.worker.pool, transport: t)
@@ -132,6 +135,7 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
                 loop.cancel(timer)
                 timer = nil
                 worker.balancer(for: backend.name).markHealthy(endpoint)
+                worker.recordConnect(backend: backend.name, since: connectStartedAt)
                 guard startSession() else {
                     failAll("cannot create an HTTP/2 session", connect: false)
                     return
