@@ -102,5 +102,67 @@ extension Integration {
             }
             e.stop()
         }
+
+        @Test("the status page on the admin listener: listeners, routes with rates, each endpoint's health and last error, open tunnels by destination, config loads with a rejected one; rendered by headless Chromium (DOM and a screenshot)",
+              .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium"), "needs Debian's chromium"))
+        func statusPage() throws {
+            let (web, webPort) = try startPeer("http1", ["--name", "web"])
+            defer { web.stop() }
+            let port = freePort(), admin = freePort(), egress = freePort()
+            let yaml = """
+                workers: 2
+                admin: { listen: 127.0.0.1:\(admin) }
+                listeners:
+                  - name: public
+                    listen: 127.0.0.1:\(port)
+                \(tlsBlock())
+                    routes:
+                      - { name: api, match: { path_prefix: /api/ }, backend: api }
+                      - { name: web, backend: web }
+                  - name: egress
+                    listen: 127.0.0.1:\(egress)
+                    tunnel:
+                      mode: connect
+                      allow:
+                        - { cidr: 127.0.0.1/32, ports: [\(webPort)] }
+                backends:
+                  api: { endpoints: { http1: ["127.0.0.1:1", "127.0.0.1:\(webPort)"] } }
+                  web: { endpoints: { http1: ["127.0.0.1:\(webPort)"] } }
+                """
+            let e = try Edgemux(config: yaml, port: port)
+            for i in 0..<8 {
+                _ = curl(["--http2", "https://localhost:\(port)/page/\(i)"], port: port)
+                _ = curl(["--http1.1", "https://localhost:\(port)/api/\(i)"], port: port)
+            }
+            // A tunnel held open while the page renders.
+            let held = try Background("tunnel-client", Paths.python, ["-c", """
+                import socket, time
+                s = socket.create_connection(("127.0.0.1", \(egress)), timeout=5)
+                s.sendall(b"CONNECT 127.0.0.1:\(webPort) HTTP/1.1\\r\\nHost: 127.0.0.1:\(webPort)\\r\\n\\r\\n")
+                print(s.recv(100), flush=True)
+                time.sleep(30)
+                """])
+            defer { held.stop() }
+            #expect(eventually(timeout: 10) { held.log.contains("200 Connection Established") ? true : nil } == true, "\(held.log)")
+            // A reload that is refused.
+            try reload(e, to: yaml.replacingOccurrences(of: "workers: 2", with: "workers: 2\nbogus: 1"))
+            #expect(waitForLog(e, "reload rejected"), "\(e.log)")
+
+            let scratch = Scratch("status")
+            let chromium = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--user-data-dir=\(scratch.file("profile"))"]
+            let dom = Command.run("/usr/bin/chromium", chromium + ["--dump-dom", "http://127.0.0.1:\(admin)/"], timeout: 60)
+            let page = dom.stdout
+            #expect(page.contains("<h2>Listeners</h2>") && page.contains("127.0.0.1:\(port)") && page.contains("tunnel (connect)"), "\(page) \(dom.stderr)")
+            #expect(page.contains(">api</td>") && page.contains("path /api/*") && page.contains(">8 / 0 / <span"), "\(page)")
+            #expect(page.contains("Connection refused") && page.contains(">failing<") && page.contains(">ok<"), "endpoint health: \(page)")
+            #expect(page.contains("127.0.0.1:\(webPort)</code></td><td class=\"n\">1</td>"), "the open tunnel: \(page)")
+            #expect(page.contains(">rejected<") && page.contains("unknown key 'bogus'"), "config loads: \(page)")
+            #expect(page.contains("http-equiv=\"refresh\"") && !page.contains("<script") && !page.contains("src=\"http"), "self-refreshing, no script, no external asset")
+            // The picture a person would read (kept beside the test's scratch files).
+            let png = scratch.file("status.png")
+            let shot = Command.run("/usr/bin/chromium", chromium + ["--window-size=1280,1400", "--screenshot=\(png)", "http://127.0.0.1:\(admin)/"], timeout: 60)
+            let size = (try? FileManager.default.attributesOfItem(atPath: png)[.size] as? Int) ?? 0
+            #expect(size > 20_000, "screenshot \(size) bytes: \(shot.stderr)")
+        }
     }
 }

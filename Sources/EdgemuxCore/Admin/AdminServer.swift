@@ -2,8 +2,8 @@ import CEdgemux
 import Glibc
 import Logging
 
-/// The admin listener: `GET /metrics` (Prometheus text), `/healthz` (the process runs),
-/// `/readyz` (accepting; 503 while draining). Plain HTTP/1.1, one request per connection,
+/// The admin listener: `GET /` (the status page), `/metrics` (Prometheus text), `/healthz`
+/// (the process runs), `/readyz` (accepting; 503 while draining). Plain HTTP/1.1, one request per connection,
 /// served on worker 0's loop.
 final class AdminServer: EventHandler {
     let fd: Int32
@@ -11,6 +11,11 @@ final class AdminServer: EventHandler {
     let metrics: Metrics
     let logger: Logger
     let ready: () -> Bool
+    /// The snapshot worker 0 serves (read on worker 0's loop, where this server runs).
+    let currentSnapshot: () -> Snapshot
+    /// Counts taken every `sampleMillis`, oldest first: the status page's rates.
+    private var samples: [StatusPage.Sample] = []
+    static let sampleMillis: Int64 = 5_000
     /// One scrape: its request so far, then its reply, and its own deadline.
     private struct Client {
         var request: [UInt8] = []
@@ -24,22 +29,24 @@ final class AdminServer: EventHandler {
     /// How long a scrape may take, from accept to the last byte of the reply.
     static let clientTimeoutMillis: Int64 = 5_000
 
-    init(address: SocketAddress, loop: EventLoop, metrics: Metrics, logger: Logger, ready: @escaping () -> Bool) throws {
+    init(address: SocketAddress, loop: EventLoop, metrics: Metrics, logger: Logger, snapshot: @escaping () -> Snapshot, ready: @escaping () -> Bool) throws {
         fd = try ListenerSocket.bind(address, backlog: 64)
         self.loop = loop
         self.metrics = metrics
         self.logger = logger
         self.ready = ready
+        self.currentSnapshot = snapshot
         super.init()
         let box = AdminBox(self)
         loop.execute {
+            box.admin.takeSample()
             do {
                 try box.admin.loop.register(fd: box.admin.fd, events: EventLoop.readEvents, handler: box.admin)
             } catch {
                 box.admin.logger.error("admin listener: \(error)")
             }
         }
-        logger.info("admin listener on \(address): /metrics /healthz /readyz")
+        logger.info("admin listener on \(address): / (status) /metrics /healthz /readyz")
     }
 
     override func handleEvent(fd: Int32, events: UInt32) {
@@ -76,6 +83,13 @@ final class AdminServer: EventHandler {
         var body = ""
         var type = "text/plain; charset=utf-8"
         switch (parts.first.map(String.init) ?? "", path) {
+        case ("GET", "/"):
+            let now = StatusPage.Sample(at: loop.now, metrics.totals())
+            // Rates over the oldest kept sample at least a second old (5-15 s back).
+            let earlier = samples.first { now.at - $0.at >= 1000 }
+            body = StatusPage(snapshot: currentSnapshot(), totals: metrics.totals(), config: metrics.config.withLock { $0 }, now: now, earlier: earlier,
+                              startedAt: metrics.startedAt, draining: !ready()).render()
+            type = "text/html; charset=utf-8"
         case ("GET", "/metrics"):
             body = metrics.render()
             type = "text/plain; version=0.0.4; charset=utf-8"
@@ -85,13 +99,20 @@ final class AdminServer: EventHandler {
             if ready() { body = "ready\n" } else { status = 503; body = "draining\n" }
         default:
             status = 404
-            body = "not found: try /metrics, /healthz, /readyz\n"
+            body = "not found: try /, /metrics, /healthz, /readyz\n"
         }
         let reason = status == 200 ? "OK" : status == 503 ? "Service Unavailable" : "Not Found"
         let reply = "HTTP/1.1 \(status) \(reason)\r\nContent-Type: \(type)\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
         client.reply = Array(reply.utf8)
         clients[fd] = client
         flush(fd)
+    }
+
+    /// Keeps the counts of the last 15 s for the status page's rates.
+    private func takeSample() {
+        samples.append(StatusPage.Sample(at: loop.now, metrics.totals()))
+        if samples.count > 3 { samples.removeFirst(samples.count - 3) }
+        loop.schedule(afterMillis: Self.sampleMillis) { [weak self] in self?.takeSample() }
     }
 
     /// Accepts what is pending. Out of descriptors (EMFILE, ENFILE) the pending connection stays

@@ -47,6 +47,9 @@ public final class WorkerMetrics: Sendable {
         /// passed on (TLS untouched, or raw TCP to a fallback).
         var passthrough: [PassthroughKey: PassthroughTotals] = [:]
         var passthroughActive = 0
+        /// Tunnels open now by destination (the status page only: as a label, a client could
+        /// grow the series at will). An entry goes when its last tunnel closes.
+        var tunnelsOpen: [String: Int] = [:]
 
         mutating func add(_ v: ListenerValues) {
             accepted += v.accepted
@@ -73,6 +76,7 @@ public final class WorkerMetrics: Sendable {
             refusedStreams += v.refusedStreams
             for (k, t) in v.passthrough { passthrough[k, default: PassthroughTotals()].add(t) }
             passthroughActive += v.passthroughActive
+            tunnelsOpen.merge(v.tunnelsOpen, uniquingKeysWith: +)
         }
 
         /// Counts one finished request-mode request.
@@ -99,6 +103,8 @@ public final class WorkerMetrics: Sendable {
         /// HTTP/2 backend sessions open now, and the streams on them.
         var upstreamSessions = 0
         var upstreamStreams = 0
+        /// What each endpoint did last (the status page).
+        var endpointHealth: [EndpointKey: EndpointHealth] = [:]
 
         mutating func add(_ v: Values) {
             for (name, l) in v.listeners { listeners[name, default: ListenerValues()].add(l) }
@@ -113,6 +119,7 @@ public final class WorkerMetrics: Sendable {
             badResponses.merge(v.badResponses, uniquingKeysWith: +)
             upstreamSessions += v.upstreamSessions
             upstreamStreams += v.upstreamStreams
+            for (k, h) in v.endpointHealth { endpointHealth[k, default: EndpointHealth()].merge(h) }
         }
     }
 
@@ -144,6 +151,23 @@ struct RequestKey: Hashable {
 struct EndpointKey: Hashable {
     let backend: String
     let endpoint: String
+}
+
+/// An endpoint's last connect success and failure (Unix times), across workers.
+struct EndpointHealth {
+    var lastSuccessAt: Double = 0
+    var lastFailureAt: Double = 0
+    var lastError = ""
+    var failures = 0
+
+    mutating func merge(_ o: EndpointHealth) {
+        lastSuccessAt = max(lastSuccessAt, o.lastSuccessAt)
+        if o.lastFailureAt > lastFailureAt {
+            lastFailureAt = o.lastFailureAt
+            lastError = o.lastError
+        }
+        failures += o.failures
+    }
 }
 
 /// One series of the `edgemux_passthrough_*` counters within a listener.
@@ -187,14 +211,23 @@ struct DurationHistogram {
     }
 }
 
-/// What the process knows of its config: for `edgemux_config_*`.
+/// What the process knows of its config: for `edgemux_config_*` and the status page.
 public struct ConfigState: Sendable {
+    public struct Load: Sendable {
+        public let at: Double
+        public let generation: Int
+        public let ok: Bool
+        public let detail: String
+    }
     public var generation = 1
     public var reloads = 0
     public var failedReloads = 0
     public var lastReloadSuccessful = true
     /// Unix time of the last successful load (the first one at start).
     public var lastSuccessAt: Double = 0
+    /// The start and the last reloads, newest last (at most `keptLoads`).
+    public var recent: [Load] = []
+    static let keptLoads = 10
 }
 
 /// All workers' counters, rendered as Prometheus text exposition.
@@ -207,7 +240,11 @@ public final class Metrics: Sendable {
     public init(workerCount: Int) {
         workers = (0..<workerCount).map { _ in WorkerMetrics() }
         startedAt = Metrics.unixTime()
-        config.withLock { $0.lastSuccessAt = startedAt }
+        let at = startedAt
+        config.withLock {
+            $0.lastSuccessAt = at
+            $0.recent = [ConfigState.Load(at: at, generation: 1, ok: true, detail: "started")]
+        }
     }
 
     static func unixTime() -> Double {
@@ -216,10 +253,13 @@ public final class Metrics: Sendable {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 
-    /// A successful reload to `generation`, or a rejected one.
-    public func recordReload(ok: Bool, generation: Int) {
+    /// A successful reload to `generation`, or a rejected one (`detail`: what it changed, or why
+    /// it was refused).
+    public func recordReload(ok: Bool, generation: Int, detail: String) {
         let now = Metrics.unixTime()
         config.withLock {
+            $0.recent.append(ConfigState.Load(at: now, generation: generation, ok: ok, detail: detail))
+            if $0.recent.count > ConfigState.keptLoads { $0.recent.removeFirst($0.recent.count - ConfigState.keptLoads) }
             if ok {
                 $0.reloads += 1
                 $0.generation = generation
@@ -231,12 +271,16 @@ public final class Metrics: Sendable {
         }
     }
 
+    /// Every worker's values, summed.
+    func totals() -> WorkerMetrics.Values {
+        var total = WorkerMetrics.Values()
+        for w in workers { total.add(w.values.withLock { $0 }) }
+        return total
+    }
+
     /// The text for `GET /metrics`.
     public func render() -> String {
-        var total = WorkerMetrics.Values()
-        for w in workers {
-            total.add(w.values.withLock { $0 })
-        }
+        let total = totals()
         var out = Exposition()
         let listeners = total.listeners.sorted { $0.key < $1.key }
 

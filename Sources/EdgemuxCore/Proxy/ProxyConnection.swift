@@ -769,7 +769,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         }
         if let e = currentEndpoint {
             worker.balancer(for: cfg.name).markHealthy(e)
-            worker.recordConnect(backend: cfg.name, since: connectStartedAt)
+            worker.recordConnect(backend: cfg.name, endpoint: e, since: connectStartedAt)
             worker.logger.debug("\(logPrefix): connected to backend '\(cfg.name)' endpoint \(e)")
         }
         if exchangeStorage?.pooled == true { startExchange() } else { startRelay() }
@@ -777,8 +777,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
 
     private func noteEndpointFailure(_ endpoint: Endpoint, _ why: String) {
         exchange.failures.append("\(endpoint) (\(why))")  // in place: the forwarding property would copy
-        worker.metrics.update { $0.backendConnectFailures[EndpointKey(backend: backendConfig?.name ?? "?", endpoint: endpoint.text), default: 0] += 1 }
-        worker.balancer(for: backendConfig?.name ?? "").markFailed(endpoint, now: loop.now)
+        worker.recordConnectFailure(backend: backendConfig?.name ?? "?", endpoint: endpoint, why: why)
         let next = attempt < plan.count ? "; trying the next endpoint" : ""
         worker.logger.warning("\(logPrefix): backend '\(backendConfig?.name ?? "?")' endpoint \(endpoint): \(why)\(next)")
     }

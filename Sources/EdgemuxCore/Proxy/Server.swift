@@ -44,7 +44,8 @@ public final class Server: @unchecked Sendable {
             workers.append(worker)
         }
         if let a = config.admin {
-            admin = try AdminServer(address: a.address, loop: workers[0].loop, metrics: metrics, logger: logger) { [weak self] in
+            let first = workers[0]
+            admin = try AdminServer(address: a.address, loop: first.loop, metrics: metrics, logger: logger, snapshot: { first.snapshot }) { [weak self] in
                 self?.isDraining == false
             }
         }
@@ -231,10 +232,10 @@ public final class Server: @unchecked Sendable {
             }
             for l in next.config.listeners where added.contains(l.address) { logListener(l, workers: workers.count) }
             for a in removed { logger.notice("listener on \(a) removed: no new connections; open ones go on") }
-            metrics.recordReload(ok: true, generation: next.generation)
+            metrics.recordReload(ok: true, generation: next.generation, detail: "\(next.config.listeners.count) listeners, \(next.config.backends.count) backends\(added.isEmpty ? "" : ", \(added.count) addresses added")\(removed.isEmpty ? "" : ", \(removed.count) removed")")
             logger.notice("reloaded config (generation \(next.generation)): \(next.config.listeners.count) listeners, \(next.config.backends.count) backends")
         } catch {
-            metrics.recordReload(ok: false, generation: 0)
+            metrics.recordReload(ok: false, generation: snapshot.generation, detail: "\(error)")
             logger.error("reload rejected, the running config stays: \(error)")
         }
     }

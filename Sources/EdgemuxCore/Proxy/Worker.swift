@@ -140,10 +140,27 @@ final class Worker {
         conn.start()
     }
 
-    /// A connect to an endpoint of `backend` that started at `since` (loop time) succeeded.
-    func recordConnect(backend: String, since: Int64) {
+    /// A connect to `endpoint` of `backend` that started at `since` (loop time) succeeded.
+    func recordConnect(backend: String, endpoint: Endpoint, since: Int64) {
         let took = loop.now - since
-        metrics.update { $0.backendConnectTimes[backend, default: DurationHistogram()].observe(took) }
+        let now = Metrics.unixTime()
+        metrics.update {
+            $0.backendConnectTimes[backend, default: DurationHistogram()].observe(took)
+            $0.endpointHealth[EndpointKey(backend: backend, endpoint: endpoint.text), default: EndpointHealth()].lastSuccessAt = now
+        }
+    }
+
+    /// A connect to `endpoint` of `backend` failed: passive health, the metric, the status page.
+    func recordConnectFailure(backend: String, endpoint: Endpoint, why: String) {
+        balancer(for: backend).markFailed(endpoint, now: loop.now)
+        let now = Metrics.unixTime()
+        metrics.update {
+            let key = EndpointKey(backend: backend, endpoint: endpoint.text)
+            $0.backendConnectFailures[key, default: 0] += 1
+            $0.endpointHealth[key, default: EndpointHealth()].lastFailureAt = now
+            $0.endpointHealth[key, default: EndpointHealth()].lastError = why
+            $0.endpointHealth[key, default: EndpointHealth()].failures += 1
+        }
     }
 
     /// A connection's last act (called exactly once per connection).

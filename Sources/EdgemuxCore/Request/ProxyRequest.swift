@@ -387,8 +387,7 @@ final class ProxyRequest: EventHandler {
         guard !clientDone, !ownAnswer else { return maybeFinish() }
         let name = backend?.name ?? "?"
         if let e = endpoint, connect {
-            worker.balancer(for: name).markFailed(e, now: loop.now)
-            worker.metrics.update { $0.backendConnectFailures[EndpointKey(backend: name, endpoint: e.text), default: 0] += 1 }
+            worker.recordConnectFailure(backend: name, endpoint: e, why: why)
         }
         // A request the backend never saw may go elsewhere; one it saw only if it is idempotent,
         // unanswered and its body was not consumed (nothing would be left to send again).

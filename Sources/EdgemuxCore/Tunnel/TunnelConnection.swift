@@ -34,6 +34,8 @@ final class TunnelConnection: EventHandler, ClientConnection {
     private(set) var phase: Phase = .awaitingRequest
     var buffer: [UInt8] = []
     var target: (host: String, port: UInt16)?
+    /// The destination this tunnel counts under on the status page while it is open.
+    private var countedDestination: String?
     var candidates: [SocketAddress] = []
     var attempt = 0
     var current: SocketAddress?
@@ -396,7 +398,12 @@ final class TunnelConnection: EventHandler, ClientConnection {
     private func established(extra: [UInt8]) {
         guard let d = destination else { return }
         phase = .relaying
-        worker.metrics.update(listener.name) { $0.routed["tunnel:\(listener.name)", default: 0] += 1 }
+        let destinationText = targetText
+        countedDestination = destinationText
+        worker.metrics.update(listener.name) {
+            $0.routed["tunnel:\(listener.name)", default: 0] += 1
+            $0.tunnelsOpen[destinationText, default: 0] += 1
+        }
         var toClient: Chunk?
         var firstBytes: [UInt8] = []
         if tunnel.mode == .connect { firstBytes = Array("HTTP/1.1 200 Connection Established\r\n\r\n".utf8) }
@@ -462,7 +469,13 @@ final class TunnelConnection: EventHandler, ClientConnection {
         destination = nil
         client.close(on: loop)
         let inBytes = relay?.bytesFromClient ?? 0, outBytes = relay?.bytesToClient ?? 0
+        let counted = countedDestination
+        countedDestination = nil
         worker.metrics.update(listener.name) {
+            if let counted {
+                $0.tunnelsOpen[counted, default: 0] -= 1
+                if $0.tunnelsOpen[counted] == 0 { $0.tunnelsOpen[counted] = nil }
+            }
             $0.bytesIn += inBytes
             $0.bytesOut += outBytes
         }

@@ -99,7 +99,7 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
                 worker.loop.cancel(timer)
                 timer = nil
                 worker.balancer(for: backend.name).markHealthy(endpoint)
-                worker.recordConnect(backend: backend.name, since: connectStartedAt)
+                worker.recordConnect(backend: backend.name, endpoint: endpoint, since: connectStartedAt)
                 state = .awaitingHead
             }
         }
