@@ -160,7 +160,8 @@ struct NodeReader {
             let names = duplicates.sorted()
             guard let name = names.first else { break }
             var first: (line: Int, column: Int)?
-            for i in max(0, context.mark.line - 1)..<lines.count {
+            // Yams may place the mapping past the text's last line (found by the fuzzer).
+            for i in min(max(0, context.mark.line - 1), lines.count)..<lines.count {
                 let line = lines[i]
                 let indent = line.prefix { $0 == " " || $0 == "-" }.count
                 let rest = line.dropFirst(indent)
