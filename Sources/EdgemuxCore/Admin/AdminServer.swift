@@ -84,10 +84,11 @@ final class AdminServer: EventHandler {
         var type = "text/plain; charset=utf-8"
         switch (parts.first.map(String.init) ?? "", path) {
         case ("GET", "/"):
-            let now = StatusPage.Sample(at: loop.now, metrics.totals())
+            let totals = metrics.totals()
+            let now = StatusPage.Sample(at: loop.now, totals)
             // Rates over the oldest kept sample at least a second old (5-15 s back).
             let earlier = samples.first { now.at - $0.at >= 1000 }
-            body = StatusPage(snapshot: currentSnapshot(), totals: metrics.totals(), config: metrics.config.withLock { $0 }, now: now, earlier: earlier,
+            body = StatusPage(snapshot: currentSnapshot(), totals: totals, config: metrics.config.withLock { $0 }, now: now, earlier: earlier,
                               startedAt: metrics.startedAt, draining: !ready()).render()
             type = "text/html; charset=utf-8"
         case ("GET", "/metrics"):

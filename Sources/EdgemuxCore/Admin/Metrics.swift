@@ -160,6 +160,12 @@ struct EndpointHealth {
     var lastError = ""
     var failures = 0
 
+    mutating func failed(at time: Double, _ why: String) {
+        lastFailureAt = time
+        lastError = why
+        failures += 1
+    }
+
     mutating func merge(_ o: EndpointHealth) {
         lastSuccessAt = max(lastSuccessAt, o.lastSuccessAt)
         if o.lastFailureAt > lastFailureAt {

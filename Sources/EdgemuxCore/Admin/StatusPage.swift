@@ -141,7 +141,7 @@ struct StatusPage {
     private func rate(_ current: Int?, _ before: Int?) -> String {
         guard let earlier, now.at > earlier.at else { return "–" }
         let r = Double((current ?? 0) - (before ?? 0)) * 1000 / Double(now.at - earlier.at)
-        return r < 10 ? String(format1(r)) : "\(Int(r.rounded()))"
+        return r < 10 ? format1(r) : "\(Int(r.rounded()))"
     }
 
     private func format1(_ v: Double) -> String {

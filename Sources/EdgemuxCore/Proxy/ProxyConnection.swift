@@ -217,6 +217,11 @@ final class ProxyConnection: EventHandler, ClientConnection {
         }
     }
 
+    /// After fallback_timeout's wait: what is left of handshake_timeout (from the accept).
+    private func armRestOfHandshakeTime() {
+        armTimer(max(1, listener.handshakeTimeoutMillis - (loop.now - startedAt)))
+    }
+
     /// A client outside proxy_protocol_from: if its first bytes are a PROXY header, it claims an
     /// address it may not claim (closed, logged, counted); else it goes on as a direct client.
     private func refuseUntrustedProxyHeader() {
@@ -301,7 +306,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         if waitingOutSilence {
             // Not silent: what is left of handshake_timeout (from the accept) is for the handshake.
             waitingOutSilence = false
-            armTimer(max(1, listener.handshakeTimeoutMillis - (loop.now - startedAt)))
+            armRestOfHandshakeTime()
         }
         if bytes[0] != 22 {
             // SSH ("SSH-2.0-"), a client with its own framing: not a TLS handshake record.
@@ -411,7 +416,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
                 startRaw(.tcp, route: nil, backendName: fallback)
             } else {
                 // Some of a ClientHello came: the rest of the handshake time is for the rest.
-                armTimer(max(1, listener.handshakeTimeoutMillis - (loop.now - startedAt)))
+                armRestOfHandshakeTime()
             }
         case .awaitingProxyHeader, .awaitingClientHello, .awaitingHandshake:
             outcome = "handshake_timeout"
@@ -768,7 +773,6 @@ final class ProxyConnection: EventHandler, ClientConnection {
         case .ready: break
         }
         if let e = currentEndpoint {
-            worker.balancer(for: cfg.name).markHealthy(e)
             worker.recordConnect(backend: cfg.name, endpoint: e, since: connectStartedAt)
             worker.logger.debug("\(logPrefix): connected to backend '\(cfg.name)' endpoint \(e)")
         }

@@ -140,8 +140,10 @@ final class Worker {
         conn.start()
     }
 
-    /// A connect to `endpoint` of `backend` that started at `since` (loop time) succeeded.
+    /// A connect to `endpoint` of `backend` that started at `since` (loop time) succeeded:
+    /// passive health, the connect time, the status page.
     func recordConnect(backend: String, endpoint: Endpoint, since: Int64) {
+        balancer(for: backend).markHealthy(endpoint)
         let took = loop.now - since
         let now = Metrics.unixTime()
         metrics.update {
@@ -157,9 +159,7 @@ final class Worker {
         metrics.update {
             let key = EndpointKey(backend: backend, endpoint: endpoint.text)
             $0.backendConnectFailures[key, default: 0] += 1
-            $0.endpointHealth[key, default: EndpointHealth()].lastFailureAt = now
-            $0.endpointHealth[key, default: EndpointHealth()].lastError = why
-            $0.endpointHealth[key, default: EndpointHealth()].failures += 1
+            $0.endpointHealth[key, default: EndpointHealth()].failed(at: now, why)
         }
     }
 

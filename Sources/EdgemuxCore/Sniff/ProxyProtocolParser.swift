@@ -12,6 +12,7 @@ public enum ProxyProtocolParser {
     }
 
     static let v2Signature: [UInt8] = [0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]
+    static let v1Signature: [UInt8] = Array("PROXY ".utf8)
     /// The longest v1 header, CRLF included.
     static let v1MaxLength = 107
     /// The largest v2 header accepted (addresses plus TLVs).
@@ -20,7 +21,7 @@ public enum ProxyProtocolParser {
     /// Do these first bytes start a PROXY header (v1 or v2)? true once a whole signature is
     /// there, false at the first byte that rules both out, nil while either could still follow.
     public static func startsHeader(_ b: UnsafeRawBufferPointer) -> Bool? {
-        for signature in [v2Signature, Array("PROXY ".utf8)] {
+        for signature in [v2Signature, v1Signature] {
             let n = min(b.count, signature.count)
             guard n > 0, (0..<n).allSatisfy({ b[$0] == signature[$0] }) else { continue }
             return n == signature.count ? true : nil
@@ -34,8 +35,7 @@ public enum ProxyProtocolParser {
             for i in 0..<min(b.count, 12) where b[i] != v2Signature[i] { return .error("not a PROXY protocol header") }
             return b.count < 16 ? .needMore : parseV2(b)
         }
-        let v1Prefix = Array("PROXY ".utf8)
-        for i in 0..<min(b.count, 6) where b[i] != v1Prefix[i] { return .error("not a PROXY protocol header") }
+        for i in 0..<min(b.count, 6) where b[i] != v1Signature[i] { return .error("not a PROXY protocol header") }
         return parseV1(b)
     }
 

@@ -98,7 +98,6 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
             case .ready:
                 worker.loop.cancel(timer)
                 timer = nil
-                worker.balancer(for: backend.name).markHealthy(endpoint)
                 worker.recordConnect(backend: backend.name, endpoint: endpoint, since: connectStartedAt)
                 state = .awaitingHead
             }

@@ -134,7 +134,6 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
             case .ready:
                 loop.cancel(timer)
                 timer = nil
-                worker.balancer(for: backend.name).markHealthy(endpoint)
                 worker.recordConnect(backend: backend.name, endpoint: endpoint, since: connectStartedAt)
                 guard startSession() else {
                     failAll("cannot create an HTTP/2 session", connect: false)
