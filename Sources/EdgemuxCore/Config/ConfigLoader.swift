@@ -318,7 +318,7 @@ struct NodeReader {
     // MARK: the document
 
     mutating func readConfig(_ root: Node) -> EdgemuxConfig? {
-        guard let top = mapping(root, "", allowed: ["workers", "admin", "drain_timeout", "access_log", "listeners", "backends", "max_connections", "max_handshakes"]) else { return nil }
+        guard let top = mapping(root, "", allowed: ConfigKeys.top) else { return nil }
         var workers = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         if let w = top["workers"] {
             if w.string == "auto" {
@@ -329,7 +329,7 @@ struct NodeReader {
             }
         }
         var admin: AdminConfig?
-        if let a = top["admin"], let m = mapping(a, "admin", allowed: ["listen"]) {
+        if let a = top["admin"], let m = mapping(a, "admin", allowed: ConfigKeys.admin) {
             if let l = m["listen"] {
                 if let addr = address(l, "admin.listen") { admin = AdminConfig(address: addr) }
             } else {
@@ -412,7 +412,7 @@ struct NodeReader {
     }
 
     mutating func readListener(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> ListenerConfig? {
-        guard let m = mapping(node, path, allowed: ["name", "listen", "proxy_protocol", "tls", "handshake_timeout", "request_timeout", "max_request_head", "routes", "tunnel", "http2", "max_connection_age", "keepalive_timeout", "max_connections", "max_connections_per_client", "max_requests_per_connection", "fallback", "fallback_timeout", "proxy_protocol_from"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ConfigKeys.listener) else { return nil }
         let name = m["name"].flatMap { string($0, join(path, "name")) } ?? path
         var addr: SocketAddress?
         if let l = m["listen"] { addr = address(l, join(path, "listen")) } else { fail(node, join(path, "listen"), "missing: the address to listen on, e.g. 0.0.0.0:443") }
@@ -511,7 +511,7 @@ struct NodeReader {
 
     /// A listener's `http2:` block: each value range-checked against RFC 9113's limits.
     mutating func readHTTP2Settings(_ node: Node, _ path: String, into settings: inout HTTP2ServerSettings) {
-        guard let m = mapping(node, path, allowed: ["max_concurrent_streams", "initial_window_size", "connection_window_size", "max_frame_size", "max_header_list_size", "requests_per_pass"]) else { return }
+        guard let m = mapping(node, path, allowed: ConfigKeys.http2) else { return }
         func number(_ key: String, _ range: ClosedRange<Int>, sized: Bool) -> Int? {
             guard let n = m[key], let s = string(n, join(path, key)) else { return nil }
             let v = sized ? ConfigLoader.parseSize(s) : Int(s)
@@ -603,7 +603,7 @@ struct NodeReader {
     }
 
     mutating func readTunnel(_ node: Node, _ path: String) -> TunnelConfig? {
-        guard let m = mapping(node, path, allowed: ["mode", "allow", "auth_file", "parent", "parent_auth_file", "map", "connect_timeout", "idle_timeout"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ConfigKeys.tunnel) else { return nil }
         var mode = TunnelConfig.Mode.connect
         if let n = m["mode"], let s = string(n, join(path, "mode")) {
             if let v = TunnelConfig.Mode(rawValue: s) { mode = v } else { fail(n, join(path, "mode"), "expected connect or sni, not '\(s)'") }
@@ -613,7 +613,7 @@ struct NodeReader {
         if let a = m["allow"], let seq = sequence(a, join(path, "allow")) {
             for (i, rn) in seq.enumerated() {
                 let rp = "\(path).allow[\(i)]"
-                guard let rm = mapping(rn, rp, allowed: ["host", "cidr", "ports"]) else { continue }
+                guard let rm = mapping(rn, rp, allowed: ConfigKeys.tunnelAllow) else { continue }
                 var ports: Set<UInt16> = [6443]
                 if let pn = rm["ports"], let ps = sequence(pn, join(rp, "ports")) {
                     ports = []
@@ -676,7 +676,7 @@ struct NodeReader {
             if mode != .sni { fail(mn, join(path, "map"), "the SNI map applies to sni mode only") }
             for (i, en) in seq.enumerated() {
                 let ep = "\(path).map[\(i)]"
-                guard let em = mapping(en, ep, allowed: ["sni", "to"]), let sn = em["sni"], let tn = em["to"] else {
+                guard let em = mapping(en, ep, allowed: ConfigKeys.tunnelMap), let sn = em["sni"], let tn = em["to"] else {
                     fail(en, ep, "each mapping has sni and to")
                     continue
                 }
@@ -696,12 +696,12 @@ struct NodeReader {
     }
 
     mutating func readListenerTLS(_ node: Node, _ path: String) -> ListenerTLSConfig? {
-        guard let m = mapping(node, path, allowed: ["certificates", "alpn", "min_version", "ticket_keys", "ciphers", "ciphersuites", "groups", "client_ca", "client_auth", "client_subject_header"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ConfigKeys.listenerTLS) else { return nil }
         var certs: [CertificatePair] = []
         if let c = m["certificates"], let seq = sequence(c, join(path, "certificates")) {
             for (i, cn) in seq.enumerated() {
                 let p = "\(path).certificates[\(i)]"
-                guard let cm = mapping(cn, p, allowed: ["cert", "key", "ocsp_response"]) else { continue }
+                guard let cm = mapping(cn, p, allowed: ConfigKeys.certificate) else { continue }
                 guard let certNode = cm["cert"], let keyNode = cm["key"] else {
                     fail(cn, p, "each certificate needs 'cert' and 'key'")
                     continue
@@ -802,11 +802,11 @@ struct NodeReader {
     }
 
     mutating func readRoute(_ node: Node, _ path: String, backends: [String: BackendConfig], backendNames: Set<String>) -> RouteConfig? {
-        guard let m = mapping(node, path, allowed: ["name", "match", "backend", "idle_timeout", "mode", "response_timeout", "forwarded", "via", "passthrough"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ConfigKeys.route) else { return nil }
         let passthrough = m["passthrough"].flatMap { bool($0, join(path, "passthrough")) } ?? false
         let name = m["name"].flatMap { string($0, join(path, "name")) } ?? path
         var match = RouteMatch()
-        if let mn = m["match"], let mm = mapping(mn, join(path, "match"), allowed: ["alpn", "sni", "content_type", "path_prefix", "host", "method", "upgrade"]) {
+        if let mn = m["match"], let mm = mapping(mn, join(path, "match"), allowed: ConfigKeys.match) {
             let mp = join(path, "match")
             if let a = mm["alpn"], let s = string(a, join(mp, "alpn")) {
                 if passthrough {
@@ -882,7 +882,7 @@ struct NodeReader {
 
     mutating func readBackend(_ node: Node, name: String) -> BackendConfig? {
         let path = "backends.\(name)"
-        guard let m = mapping(node, path, allowed: ["protocol", "endpoints", "tls", "connect_timeout", "idle_timeout", "pool", "balance", "proxy_protocol"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ConfigKeys.backend) else { return nil }
         var proto: BackendProtocol?
         if let p = m["protocol"], let s = string(p, join(path, "protocol")) {
             proto = BackendProtocol(rawValue: s)
@@ -916,7 +916,7 @@ struct NodeReader {
                 if proto == .tcp {
                     fail(e, join(path, "endpoints"), "a tcp backend takes one list of endpoints (bytes pass untouched)")
                 }
-                if let em = mapping(e, join(path, "endpoints"), allowed: ["http1", "h2c"]) {
+                if let em = mapping(e, join(path, "endpoints"), allowed: ConfigKeys.endpointsByProtocol) {
                     for (key, cp) in [("http1", ClientProtocol.http1), ("h2c", ClientProtocol.h2)] {
                         guard let ln = em[key], let seq = sequence(ln, "\(path).endpoints.\(key)") else { continue }
                         endpoints[cp] = seq.enumerated().compactMap { endpoint($0.element, "\(path).endpoints.\(key)[\($0.offset)]") }
@@ -931,7 +931,7 @@ struct NodeReader {
         var tls: BackendTLSConfig?
         if let t = m["tls"] {
             if proto != .tls { fail(t, join(path, "tls"), "only a backend with protocol: tls takes tls settings") }
-            if let tm = mapping(t, join(path, "tls"), allowed: ["ca", "server_name", "cert", "key", "verify", "alpn"]) {
+            if let tm = mapping(t, join(path, "tls"), allowed: ConfigKeys.backendTLS) {
                 let tp = join(path, "tls")
                 var ca = tm["ca"].flatMap { readablePath($0, join(tp, "ca")) }
                 if readsFiles, let path = ca, let problem = TLSServerContext.caProblem(path) {
@@ -972,7 +972,7 @@ struct NodeReader {
         if connect == 0 { fail(m["connect_timeout"], join(path, "connect_timeout"), "a connect timeout of 0 would wait forever on a dead endpoint") }
         let idle = m["idle_timeout"].flatMap { duration($0, join(path, "idle_timeout")) }
         var pool = BackendPoolConfig()
-        if let p = m["pool"], let pm = mapping(p, join(path, "pool"), allowed: ["max_idle", "idle_timeout"]) {
+        if let p = m["pool"], let pm = mapping(p, join(path, "pool"), allowed: ConfigKeys.pool) {
             let pp = join(path, "pool")
             if let n = pm["max_idle"], let s = string(n, join(pp, "max_idle")) {
                 if let v = Int(s), v >= 0, v <= 100_000 { pool.maxIdle = v } else { fail(n, join(pp, "max_idle"), "expected a count from 0 (no reuse) to 100000, not '\(s)'") }
