@@ -4,7 +4,8 @@
 #   Deploy/dev.sh test   install what is missing (test peers too), build, run every test, then
 #                        fuzz each parser for 60 s, run the unit tests under ASan and TSan, and
 #                        build, lint, install, run and purge the Debian package
-#                        (FUZZ_SECONDS=0, SANITIZERS= and PACKAGE_TEST=0 leave those out)
+#                        (FUZZ_SECONDS=0, SANITIZERS= and PACKAGE_TEST=0 leave those out;
+#                        CONTAINER_TEST=1 adds Deploy/container.sh smoke)
 # and for operators:
 #   Deploy/dev.sh install   release build to /usr/local/bin/edgemux, the config to /etc/edgemux/
 #                        (an existing one is kept), the systemd unit, the `edgemux` system user
@@ -61,6 +62,9 @@ case "${1:-}" in
       bash Tests/sanitize.sh "$sanitizer" --filter EdgemuxCoreTests
     done
     if [ "${PACKAGE_TEST:-1}" != 0 ]; then bash Tests/package-test.sh; fi
+    # The container image built with podman from debootstrap bases and run (about 3 minutes and
+    # a Debian mirror; not in CI by default).
+    if [ "${CONTAINER_TEST:-0}" != 0 ]; then bash Deploy/container.sh smoke; fi
     ;;
   package)
     install_missing "${build_packages[@]}" dpkg-dev
