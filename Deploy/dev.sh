@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build_packages=(libssl-dev libnghttp2-dev openssl ca-certificates)
-test_packages=(curl nghttp2-client nghttp2-server python3-grpcio python3-websockets python3-h2 procps chromium sslscan slowhttptest libstdc++-12-dev openssh-client openssh-server lintian systemd iproute2 prometheus)
+test_packages=(curl nghttp2-client nghttp2-server python3-grpcio python3-websockets python3-h2 procps chromium sslscan slowhttptest libstdc++-12-dev openssh-client openssh-server lintian systemd iproute2 prometheus nginx)
 
 install_missing() {
   local missing=()

@@ -38,7 +38,7 @@ struct FuzzCorpusTests {
         let hello = try seed("client-hello", "chromium")
         #expect(hello.withUnsafeBytes { ClientHelloParser.parse($0) } == .done(serverName: "ui.example.test"))
         let proxy = try seed("proxy-protocol", "haproxy-send-proxy-v2")
-        guard case .done(let source, _) = proxy.withUnsafeBytes({ ProxyProtocolParser.parse($0) }) else {
+        guard case .done(let source, _, _) = proxy.withUnsafeBytes({ ProxyProtocolParser.parse($0) }) else {
             Issue.record("HAProxy's PROXY v2 header does not parse")
             return
         }

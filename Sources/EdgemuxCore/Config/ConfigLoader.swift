@@ -891,7 +891,6 @@ struct NodeReader {
         var proxyOut = ProxyProtocolOut.none
         if let n = m["proxy_protocol"], let s = string(n, join(path, "proxy_protocol")) {
             if let v = ProxyProtocolOut(rawValue: s) { proxyOut = v } else { fail(n, join(path, "proxy_protocol"), "expected none, v1 or v2, not '\(s)'") }
-            if proto != .tcp { fail(n, join(path, "proxy_protocol"), "a PROXY header goes to protocol: tcp backends (passthrough routes, a fallback); HTTP backends get X-Forwarded-For") }
         }
         var endpoints: [ClientProtocol: [Endpoint]] = [:]
         if let e = m["endpoints"] {

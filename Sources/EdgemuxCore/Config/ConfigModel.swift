@@ -329,8 +329,9 @@ public enum BackendProtocol: String, Sendable {
     case tcp
 }
 
-/// The PROXY protocol header edgemux sends first to a `protocol: tcp` backend, so that it sees
-/// the client's address (HAProxy's send-proxy / send-proxy-v2).
+/// The PROXY protocol header edgemux sends first to a backend, so that it sees the client's
+/// address (HAProxy's send-proxy / send-proxy-v2, nginx's proxy_protocol on, Envoy's upstream
+/// proxy_protocol transport socket).
 public enum ProxyProtocolOut: String, Sendable {
     case none
     case v1
@@ -353,8 +354,17 @@ public final class BackendConfig: Sendable {
     public let pool: BackendPoolConfig
     /// Request mode: how the endpoint of each request is chosen.
     public let balance: BalancePolicy
-    /// `protocol: tcp`: the PROXY header sent before the client's bytes (off by default).
+    /// The PROXY header sent first on every connection to this backend (off by default), so
+    /// that it sees the client's address. A connection then speaks for one client only: kept
+    /// HTTP/1.1 connections and HTTP/2 sessions are reused only by requests of that client
+    /// connection (HAProxy's private connections), never shared with other clients.
     public let proxyProtocol: ProxyProtocolOut
+
+    /// What goes first on a new connection to this backend for `client` (empty: nothing).
+    func proxyHeader(for client: ProxiedClient?) -> [UInt8] {
+        guard proxyProtocol != .none, let client else { return [] }
+        return ProxyProtocolWriter.header(proxyProtocol, for: client)
+    }
 
     /// The client protocols this backend can carry.
     /// The protocols some endpoint speaks (kept: request mode asks for every request).

@@ -14,6 +14,8 @@ public final class Snapshot: Sendable {
     public let generation: Int
     /// The access log, opened (nil: off).
     let accessLog: AccessLog?
+    /// Some backend takes a PROXY header: connections note whom it would name.
+    let sendsProxyHeaders: Bool
 
     /// The server TLS context worker `worker` uses for `listener` (nil: plaintext).
     func serverContext(listener: String, worker: Int) -> TLSServerContext? {
@@ -54,6 +56,7 @@ public final class Snapshot: Sendable {
         }
         if !issues.isEmpty { throw ConfigError(issues: issues) }
         self.accessLog = log
+        self.sendsProxyHeaders = config.backends.values.contains { $0.proxyProtocol != .none }
         self.config = config
         self.serverTLS = server
         self.clientTLS = client

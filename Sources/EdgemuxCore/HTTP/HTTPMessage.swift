@@ -217,9 +217,12 @@ struct ClientIdentity {
     let forwardedElement: String
     /// The verified client certificate's subject (RFC 2253), if the listener asked for one.
     let certificateSubject: String?
+    /// Whom a PROXY header to a backend names (nil when no backend of the config takes one).
+    let proxied: ProxiedClient?
 
-    init(address: String, scheme: String, certificateSubject: String? = nil) {
+    init(address: String, scheme: String, certificateSubject: String? = nil, proxied: ProxiedClient? = nil) {
         self.address = address
+        self.proxied = proxied
         self.scheme = scheme
         self.certificateSubject = certificateSubject
         forwardedElement = "for=\(HTTP1Serializer.forwardedNode(address));proto=\(scheme)"

@@ -64,7 +64,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
 
     var logPrefix: String { "client \(peer) on '\(listener.name)' (http/1.1)" }
 
-    init(worker: Worker, snapshot: Snapshot, listener: ListenerConfig, transport: Transport, peer: SocketAddress) {
+    init(worker: Worker, snapshot: Snapshot, listener: ListenerConfig, transport: Transport, peer: SocketAddress, proxied: ProxiedClient? = nil) {
         self.worker = worker
         self.loop = worker.loop
         self.snapshot = snapshot
@@ -72,7 +72,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         self.peer = peer
         self.client = transport
         let scheme = listener.tls == nil ? "http" : "https"
-        self.identity = ClientIdentity(address: peer.ipString, scheme: scheme, certificateSubject: listener.tls?.clientCA == nil ? nil : transport.tls?.verifiedPeerSubject)
+        self.identity = ClientIdentity(address: peer.ipString, scheme: scheme, certificateSubject: listener.tls?.clientCA == nil ? nil : transport.tls?.verifiedPeerSubject, proxied: proxied)
         self.sni = transport.tls?.serverName
         self.parser = HTTP1RequestParser(cap: listener.maxRequestHeadBytes, scheme: scheme)
         startedAt = worker.loop.now
@@ -438,7 +438,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         phase = .closed
         worker.servers[ObjectIdentifier(self)] = nil
         worker.metrics.update(listener.name) { $0.serverConnections["http1", default: 0] -= 1 }
-        let relay = ProxyConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer)
+        let relay = ProxyConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer, proxied: identity.proxied)
         loop.rebind(fd: client.fd, to: relay)
         relay.takeUpgrade(bytes)
     }
@@ -575,6 +575,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         }
         out.release(pool: worker.pool)
         client.close(on: loop)
+        worker.releasePrivateUpstreams(of: identity.proxied)
         worker.servers[ObjectIdentifier(self)] = nil
         worker.metrics.update(listener.name) { $0.serverConnections["http1", default: 0] -= 1 }
         worker.finished(self)

@@ -64,12 +64,13 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
     var client: Transport { transport }
     var logPrefix: String { "client \(peer) on '\(listener.name)' (h2)" }
 
-    init(worker: Worker, snapshot: Snapshot, listener: ListenerConfig, transport: Transport, peer: SocketAddress) {
+    init(worker: Worker, snapshot: Snapshot, listener: ListenerConfig, transport: Transport, peer: SocketAddress, proxied: ProxiedClient? = nil) {
         self.worker = worker
         self.snapshot = snapshot
         self.listener = listener
         self.peer = peer
-        self.identity = ClientIdentity(address: peer.ipString, scheme: listener.tls == nil ? "http" : "https", certificateSubject: listener.tls?.clientCA == nil ? nil : transport.tls?.verifiedPeerSubject)
+        self.identity = ClientIdentity(address: peer.ipString, scheme: listener.tls == nil ? "http" : "https", certificateSubject: listener.tls?.clientCA == nil ? nil : transport.tls?.verifiedPeerSubject,
+                                       proxied: proxied)
         self.sni = transport.tls?.serverName
         startedAt = worker.loop.now
         idleSince = startedAt
@@ -475,6 +476,7 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
         for r in Array(requests.values) { r.clientClosed(code: NGHTTP2_CANCEL.rawValue) }
         requests = [:]
         transport.close(on: loop)
+        worker.releasePrivateUpstreams(of: identity.proxied)
         worker.servers[ObjectIdentifier(self)] = nil
         worker.metrics.update(listener.name) { $0.serverConnections["h2", default: 0] -= 1 }
         worker.finished(self)

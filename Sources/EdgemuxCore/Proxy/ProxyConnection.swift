@@ -49,6 +49,9 @@ final class ProxyConnection: EventHandler, ClientConnection {
     let listener: ListenerConfig
     /// The client: the socket's peer, or the source a PROXY protocol header named.
     var peer: SocketAddress
+    /// The address the client connected to, as a PROXY protocol header named it.
+    private var headerDestination: SocketAddress?
+    private var proxiedCache: ProxiedClient?
     let client: Transport
     var backend: Transport?
 
@@ -164,7 +167,10 @@ final class ProxyConnection: EventHandler, ClientConnection {
 
     /// `transport`: a new connection's, or one that edgemux's HTTP/1.1 server gives back for an
     /// Upgrade request (registered, and rebound to this object, already).
-    init(worker: Worker, snapshot: Snapshot, listener: ListenerConfig, transport: Transport, peer: SocketAddress) {
+    /// `proxied`: whom PROXY headers to backends name, when an HTTP/1.1 server connection hands
+    /// over an upgrade (it knew the balancer's header, which this object did not read).
+    init(worker: Worker, snapshot: Snapshot, listener: ListenerConfig, transport: Transport, peer: SocketAddress, proxied: ProxiedClient? = nil) {
+        proxiedCache = proxied
         self.worker = worker
         self.loop = worker.loop
         self.snapshot = snapshot
@@ -250,12 +256,15 @@ final class ProxyConnection: EventHandler, ClientConnection {
             if n >= ProxyProtocolParser.v2MaxLength { proxyHeaderFailed("PROXY header incomplete after \(n) bytes") }
         case .error(let why):
             proxyHeaderFailed(why)
-        case .done(let source, let length):
+        case .done(let source, let destination, let length):
             guard (try? Posix.read(client.fd, into: UnsafeMutableRawBufferPointer(rebasing: scratch[0..<length]))) == .processed(length) else {
                 close()
                 return
             }
-            if let source { peer = source }
+            if let source {
+                peer = source
+                headerDestination = destination
+            }
             startTLSOrRequest()
         }
     }
@@ -721,7 +730,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             exchange.backendHead = HTTP1Exchange.backendHead(sniffed)
             // A kept connection to any endpoint of the plan, in the plan's order.
             for (i, endpoint) in plan.enumerated() {
-                if let kept = worker.upstreams.take(backend: backend, endpoint: endpoint, for: self) {
+                if let kept = worker.upstreams.take(backend: backend, endpoint: endpoint, client: proxiedClient(for: backend), for: self) {
                     attempt = i + 1
                     currentEndpoint = endpoint
                     self.backend = kept
@@ -737,6 +746,20 @@ final class ProxyConnection: EventHandler, ClientConnection {
 
     // MARK: connecting to a backend
 
+    /// Whom a PROXY header to a backend names: the client, and the address it connected to
+    /// (the balancer's header's, else this socket's own; one getsockname, the first time).
+    private var proxiedClient: ProxiedClient {
+        if let known = proxiedCache { return known }
+        let made = ProxiedClient(source: peer, destination: headerDestination ?? Posix.localAddress(client.fd) ?? peer)
+        proxiedCache = made
+        return made
+    }
+
+    /// `proxiedClient` when `backend` takes a PROXY header, else nil.
+    private func proxiedClient(for backend: BackendConfig) -> ProxiedClient? {
+        backend.proxyProtocol == .none ? nil : proxiedClient
+    }
+
     private func connectNext() {
         guard let backendConfig else { return }
         while attempt < plan.count {
@@ -744,7 +767,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             attempt += 1
             currentEndpoint = endpoint
             backendConnected = false
-            exchange.dial = BackendDial(alpn: proto)
+            exchange.dial = BackendDial(alpn: proto, proxyHeader: backendConfig.proxyHeader(for: proxiedClient(for: backendConfig)))
             do {
                 // TCP keepalive (first probe after 2 h by default) matters only where no idle
                 // timeout closes the connection sooner: long-lived routes such as gRPC.
@@ -830,7 +853,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func handOverToHTTP2(replay: [UInt8], acked: Bool) {
         loop.cancel(timer)
         timer = nil
-        let server = HTTP2ServerConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer)
+        let server = HTTP2ServerConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer, proxied: snapshot.sendsProxyHeaders ? proxiedClient : nil)
         loop.rebind(fd: client.fd, to: server)
         let pending = clientPending
         clientPending = nil
@@ -844,7 +867,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func handOverToHTTP1() {
         loop.cancel(timer)
         timer = nil
-        let server = HTTP1ServerConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer)
+        let server = HTTP1ServerConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer, proxied: snapshot.sendsProxyHeaders ? proxiedClient : nil)
         loop.rebind(fd: client.fd, to: server)
         phase = .closed
         let replay = sniffed
@@ -857,13 +880,8 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func startRelay() {
         guard let backend else { return }
         phase = .relaying
-        var replay = sniffed
+        let replay = sniffed
         sniffed = []
-        if rawKind != nil, let cfg = backendConfig, cfg.proxyProtocol != .none {
-            // Before the client's own first byte, which is still in its socket (only peeked).
-            let local = Posix.localAddress(client.fd) ?? peer
-            replay = ProxyProtocolWriter.header(cfg.proxyProtocol, source: peer, destination: local)
-        }
         let pending = clientPending
         clientPending = nil
         relay = Relay(client: client, backend: backend, loop: loop, pool: worker.pool, replay: replay, filter: ackFilter,
@@ -918,7 +936,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             outcome = "completed"
             if let b = backend, let cfg = backendConfig, let e = currentEndpoint, reusable, b.isIdle(scratch: worker.pool.scratch) {
                 backend = nil
-                worker.upstreams.give(b, backend: cfg, endpoint: e)
+                worker.upstreams.give(b, backend: cfg, endpoint: e, client: proxiedClient(for: cfg))
             }
             // The client asked for one request and has sent nothing since (no EPOLLIN after the
             // read that emptied its socket): close_notify and close at once, as nginx does when
@@ -1014,6 +1032,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
         backend?.close(on: loop)
         backend = nil
         client.close(on: loop)
+        worker.releasePrivateUpstreams(of: proxiedCache)
         let inBytes = bytesFromClient
         let outBytes = bytesToClient
         let passthrough = passthroughKey

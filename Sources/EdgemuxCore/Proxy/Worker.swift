@@ -60,18 +60,18 @@ final class Worker {
         var j = Int.random(in: 0..<(healthy.count - 1))
         if j >= i { j += 1 }
         let (a, c) = (healthy[i], healthy[j])
-        let load = { (e: Endpoint) in self.outstanding[UpstreamPool.Key(backend: ObjectIdentifier(backend), endpoint: e)] ?? 0 }
+        let load = { (e: Endpoint) in self.outstanding[UpstreamPool.Key(backend: backend, endpoint: e, client: nil)] ?? 0 }
         let best = load(a) <= load(c) ? a : c
         return [best] + rr.filter { $0 != best }
     }
 
     func noteRequestStarted(backend: BackendConfig, endpoint: Endpoint) {
-        outstanding[UpstreamPool.Key(backend: ObjectIdentifier(backend), endpoint: endpoint), default: 0] += 1
+        outstanding[UpstreamPool.Key(backend: backend, endpoint: endpoint, client: nil), default: 0] += 1
     }
 
     func noteRequestEnded(backend: BackendConfig?, endpoint: Endpoint) {
         guard let backend else { return }
-        let key = UpstreamPool.Key(backend: ObjectIdentifier(backend), endpoint: endpoint)
+        let key = UpstreamPool.Key(backend: backend, endpoint: endpoint, client: nil)
         guard let n = outstanding[key] else { return }
         if n <= 1 { outstanding[key] = nil } else { outstanding[key] = n - 1 }
     }
@@ -161,6 +161,14 @@ final class Worker {
             $0.backendConnectFailures[key, default: 0] += 1
             $0.endpointHealth[key, default: EndpointHealth()].failed(at: now, why)
         }
+    }
+
+    /// A client connection whose requests went to backends with PROXY headers naming it has
+    /// closed: the backend connections and sessions that speak for it close too.
+    func releasePrivateUpstreams(of client: ProxiedClient?) {
+        guard let client else { return }
+        upstreams.release(client: client)
+        h2Upstreams.release(client: client)
     }
 
     /// A connection's last act (called exactly once per connection).

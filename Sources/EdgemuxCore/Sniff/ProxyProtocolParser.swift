@@ -6,8 +6,9 @@ import Glibc
 public enum ProxyProtocolParser {
     public enum Result: Equatable {
         case needMore
-        /// `source`: the original client (nil for LOCAL / UNKNOWN: the balancer's own checks).
-        case done(source: SocketAddress?, length: Int)
+        /// `source`: the original client, `destination`: the address it connected to (both nil
+        /// for LOCAL / UNKNOWN: the balancer's own checks).
+        case done(source: SocketAddress?, destination: SocketAddress?, length: Int)
         case error(String)
     }
 
@@ -52,13 +53,13 @@ public enum ProxyProtocolParser {
         guard parts.count >= 2 else { return .error("PROXY v1 header without a protocol") }
         switch parts[1] {
         case "UNKNOWN":
-            return .done(source: nil, length: end + 1)
+            return .done(source: nil, destination: nil, length: end + 1)
         case "TCP4", "TCP6":
-            guard parts.count == 6, let sport = UInt16(parts[4]), let _ = UInt16(parts[5]),
-                  let src = SocketAddress.parse(ip: parts[2], port: sport), SocketAddress.parse(ip: parts[3], port: 1) != nil,
-                  (src.family == AF_INET) == (parts[1] == "TCP4")
+            guard parts.count == 6, let sport = UInt16(parts[4]), let dport = UInt16(parts[5]),
+                  let src = SocketAddress.parse(ip: parts[2], port: sport), let dst = SocketAddress.parse(ip: parts[3], port: dport),
+                  (src.family == AF_INET) == (parts[1] == "TCP4"), dst.family == src.family
             else { return .error("malformed PROXY v1 header '\(line.prefix(107))'") }
-            return .done(source: src, length: end + 1)
+            return .done(source: src, destination: dst, length: end + 1)
         default:
             return .error("PROXY v1 protocol '\(parts[1].prefix(16))' is not TCP4, TCP6 or UNKNOWN")
         }
@@ -72,7 +73,7 @@ public enum ProxyProtocolParser {
         guard b.count >= 16 + length else { return .needMore }
         switch verCmd & 0x0f {
         case 0x0:  // LOCAL: the balancer's own connection (health check)
-            return .done(source: nil, length: 16 + length)
+            return .done(source: nil, destination: nil, length: 16 + length)
         case 0x1:
             break
         default:
@@ -81,23 +82,39 @@ public enum ProxyProtocolParser {
         switch family {
         case 0x11:  // TCP over IPv4
             guard length >= 12 else { return .error("PROXY v2 IPv4 block too short") }
-            let ip = Array(b[16..<20])
-            let port = UInt16(b[24]) << 8 | UInt16(b[25])
-            return .done(source: SocketAddress(family: AF_INET, ip: ip, port: port), length: 16 + length)
+            let source = SocketAddress(family: AF_INET, ip: Array(b[16..<20]), port: UInt16(b[24]) << 8 | UInt16(b[25]))
+            let destination = SocketAddress(family: AF_INET, ip: Array(b[20..<24]), port: UInt16(b[26]) << 8 | UInt16(b[27]))
+            return .done(source: source, destination: destination, length: 16 + length)
         case 0x21:  // TCP over IPv6
             guard length >= 36 else { return .error("PROXY v2 IPv6 block too short") }
-            let ip = Array(b[16..<32])
-            let port = UInt16(b[48]) << 8 | UInt16(b[49])
-            return .done(source: SocketAddress(family: AF_INET6, ip: ip, port: port), length: 16 + length)
+            let source = SocketAddress(family: AF_INET6, ip: Array(b[16..<32]), port: UInt16(b[48]) << 8 | UInt16(b[49]))
+            let destination = SocketAddress(family: AF_INET6, ip: Array(b[32..<48]), port: UInt16(b[50]) << 8 | UInt16(b[51]))
+            return .done(source: source, destination: destination, length: 16 + length)
         default:
-            return .done(source: nil, length: 16 + length)  // UNSPEC, UDP, UNIX: keep the socket's address
+            return .done(source: nil, destination: nil, length: 16 + length)  // UNSPEC, UDP, UNIX: keep the socket's address
         }
     }
 }
 
-/// Writes the PROXY protocol header edgemux sends first to a `protocol: tcp` backend (HAProxy's
+/// Whom a PROXY header sent to a backend names: the client and the address it connected to
+/// (what the balancer's own header said when one is in front, else the socket's two ends).
+public struct ProxiedClient: Sendable, Hashable {
+    public let source: SocketAddress
+    public let destination: SocketAddress
+
+    public init(source: SocketAddress, destination: SocketAddress) {
+        self.source = source
+        self.destination = destination
+    }
+}
+
+/// Writes the PROXY protocol header edgemux sends first on a backend connection (HAProxy's
 /// spec: v1 text, v2 binary with PROXY command over TCP). Pure.
 public enum ProxyProtocolWriter {
+    public static func header(_ version: ProxyProtocolOut, for client: ProxiedClient) -> [UInt8] {
+        header(version, source: client.source, destination: client.destination)
+    }
+
     public static func header(_ version: ProxyProtocolOut, source: SocketAddress, destination: SocketAddress) -> [UInt8] {
         // A mix of families (a v4-mapped client on a v6 socket) cannot be told in one header.
         let sameFamily = source.family == destination.family

@@ -146,7 +146,7 @@ public enum FuzzTargets {
     }
 
     static func proxyProtocol(_ data: UnsafeRawBufferPointer) {
-        guard case .done(_, let length) = ProxyProtocolParser.parse(data) else { return }
+        guard case .done(_, _, let length) = ProxyProtocolParser.parse(data) else { return }
         check(length <= data.count, "header length \(length) beyond \(data.count) bytes")
         for n in cuts(data.count) where n < length {
             let r = ProxyProtocolParser.parse(prefix(data, n))

@@ -1,5 +1,6 @@
-/// Reaching one backend endpoint (relays, exchanges and request mode): the non-blocking TCP connect, then for a
-/// `protocol: tls` backend the TLS handshake offering `alpn` (which the backend must accept).
+/// Reaching one backend endpoint (relays, exchanges and request mode): the non-blocking TCP connect, the
+/// PROXY header of a backend that takes one, then for a `protocol: tls` backend the TLS
+/// handshake offering `alpn` (which the backend must accept).
 /// No I/O of its own beyond what the transport does; each event answers pending / ready / failed.
 struct BackendDial {
     enum Progress: Equatable {
@@ -9,10 +10,15 @@ struct BackendDial {
     }
 
     let alpn: ClientProtocol
+    /// Sent first, before any TLS (empty: none).
+    let proxyHeader: [UInt8]
     /// The TCP connect has completed (the TLS handshake may still be under way).
     private(set) var connected = false
 
-    init(alpn: ClientProtocol) { self.alpn = alpn }
+    init(alpn: ClientProtocol, proxyHeader: [UInt8] = []) {
+        self.alpn = alpn
+        self.proxyHeader = proxyHeader
+    }
 
     mutating func advance(_ t: Transport, events: UInt32, backend: BackendConfig, snapshot: Snapshot) -> Progress {
         if !connected {
@@ -22,6 +28,12 @@ struct BackendDial {
             case .connected: break
             }
             connected = true
+            if !proxyHeader.isEmpty {
+                // At most 232 bytes into an empty send buffer of a new connection: all of it
+                // goes at once, or the connection is broken.
+                let written = proxyHeader.withUnsafeBytes { t.writeAvailable(from: $0).written }
+                if written != proxyHeader.count { return .failed("cannot send the PROXY header (\(written) of \(proxyHeader.count) bytes)") }
+            }
             if backend.proto == .tls {
                 guard let ctx = snapshot.clientTLS[backend.name] else { return .failed("no TLS context") }
                 do {

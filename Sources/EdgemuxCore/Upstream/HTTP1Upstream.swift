@@ -57,7 +57,7 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
         self.backend = backend
         self.endpoint = endpoint
         self.worker = worker
-        self.dial = BackendDial(alpn: .http1)
+        self.dial = BackendDial(alpn: .http1, proxyHeader: backend.proxyHeader(for: request.client.proxied))
         self.parser = HTTP1ResponseParser(cap: max(BufferPool.chunkSize, request.listener.maxRequestHeadBytes))
         self.headRequest = request.head.method == "HEAD"
     }
@@ -67,7 +67,7 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
     /// inside this call.
     static func start(_ request: ProxyRequest, backend: BackendConfig, endpoint: Endpoint, worker: Worker) throws -> HTTP1Upstream {
         let u = HTTP1Upstream(request: request, backend: backend, endpoint: endpoint, worker: worker)
-        if let kept = worker.upstreams.take(backend: backend, endpoint: endpoint, for: u) {
+        if let kept = worker.upstreams.take(backend: backend, endpoint: endpoint, client: request.client.proxied, for: u) {
             u.transport = kept
             u.reused = true
             u.state = .awaitingHead
@@ -303,7 +303,7 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
         r.upstreamEnd(trailers: nil)
         if let t = transport, reusable, requestComplete, out.isEmpty, !t.hasBufferedOutput, t.isIdle(scratch: worker.pool.scratch) {
             transport = nil
-            worker.upstreams.give(t, backend: backend, endpoint: endpoint)
+            worker.upstreams.give(t, backend: backend, endpoint: endpoint, client: r.client.proxied)
         } else {
             closeTransport()
         }

@@ -14,20 +14,25 @@ final class HTTP2UpstreamPool {
 
     unowned(unsafe) let worker: Worker  // workers live as long as the process: no check per access
     private var sessions: [UpstreamPool.Key: [HTTP2UpstreamSession]] = [:]
+    /// Sessions whose PROXY header named a client, by that client: they end with its connection.
+    private var privateKeys: [ProxiedClient: Set<UpstreamPool.Key>] = [:]
     private(set) var openSessions = 0
 
     init(worker: Worker) { self.worker = worker }
 
     /// Gives `request` to a session of `endpoint` with room (a new one if none has); throws when
     /// no socket could be had for a new one.
+    /// A backend that takes a PROXY header gets sessions per client connection: each one's header
+    /// names its client.
     func attach(_ request: ProxyRequest, backend: BackendConfig, endpoint: Endpoint) throws -> RequestUpstream {
-        let key = UpstreamPool.Key(backend: ObjectIdentifier(backend), endpoint: endpoint)
+        let key = UpstreamPool.Key(backend: backend, endpoint: endpoint, client: request.client.proxied)
         if let s = sessions[key]?.first(where: { $0.hasRoom }) {
             s.enqueue(request)
             return s
         }
-        let s = try HTTP2UpstreamSession(pool: self, backend: backend, endpoint: endpoint, snapshot: request.snapshot)
+        let s = try HTTP2UpstreamSession(pool: self, backend: backend, endpoint: endpoint, snapshot: request.snapshot, client: key.client)
         sessions[key, default: []].append(s)
+        if let client = key.client { privateKeys[client, default: []].insert(key) }
         openSessions += 1
         worker.metrics.update { $0.upstreamSessions += 1 }
         s.enqueue(request)
@@ -36,12 +41,21 @@ final class HTTP2UpstreamPool {
 
     /// A session has closed: it is forgotten.
     func removed(_ s: HTTP2UpstreamSession) {
-        let key = UpstreamPool.Key(backend: ObjectIdentifier(s.backend), endpoint: s.endpoint)
+        let key = UpstreamPool.Key(backend: s.backend, endpoint: s.endpoint, client: s.client)
         guard let i = sessions[key]?.firstIndex(where: { $0 === s }) else { return }
         sessions[key]?.remove(at: i)
         if sessions[key]?.isEmpty == true { sessions[key] = nil }
         openSessions -= 1
         worker.metrics.update { $0.upstreamSessions -= 1 }
+    }
+
+    /// The client connection a PROXY header named has closed: its sessions close once their
+    /// streams (cancelled with it) are gone.
+    func release(client: ProxiedClient) {
+        guard let keys = privateKeys.removeValue(forKey: client) else { return }
+        for key in keys {
+            for s in sessions[key] ?? [] { s.retire() }
+        }
     }
 
     /// Closes the sessions that carry nothing (drain, shutdown); busy ones close when idle.
@@ -70,11 +84,13 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
     unowned(unsafe) let owner: HTTP2UpstreamPool  // a worker's, as long-lived
     let backend: BackendConfig
     let endpoint: Endpoint
+    /// The client its PROXY header named (nil: the backend takes none; the session is shared).
+    let client: ProxiedClient?
     /// When the connect started (edgemux_backend_connect_duration_seconds).
     private var connectStartedAt: Int64 = 0
     let snapshot: Snapshot
     private(set) var state: State = .connecting
-    private var dial = BackendDial(alpn: .h2)
+    private var dial: BackendDial
     private var streams: [Int32: ProxyRequest] = [:]
     /// Requests given before the session was ready.
     private var waiting: [ProxyRequest] = []
@@ -87,13 +103,15 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
     private var worker: Worker { owner.worker }
 
     var load: Int { streams.count + waiting.count }
-    var hasRoom: Bool { (state == .connecting || state == .ready) && load < maxStreams }
+    var hasRoom: Bool { (state == .connecting || state == .ready) && !retired && load < maxStreams }
 
     /// Starts the connect to `endpoint` (the session takes requests from now on).
-    init(pool: HTTP2UpstreamPool, backend: BackendConfig, endpoint: Endpoint, snapshot: Snapshot) throws {
+    init(pool: HTTP2UpstreamPool, backend: BackendConfig, endpoint: Endpoint, snapshot: Snapshot, client: ProxiedClient?) throws {
         self.owner = pool
         self.backend = backend
         self.endpoint = endpoint
+        self.client = client
+        self.dial = BackendDial(alpn: .h2, proxyHeader: backend.proxyHeader(for: client))
         self.snapshot = snapshot
         connectStartedAt = pool.worker.loop.now
         let t = try Transport.connecting(to: endpoint.address, keepalive: true)
@@ -358,7 +376,16 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
 
     private func armIdleTimer() {
         loop.cancel(timer)
-        timer = loop.schedule(afterMillis: state == .goingAway ? 1 : backend.pool.idleTimeoutMillis, for: self)
+        timer = loop.schedule(afterMillis: state == .goingAway || retired ? 1 : backend.pool.idleTimeoutMillis, for: self)
+    }
+
+    /// Its client is gone (a session that named one in its PROXY header): it takes no new
+    /// requests and closes as soon as it carries none.
+    private(set) var retired = false
+
+    func retire() {
+        retired = true
+        if load == 0 { shutdown() }
     }
 
     // MARK: the end

@@ -2,8 +2,9 @@ import CEdgemux
 import Glibc
 
 /// A worker's idle backend connections, kept after an HTTP/1.1 exchange so that the next one
-/// skips the connect (and the backend TLS handshake). Keyed by backend and endpoint; a backend
-/// of an older config snapshot never shares with the new one. Each idle connection stays
+/// skips the connect (and the backend TLS handshake). Keyed by backend and endpoint (and, for a
+/// backend that takes a PROXY header, the client it named: such a connection serves that client
+/// only); a backend of an older config snapshot never shares with the new one. Each idle connection stays
 /// registered with the loop: any event on it (the backend closing it, or stray bytes) ends it,
 /// and so does its idle timeout. Taking is LIFO: the most recently used connection is the one
 /// least likely to have been closed by the backend's own keep-alive timeout.
@@ -11,6 +12,14 @@ final class UpstreamPool {
     struct Key: Hashable {
         let backend: ObjectIdentifier
         let endpoint: Endpoint
+        /// The client a PROXY header on the connection named (nil: the backend takes none).
+        let client: ProxiedClient?
+
+        init(backend: BackendConfig, endpoint: Endpoint, client: ProxiedClient?) {
+            self.backend = ObjectIdentifier(backend)
+            self.endpoint = endpoint
+            self.client = backend.proxyProtocol == .none ? nil : client
+        }
     }
 
     /// One idle connection, owned by the pool while it waits.
@@ -46,6 +55,9 @@ final class UpstreamPool {
     let metrics: WorkerMetrics
     /// Mutated in place (never copied out and stored back): taking and keeping allocate nothing.
     private var idle: [Key: [Idle]] = [:]
+    /// The keys of connections that named a client in their PROXY header, by that client: they
+    /// close with its connection (`release(client:)`), not an idle timeout later.
+    private var privateKeys: [ProxiedClient: Set<Key>] = [:]
 
     init(loop: EventLoop, metrics: WorkerMetrics) {
         self.loop = loop
@@ -53,8 +65,8 @@ final class UpstreamPool {
     }
 
     /// An idle connection to `endpoint` of `backend`, handed to `handler`; nil when none waits.
-    func take(backend: BackendConfig, endpoint: Endpoint, for handler: EventHandler) -> Transport? {
-        let key = Key(backend: ObjectIdentifier(backend), endpoint: endpoint)
+    func take(backend: BackendConfig, endpoint: Endpoint, client: ProxiedClient?, for handler: EventHandler) -> Transport? {
+        let key = Key(backend: backend, endpoint: endpoint, client: client)
         // An emptied list stays (with its capacity): the exchange usually gives the connection
         // back moments later, and re-creating the list would allocate every time.
         guard let entry = idle[key]?.popLast() else { return nil }
@@ -67,8 +79,8 @@ final class UpstreamPool {
 
     /// Keeps `transport` (registered with the loop, at a message boundary, nothing unread) for
     /// the next exchange, or closes it when the backend's pool is full or pooling is off.
-    func give(_ transport: Transport, backend: BackendConfig, endpoint: Endpoint) {
-        let key = Key(backend: ObjectIdentifier(backend), endpoint: endpoint)
+    func give(_ transport: Transport, backend: BackendConfig, endpoint: Endpoint, client: ProxiedClient?) {
+        let key = Key(backend: backend, endpoint: endpoint, client: client)
         guard backend.pool.maxIdle > 0, (idle[key]?.count ?? 0) < backend.pool.maxIdle, !transport.hangupSeen else {
             transport.close(on: loop)
             return
@@ -81,7 +93,25 @@ final class UpstreamPool {
             idle = idle.filter { !$0.value.isEmpty }
         }
         idle[key, default: []].append(entry)
+        if let client = key.client { privateKeys[client, default: []].insert(key) }
         metrics.update { $0.upstreamIdle += 1 }
+    }
+
+    /// The client connection a PROXY header named has closed: the idle connections that speak
+    /// for it close too (no other client may use them).
+    func release(client: ProxiedClient) {
+        guard let keys = privateKeys.removeValue(forKey: client) else { return }
+        var closed = 0
+        for key in keys {
+            guard let list = idle.removeValue(forKey: key) else { continue }
+            for entry in list {
+                loop.cancel(entry.timer)
+                entry.timer = nil
+                entry.transport.close(on: loop)
+            }
+            closed += list.count
+        }
+        if closed > 0 { metrics.update { $0.upstreamIdle -= closed } }
     }
 
     /// How many backend/endpoint lists may exist before the empty ones are swept.
@@ -107,6 +137,7 @@ final class UpstreamPool {
             }
         }
         idle = [:]
+        privateKeys = [:]
         metrics.update { $0.upstreamIdle -= count }
     }
 }
