@@ -15,9 +15,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-work=.build-container
+work=$(pwd)/.build-container
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-swift_root=${SWIFT_ROOT:-$(dirname "$(dirname "$(dirname "$(readlink -f "$(command -v swift)")")")")}
+security_mirror=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+if [ -z "${SWIFT_ROOT:-}" ] && swift_bin=$(command -v swift); then
+  SWIFT_ROOT=$(dirname "$(dirname "$(dirname "$(readlink -f "$swift_bin")")")")
+fi
+swift_root=${SWIFT_ROOT:-}
 runtime_base=localhost/edgemux-base-runtime:bookworm
 builder_base=localhost/edgemux-base-swift:bookworm
 # What swift:6.3-bookworm carries beyond a minimal Debian (swift-docker's Dockerfile), and the
@@ -25,8 +29,13 @@ builder_base=localhost/edgemux-base-swift:bookworm
 builder_packages=binutils,git,gnupg2,libc6-dev,libcurl4-openssl-dev,libedit2,libgcc-12-dev,libpython3-dev,libsqlite3-0,libstdc++-12-dev,libxml2-dev,libncurses-dev,libz3-dev,pkg-config,tzdata,zlib1g-dev,libssl-dev,libnghttp2-dev,ca-certificates
 
 [ "$(id -u)" -eq 0 ] || { echo "container.sh: run as root (debootstrap and rootful podman)" >&2; exit 2; }
+# The toolchain is mounted at /opt/swift in the build stage: its root, not the host's /.
+if [ -z "$swift_root" ] || [ "$swift_root" = / ] || [ ! -x "$swift_root/usr/bin/swift" ]; then
+  echo "container.sh: no Swift toolchain at '$swift_root' (set SWIFT_ROOT to the folder holding usr/bin/swift)" >&2
+  exit 2
+fi
 missing=()
-for p in podman buildah runc debootstrap; do
+for p in podman buildah runc debootstrap openssl curl python3 iproute2; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -44,7 +53,11 @@ limits=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit "nproc=4096:4096"
 # translations, and apt keeps neither its package caches nor downloaded packages.
 slim() {
   local root=$1
-  [ -d "$root/etc/apt" ] && [ "$root" != / ] || { echo "container.sh: slim: '$root' is not a new root" >&2; exit 1; }
+  # Only ever a folder this script made under $work: never the host's own files.
+  case "$(readlink -f "$root")" in
+    "$work"/?*) ;;
+    *) echo "container.sh: slim: '$root' is not a root made under $work" >&2; exit 1 ;;
+  esac
   printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' 'path-exclude /usr/share/man/*' \
     'path-exclude /usr/share/groff/*' 'path-exclude /usr/share/info/*' 'path-exclude /usr/share/lintian/*' \
     'path-exclude /usr/share/linda/*' 'path-exclude /usr/share/locale/*' 'path-include /usr/share/locale/locale.alias' \
@@ -63,16 +76,21 @@ base() { # base IMAGE DIR PATH [--include=...]
   local image=$1 kind=$2 dir=$work/$2 path=$3
   shift 3
   if "${podman[@]}" image exists "$image"; then return 0; fi
-  rm -rf "$dir"
+  rm -rf --one-file-system "$dir"
   mkdir -p "$work"
   echo "container.sh: debootstrap bookworm into $dir" >&2
   debootstrap --variant=minbase "$@" bookworm "$dir" "$mirror" >"$dir.log" 2>&1 || { tail -20 "$dir.log" >&2; exit 1; }
+  # As debian:bookworm-slim: the updates and security suites too, and what they have applied.
+  printf '%s\n' "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security_mirror bookworm-security main" \
+    > "$dir/etc/apt/sources.list"
+  { chroot "$dir" apt-get update -qq && DEBIAN_FRONTEND=noninteractive chroot "$dir" apt-get upgrade -y -qq; } >>"$dir.log" 2>&1 \
+    || { tail -20 "$dir.log" >&2; exit 1; }
   rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/archives/*.deb
   [ "$kind" != runtime ] || slim "$dir"
   tar -C "$dir" --numeric-owner -c . | "${podman[@]}" import \
     --change "ENV PATH=$path" \
     --change 'CMD ["/bin/bash"]' - "$image" >/dev/null
-  rm -rf "$dir"
+  rm -rf --one-file-system "$dir"
 }
 
 build() {
@@ -80,10 +98,17 @@ build() {
   base "$runtime_base" runtime "$path"
   base "$builder_base" swift "/opt/swift/usr/bin:$path" "--include=$builder_packages"
   local mounts=(-v "$swift_root:/opt/swift:ro")
-  if git config --system --get-regexp '^url\..*\.insteadof$' >/dev/null 2>&1; then
-    local local_mirror
-    local_mirror=$(git config --system --get-regexp '^url\..*\.insteadof$' | head -1 | sed 's/^url\.\(.*\)\.insteadof .*/\1/')
-    mounts+=(-v "/etc/gitconfig:/etc/gitconfig:ro" -v "${local_mirror%/}:${local_mirror%/}:ro")
+  # A package mirror that git reaches as a local folder (url.FOLDER.insteadOf in the system
+  # config) is mounted where the config says; other mirrors need nothing mounted.
+  local bases=() b
+  while read -r b; do
+    b=${b#file://}
+    b=${b%/}
+    if [ -d "$b" ]; then bases+=("$b"); fi
+  done < <(git config --system --get-regexp '^url\..*\.insteadof$' 2>/dev/null | sed 's/^url\.\(.*\)\.insteadof .*/\1/' | sort -u)
+  if [ ${#bases[@]} -gt 0 ]; then
+    mounts+=(-v "/etc/gitconfig:/etc/gitconfig:ro")
+    for b in "${bases[@]}"; do mounts+=(-v "$b:$b:ro"); done
   fi
   local started=$SECONDS
   # --network host: the stages' apt-get reaches the Debian mirror as this host does.
@@ -111,9 +136,18 @@ smoke() {
   openssl rand 80 > "$dir/config/tls/ticket.key"
   chmod -R a+rX "$dir/config"
   echo "served by the backend behind the container" > "$dir/site/index.html"
-  local port=$((20000 + RANDOM % 20000))
+  # Three loopback ports in a row that nothing listens on: edgemux, its admin, the backend.
+  local port
+  for _ in $(seq 20); do
+    port=$((20000 + RANDOM % 20000))
+    [ -n "$(ss -Htln "( sport = :$port or sport = :$((port + 1)) or sport = :$((port + 2)) )")" ] || break
+  done
   /usr/bin/python3 -m http.server --bind 127.0.0.1 --directory "$dir/site" "$((port + 2))" >/dev/null 2>&1 &
   backend_pid=$!
+  for _ in $(seq 50); do
+    if curl -fsS -o /dev/null "http://127.0.0.1:$((port + 2))/" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
   cat > "$dir/config/edgemux.yaml" <<EOF
 workers: 2
 access_log: stdout

@@ -10,12 +10,17 @@ import Testing
 struct ConfigReferenceTests {
     /// place → key → the first backticked value of its default column.
     static func reference() throws -> [String: [String: String]] {
+        try references().mapValues { $0.mapValues { $0.first ?? "" } }
+    }
+
+    /// place → key → every backticked value of its default column, in order.
+    static func references() throws -> [String: [String: [String]]] {
         let readme = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("README.md")
         let text = try String(contentsOf: readme, encoding: .utf8)
         guard let start = text.range(of: "\n## Configuration reference\n") else { return [:] }
         let body = text[start.upperBound...]
         let section = body.range(of: "\n## ").map { body[..<$0.lowerBound] } ?? body
-        var places: [String: [String: String]] = [:]
+        var places: [String: [String: [String]]] = [:]
         var place: String?
         for line in section.split(separator: "\n") {
             if line.hasPrefix("#### `"), line.hasSuffix("`") {
@@ -25,13 +30,9 @@ struct ConfigReferenceTests {
                 let cells = line.split(separator: "|", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
                 guard cells.count >= 5 else { continue }
                 let key = cells[1].trimmingCharacters(in: CharacterSet(charactersIn: "`"))
-                let defaultCell = cells[3]
-                var value = ""
-                if let open = defaultCell.firstIndex(of: "`") {
-                    let rest = defaultCell[defaultCell.index(after: open)...]
-                    if let close = rest.firstIndex(of: "`") { value = String(rest[..<close]) }
-                }
-                places[p, default: [:]][key] = value
+                // Between backticks: the odd pieces of the cell split at each one.
+                let values = cells[3].split(separator: "`", omittingEmptySubsequences: false).enumerated().filter { $0.offset % 2 == 1 }.map { String($0.element) }
+                places[p, default: [:]][key] = values
             }
         }
         return places
@@ -130,5 +131,40 @@ struct ConfigReferenceTests {
         #expect(reference["listeners[].tls"]?["client_auth"] == "required", "the default with client_ca")
         #expect(listenerTLS.clientAuth == .none)
         #expect(reference["backends.NAME.tls"]?["verify"] == "true" && backendTLS.verify)
+    }
+
+    @Test("the conditional defaults too: gRPC routes, h2c-only backends, tunnel ports, the handshake limit")
+    func conditionalDefaults() throws {
+        let all = try Self.references()
+        let config = try ConfigLoader.load(yaml: """
+            listeners:
+              - listen: 127.0.0.1:8443
+                routes:
+                  - { name: agents, match: { alpn: h2, content_type: application/grpc }, backend: grpc }
+                  - { name: web, backend: web }
+              - listen: 127.0.0.1:3128
+                tunnel:
+                  allow: [{ cidr: 10.0.0.0/8 }]
+            backends:
+              web: { endpoints: { h2c: [127.0.0.1:8081] } }
+              grpc: { endpoints: { h2c: [127.0.0.1:9090] } }
+            """, file: "defaults.yaml")
+        let grpc = config.listeners[0].routes[0], web = config.listeners[0].routes[1]
+        let route = all["listeners[].routes[]"] ?? [:]
+        // idle_timeout: `5m`; `0` for a `content_type: application/grpc…` match and passthrough.
+        #expect(route["idle_timeout"]?.first.flatMap(ConfigLoader.parseDuration) == web.idleTimeoutMillis)
+        #expect(route["idle_timeout"]?.dropFirst().first.flatMap(ConfigLoader.parseDuration) == grpc.idleTimeoutMillis)
+        // mode: `relay` for a gRPC match, else `request`.
+        #expect(route["mode"]?.first == grpc.mode.rawValue && route["mode"]?.last == web.mode.rawValue, "\(route["mode"] ?? [])")
+        // response_timeout: `60s`; `0` for a gRPC match.
+        #expect(route["response_timeout"]?.first.flatMap(ConfigLoader.parseDuration) == web.responseTimeoutMillis)
+        #expect(route["response_timeout"]?.dropFirst().first.flatMap(ConfigLoader.parseDuration) == grpc.responseTimeoutMillis)
+        // protocol: `http1`, `h2c` when only h2c endpoints are listed.
+        #expect(all["backends.NAME"]?["protocol"]?.dropFirst().first == config.backends["web"]?.proto.rawValue)
+        // A tunnel rule's ports.
+        let ports = config.listeners[1].tunnel?.allow.rules.first?.ports.sorted().map(String.init).joined(separator: ", ")
+        #expect(all["listeners[].tunnel.allow[]"]?["ports"]?.first == ports.map { "[\($0)]" })
+        // max_handshakes: `0`: `2048`.
+        #expect(all["top level"]?["max_handshakes"]?.dropFirst().first == String(ConnectionLimiter.defaultMaxHandshakes))
     }
 }

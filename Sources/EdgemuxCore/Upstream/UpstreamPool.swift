@@ -54,9 +54,12 @@ final class UpstreamPool {
     let loop: EventLoop
     let metrics: WorkerMetrics
     /// Mutated in place (never copied out and stored back): taking and keeping allocate nothing.
-    private var idle: [Key: [Idle]] = [:]
-    /// The keys of connections that named a client in their PROXY header, by that client: they
-    /// close with its connection (`release(client:)`), not an idle timeout later.
+    private var shared: [Key: [Idle]] = [:]
+    /// Connections that named a client in their PROXY header: apart from `shared`, so that the
+    /// sweep of emptied lists never walks one entry per client; they go with their client.
+    private var owned: [Key: [Idle]] = [:]
+    /// The keys in `owned` by the client they name: they close with its connection
+    /// (`release(client:)`), not an idle timeout later.
     private var privateKeys: [ProxiedClient: Set<Key>] = [:]
 
     init(loop: EventLoop, metrics: WorkerMetrics) {
@@ -69,7 +72,7 @@ final class UpstreamPool {
         let key = Key(backend: backend, endpoint: endpoint, client: client)
         // An emptied list stays (with its capacity): the exchange usually gives the connection
         // back moments later, and re-creating the list would allocate every time.
-        guard let entry = idle[key]?.popLast() else { return nil }
+        guard let entry = key.client == nil ? shared[key]?.popLast() : owned[key]?.popLast() else { return nil }
         metrics.update { $0.upstreamReused += 1; $0.upstreamIdle -= 1 }
         loop.cancel(entry.timer)
         entry.timer = nil
@@ -81,19 +84,24 @@ final class UpstreamPool {
     /// the next exchange, or closes it when the backend's pool is full or pooling is off.
     func give(_ transport: Transport, backend: BackendConfig, endpoint: Endpoint, client: ProxiedClient?) {
         let key = Key(backend: backend, endpoint: endpoint, client: client)
-        guard backend.pool.maxIdle > 0, (idle[key]?.count ?? 0) < backend.pool.maxIdle, !transport.hangupSeen else {
+        let kept = (key.client == nil ? shared[key]?.count : owned[key]?.count) ?? 0
+        guard backend.pool.maxIdle > 0, kept < backend.pool.maxIdle, !transport.hangupSeen else {
             transport.close(on: loop)
             return
         }
         let entry = Idle(transport: transport, key: key, backend: backend, pool: self)
         loop.rebind(fd: transport.fd, to: entry)
         entry.timer = loop.schedule(afterMillis: backend.pool.idleTimeoutMillis, for: entry)
-        if idle[key] == nil, idle.count >= UpstreamPool.keysBeforeSweep {
-            // Lists emptied by `take` outlive their backend after a reload: drop them now and then.
-            idle = idle.filter { !$0.value.isEmpty }
+        if let client = key.client {
+            owned[key, default: []].append(entry)
+            privateKeys[client, default: []].insert(key)
+        } else {
+            if shared[key] == nil, shared.count >= UpstreamPool.keysBeforeSweep {
+                // Lists emptied by `take` outlive their backend after a reload: drop them now and then.
+                shared = shared.filter { !$0.value.isEmpty }
+            }
+            shared[key, default: []].append(entry)
         }
-        idle[key, default: []].append(entry)
-        if let client = key.client { privateKeys[client, default: []].insert(key) }
         metrics.update { $0.upstreamIdle += 1 }
     }
 
@@ -103,12 +111,8 @@ final class UpstreamPool {
         guard let keys = privateKeys.removeValue(forKey: client) else { return }
         var closed = 0
         for key in keys {
-            guard let list = idle.removeValue(forKey: key) else { continue }
-            for entry in list {
-                loop.cancel(entry.timer)
-                entry.timer = nil
-                entry.transport.close(on: loop)
-            }
+            guard let list = owned.removeValue(forKey: key) else { continue }
+            for entry in list { close(entry) }
             closed += list.count
         }
         if closed > 0 { metrics.update { $0.upstreamIdle -= closed } }
@@ -118,10 +122,20 @@ final class UpstreamPool {
     static let keysBeforeSweep = 256
 
     private func discard(_ entry: Idle) {
-        guard let i = idle[entry.key]?.firstIndex(where: { $0 === entry }) else { return }
-        idle[entry.key]?.remove(at: i)
-        if idle[entry.key]?.isEmpty == true { idle[entry.key] = nil }
+        let key = entry.key
+        if key.client == nil {
+            guard let i = shared[key]?.firstIndex(where: { $0 === entry }) else { return }
+            shared[key]?.remove(at: i)
+            if shared[key]?.isEmpty == true { shared[key] = nil }
+        } else {
+            guard let i = owned[key]?.firstIndex(where: { $0 === entry }) else { return }
+            owned[key]?.remove(at: i)
+        }
         metrics.update { $0.upstreamIdle -= 1 }
+        close(entry)
+    }
+
+    private func close(_ entry: Idle) {
         loop.cancel(entry.timer)
         entry.timer = nil
         entry.transport.close(on: loop)
@@ -129,14 +143,11 @@ final class UpstreamPool {
 
     /// Closes every idle connection (drain, shutdown).
     func closeAll() {
-        let count = idle.values.reduce(0) { $0 + $1.count }
-        for (_, list) in idle {
-            for entry in list {
-                loop.cancel(entry.timer)
-                entry.transport.close(on: loop)
-            }
-        }
-        idle = [:]
+        let count = shared.values.reduce(0) { $0 + $1.count } + owned.values.reduce(0) { $0 + $1.count }
+        for list in shared.values { for entry in list { close(entry) } }
+        for list in owned.values { for entry in list { close(entry) } }
+        shared = [:]
+        owned = [:]
         privateKeys = [:]
         metrics.update { $0.upstreamIdle -= count }
     }
