@@ -27,11 +27,10 @@ public struct ProcessLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String,
-                    file: String, function: String, line: UInt) {
+    public func log(event: LogEvent) {
         var all = metadata
-        if let explicit { all.merge(explicit) { $1 } }
-        let line = Self.render(format: format, time: AccessLogClock.timestamp(), level: level, label: label, metadata: all, message: "\(message)")
+        if let explicit = event.metadata { all.merge(explicit) { $1 } }
+        let line = Self.render(format: format, time: AccessLogClock.timestamp(), level: event.level, label: label, metadata: all, message: "\(event.message)")
         var bytes = Array(line.utf8)
         _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
