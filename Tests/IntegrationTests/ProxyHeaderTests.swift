@@ -128,6 +128,9 @@ extension Integration {
                 // request; a relay is pinned to its one.
                 #expect(first[0].connection == first[1].connection && first[1].request == 2, "\(version) \(path): \(first)")
                 #expect(second[0].connection != first[0].connection, "\(version) \(path): a second client got the first one's backend connection: \(first) \(second)")
+                // The access log names the same client, address and port (request-mode lines as relayed ones).
+                let logged = eventually { e.log.contains("\"client\":\"127.0.0.1:\(second[0].curlPort)\"") ? true : nil }
+                #expect(logged == true, "\(version) \(path): no access-log line names client 127.0.0.1:\(second[0].curlPort): \(e.log)")
                 // Once the clients have gone, the backend connections and sessions that spoke
                 // for them close at once, not after the pool's 15 s idle timeout.
                 let backendPort = path.hasPrefix("/h2c") ? h2c : path.hasPrefix("/tls") ? tls : plain

@@ -209,8 +209,10 @@ struct ResponseHead {
 
 /// Who the client is, for the forwarding fields.
 struct ClientIdentity {
-    /// The client address (from the socket, or the PROXY header).
+    /// The client address (from the socket, or the PROXY header), as forwarding fields name it.
     let address: String
+    /// Address and port, as logs name the client (relayed connections' lines do too).
+    let addressAndPort: String
     /// "https" or "http", as the client spoke to edgemux.
     let scheme: String
     /// `for=…;proto=…` of RFC 7239, the same for every request of the connection.
@@ -220,8 +222,9 @@ struct ClientIdentity {
     /// Whom a PROXY header to a backend names (nil when no backend of the config takes one).
     let proxied: ProxiedClient?
 
-    init(address: String, scheme: String, certificateSubject: String? = nil, proxied: ProxiedClient? = nil) {
+    init(address: String, logged: String? = nil, scheme: String, certificateSubject: String? = nil, proxied: ProxiedClient? = nil) {
         self.address = address
+        addressAndPort = logged ?? address
         self.proxied = proxied
         self.scheme = scheme
         self.certificateSubject = certificateSubject

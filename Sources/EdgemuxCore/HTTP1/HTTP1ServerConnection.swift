@@ -72,7 +72,7 @@ final class HTTP1ServerConnection: EventHandler, RequestServer, RequestDownstrea
         self.peer = peer
         self.client = transport
         let scheme = listener.tls == nil ? "http" : "https"
-        self.identity = ClientIdentity(address: peer.ipString, scheme: scheme, certificateSubject: listener.tls?.clientCA == nil ? nil : transport.tls?.verifiedPeerSubject, proxied: proxied)
+        self.identity = ClientIdentity(address: peer.ipString, logged: peer.description, scheme: scheme, certificateSubject: listener.tls?.clientCA == nil ? nil : transport.tls?.verifiedPeerSubject, proxied: proxied)
         self.sni = transport.tls?.serverName
         self.parser = HTTP1RequestParser(cap: listener.maxRequestHeadBytes, scheme: scheme)
         startedAt = worker.loop.now

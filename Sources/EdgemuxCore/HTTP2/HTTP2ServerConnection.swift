@@ -69,7 +69,7 @@ final class HTTP2ServerConnection: HTTP2Endpoint, RequestServer, RequestDownstre
         self.snapshot = snapshot
         self.listener = listener
         self.peer = peer
-        self.identity = ClientIdentity(address: peer.ipString, scheme: listener.tls == nil ? "http" : "https", certificateSubject: listener.tls?.clientCA == nil ? nil : transport.tls?.verifiedPeerSubject,
+        self.identity = ClientIdentity(address: peer.ipString, logged: peer.description, scheme: listener.tls == nil ? "http" : "https", certificateSubject: listener.tls?.clientCA == nil ? nil : transport.tls?.verifiedPeerSubject,
                                        proxied: proxied)
         self.sni = transport.tls?.serverName
         startedAt = worker.loop.now

@@ -167,7 +167,7 @@ final class ProxyRequest: EventHandler {
     var isFinished: Bool { state == .finished }
     /// The response head has been decided (the backend's or edgemux's own).
     var responseStarted: Bool { response != nil }
-    var logPrefix: String { "client \(client.address) on '\(listener.name)' stream \(streamID)" }
+    var logPrefix: String { "client \(client.addressAndPort) on '\(listener.name)' stream \(streamID)" }
 
     // MARK: from the client side
 
@@ -595,7 +595,7 @@ final class ProxyRequest: EventHandler {
         log.write([
             ("time", .string(AccessLogClock.timestamp())),
             ("listener", .string(listener.name)),
-            ("client", .string(client.address)),
+            ("client", .string(client.addressAndPort)),
             ("sni", opt(sni)),
             ("protocol", .string(clientProtocol.rawValue)),
             ("stream", .int(Int(streamID))),
