@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-work=$(pwd)/.build-container
+work=$(pwd -P)/.build-container
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 security_mirror=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 if [ -z "${SWIFT_ROOT:-}" ] && swift_bin=$(command -v swift); then

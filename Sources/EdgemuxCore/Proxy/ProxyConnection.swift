@@ -760,6 +760,10 @@ final class ProxyConnection: EventHandler, ClientConnection {
         backend.proxyProtocol == .none ? nil : proxiedClient
     }
 
+    /// What request mode's server connections carry for their requests' backends: nil unless
+    /// some backend of this config takes a PROXY header.
+    private var proxiedForRequests: ProxiedClient? { snapshot.sendsProxyHeaders ? proxiedClient : nil }
+
     private func connectNext() {
         guard let backendConfig else { return }
         while attempt < plan.count {
@@ -767,7 +771,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
             attempt += 1
             currentEndpoint = endpoint
             backendConnected = false
-            exchange.dial = BackendDial(alpn: proto, proxyHeader: backendConfig.proxyHeader(for: proxiedClient(for: backendConfig)))
+            exchange.dial = BackendDial(alpn: proto, proxied: proxiedClient(for: backendConfig))
             do {
                 // TCP keepalive (first probe after 2 h by default) matters only where no idle
                 // timeout closes the connection sooner: long-lived routes such as gRPC.
@@ -853,7 +857,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func handOverToHTTP2(replay: [UInt8], acked: Bool) {
         loop.cancel(timer)
         timer = nil
-        let server = HTTP2ServerConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer, proxied: snapshot.sendsProxyHeaders ? proxiedClient : nil)
+        let server = HTTP2ServerConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer, proxied: proxiedForRequests)
         loop.rebind(fd: client.fd, to: server)
         let pending = clientPending
         clientPending = nil
@@ -867,7 +871,7 @@ final class ProxyConnection: EventHandler, ClientConnection {
     private func handOverToHTTP1() {
         loop.cancel(timer)
         timer = nil
-        let server = HTTP1ServerConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer, proxied: snapshot.sendsProxyHeaders ? proxiedClient : nil)
+        let server = HTTP1ServerConnection(worker: worker, snapshot: snapshot, listener: listener, transport: client, peer: peer, proxied: proxiedForRequests)
         loop.rebind(fd: client.fd, to: server)
         phase = .closed
         let replay = sniffed

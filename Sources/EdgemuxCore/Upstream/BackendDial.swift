@@ -10,14 +10,14 @@ struct BackendDial {
     }
 
     let alpn: ClientProtocol
-    /// Sent first, before any TLS (empty: none).
-    let proxyHeader: [UInt8]
+    /// Whom the PROXY header names, sent first (before any TLS) to a backend that takes one.
+    let proxied: ProxiedClient?
     /// The TCP connect has completed (the TLS handshake may still be under way).
     private(set) var connected = false
 
-    init(alpn: ClientProtocol, proxyHeader: [UInt8] = []) {
+    init(alpn: ClientProtocol, proxied: ProxiedClient? = nil) {
         self.alpn = alpn
-        self.proxyHeader = proxyHeader
+        self.proxied = proxied
     }
 
     mutating func advance(_ t: Transport, events: UInt32, backend: BackendConfig, snapshot: Snapshot) -> Progress {
@@ -28,11 +28,12 @@ struct BackendDial {
             case .connected: break
             }
             connected = true
-            if !proxyHeader.isEmpty {
-                // At most 232 bytes into an empty send buffer of a new connection: all of it
-                // goes at once, or the connection is broken.
-                let written = proxyHeader.withUnsafeBytes { t.writeAvailable(from: $0).written }
-                if written != proxyHeader.count { return .failed("cannot send the PROXY header (\(written) of \(proxyHeader.count) bytes)") }
+            let header = backend.proxyHeader(for: proxied)
+            if !header.isEmpty {
+                // At most 107 bytes (v1 over IPv6) into the empty send buffer of a new
+                // connection: all of it goes at once, or the connection is broken.
+                let written = header.withUnsafeBytes { t.writeAvailable(from: $0).written }
+                if written != header.count { return .failed("cannot send the PROXY header (\(written) of \(header.count) bytes)") }
             }
             if backend.proto == .tls {
                 guard let ctx = snapshot.clientTLS[backend.name] else { return .failed("no TLS context") }

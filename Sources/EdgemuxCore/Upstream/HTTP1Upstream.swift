@@ -57,7 +57,7 @@ final class HTTP1Upstream: EventHandler, RequestUpstream {
         self.backend = backend
         self.endpoint = endpoint
         self.worker = worker
-        self.dial = BackendDial(alpn: .http1, proxyHeader: backend.proxyHeader(for: request.client.proxied))
+        self.dial = BackendDial(alpn: .http1, proxied: request.client.proxied)
         self.parser = HTTP1ResponseParser(cap: max(BufferPool.chunkSize, request.listener.maxRequestHeadBytes))
         self.headRequest = request.head.method == "HEAD"
     }

@@ -111,7 +111,7 @@ final class HTTP2UpstreamSession: HTTP2Endpoint, RequestUpstream {
         self.backend = backend
         self.endpoint = endpoint
         self.client = client
-        self.dial = BackendDial(alpn: .h2, proxyHeader: backend.proxyHeader(for: client))
+        self.dial = BackendDial(alpn: .h2, proxied: client)
         self.snapshot = snapshot
         connectStartedAt = pool.worker.loop.now
         let t = try Transport.connecting(to: endpoint.address, keepalive: true)
